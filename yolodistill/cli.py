@@ -1,0 +1,189 @@
+"""The `yolodistill` command: train / val / detect, with yolov5 train.py's flag names.
+
+User mistakes (UserError) end with one line on stderr and exit code 1; argparse's own usage errors
+exit with 2. Heavy imports (torch, yolov5) happen only once a subcommand runs, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+DEFAULTS_DOC = """\
+distillation defaults, and why:
+  --d_weight 1.0   the output term is on the same per-image scale as yolov5's box/obj/cls losses
+                   (it is scaled by the same hyp gains), so 1.0 weighs the teacher like the labels
+  --f_weight 0.5   feature losses compare raw activations and run larger than the task terms;
+                   watch train/distill/feature in results.png and lower it if it dominates
+  --d_layers       default: the layers feeding Detect in each model (P3/P4/P5: model.17 model.20
+                   model.23 for the standard yolov5 yamls), paired level by level
+  --feature-loss   mse (FitNets) by default; cwd (channel-wise distillation) often helps dense
+                   prediction; plugins add more through the 'yolodistill.feature_losses' entry points
+"""
+
+
+def _flag(parser: argparse._ActionsContainer, name: str, *aliases: str, **kwargs) -> None:
+    """Add a flag under both spellings (`--t_weights` and `--t-weights`), like users type them."""
+    spellings = [name, *aliases]
+    for s in list(spellings):
+        for alt in (s.replace("_", "-"), s[:2] + s[2:].replace("-", "_")):
+            if alt not in spellings:
+                spellings.append(alt)
+    parser.add_argument(*spellings, **kwargs)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .config import DEFAULT_FEATURE_LOSS, DEFAULT_FEATURE_WEIGHT, DEFAULT_OUTPUT_WEIGHT
+
+    p = sub.add_parser("train", help="train a YOLOv5 student, optionally distilled from a teacher",
+                       description="Train a YOLOv5 student with yolov5's recipe, plus output and feature "
+                                   "distillation from a frozen teacher.",
+                       epilog=DEFAULTS_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    y = p.add_argument_group("yolov5 train.py options (same meaning)")
+    _flag(y, "--weights", default="", help="initial student weights (.pt); empty: train from --cfg")
+    _flag(y, "--cfg", default="", help="student model yaml (path, or a packaged name such as yolov5n.yaml)")
+    _flag(y, "--data", default="", help="dataset yaml (YOLOv5 format)")
+    _flag(y, "--hyp", default="", help="hyperparameters yaml (default: yolov5's hyp.scratch-low.yaml)")
+    _flag(y, "--epochs", type=int, default=100, help="total training epochs")
+    _flag(y, "--batch-size", type=int, default=16, help="batch size")
+    _flag(y, "--imgsz", "--img", "--img-size", type=int, default=640, help="train/val image size (pixels)")
+    _flag(y, "--rect", action="store_true", help="rectangular training")
+    _flag(y, "--resume", nargs="?", const=True, default=False, help="resume the most recent or the given last.pt")
+    _flag(y, "--nosave", action="store_true", help="only save the final checkpoint")
+    _flag(y, "--noval", action="store_true", help="only validate the final epoch")
+    _flag(y, "--noautoanchor", action="store_true", help="disable AutoAnchor")
+    _flag(y, "--noplots", action="store_true", help="save no plot files")
+    _flag(y, "--cache", nargs="?", const="ram", default=None, help="cache images in ram or disk")
+    _flag(y, "--image-weights", action="store_true", help="weighted image selection for training")
+    _flag(y, "--device", default="", help="cuda device, i.e. 0 or cpu")
+    _flag(y, "--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    _flag(y, "--single-cls", action="store_true", help="train multi-class data as single-class")
+    _flag(y, "--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
+    _flag(y, "--workers", type=int, default=8, help="max dataloader workers")
+    _flag(y, "--project", default="runs/train", help="save to project/name")
+    _flag(y, "--name", default="exp", help="save to project/name")
+    _flag(y, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    _flag(y, "--quad", action="store_true", help="quad dataloader")
+    _flag(y, "--cos-lr", action="store_true", help="cosine LR scheduler")
+    _flag(y, "--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    _flag(y, "--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
+    _flag(y, "--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
+    _flag(y, "--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    _flag(y, "--seed", type=int, default=0, help="global training seed")
+    d = p.add_argument_group("distillation")
+    _flag(d, "--t_weights", default="", help="teacher checkpoint (.pt), frozen during training")
+    _flag(d, "--t_cfg", default="", help="teacher model yaml, if its weights should go into a fresh model")
+    _flag(d, "--d_output", action="store_true", help="distil the detection outputs only")
+    _flag(d, "--d_feature", action="store_true", help="distil features and outputs")
+    _flag(d, "--d_weight", type=float, default=DEFAULT_OUTPUT_WEIGHT, help="output distillation weight")
+    _flag(d, "--f_weight", type=float, default=DEFAULT_FEATURE_WEIGHT, help="feature distillation weight")
+    _flag(d, "--d_layers", nargs="+", default=None, metavar="S:T",
+          help="student:teacher layer pairs by index (17:17) or module name (model.17:model.17)")
+    _flag(d, "--feature-loss", default=DEFAULT_FEATURE_LOSS, help="feature loss name from the registry")
+    _flag(d, "--trust-checkpoint", action="store_true",
+          help="load checkpoints with full pickle (runs code in the file): only for files you trust")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .trainer import DistillTrainer, TrainOptions
+
+    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
+    if opts.get("resume"):
+        # Like train.py: a resumed run takes every option from its checkpoint.
+        opts = {"resume": opts["resume"], "project": opts["project"], "trust_checkpoint": opts["trust_checkpoint"]}
+    DistillTrainer(TrainOptions(**opts)).run()
+
+
+def _add_val(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("val", help="validate a checkpoint's mAP on a dataset (yolov5 val)")
+    _flag(p, "--weights", required=True, help="checkpoint (.pt)")
+    _flag(p, "--data", required=True, help="dataset yaml")
+    _flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    _flag(p, "--batch-size", type=int, default=32, help="batch size")
+    _flag(p, "--device", default="", help="cuda device, i.e. 0 or cpu")
+    _flag(p, "--task", default="val", choices=["train", "val", "test"], help="dataset split")
+    _flag(p, "--conf-thres", type=float, default=0.001, help="confidence threshold")
+    _flag(p, "--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    _flag(p, "--workers", type=int, default=8, help="max dataloader workers")
+    _flag(p, "--single-cls", action="store_true", help="treat as single-class dataset")
+    _flag(p, "--project", default="runs/val", help="save to project/name")
+    _flag(p, "--name", default="exp", help="save to project/name")
+    _flag(p, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    _flag(p, "--trust-checkpoint", action="store_true", help="full pickle load, for trusted files only")
+    p.set_defaults(func=_run_val)
+
+
+def _run_val(args: argparse.Namespace) -> None:
+    from .inference import val
+
+    val(args.weights, args.data, imgsz=args.imgsz, batch_size=args.batch_size, device=args.device, task=args.task,
+        conf_thres=args.conf_thres, iou_thres=args.iou_thres, workers=args.workers, project=args.project,
+        name=args.name, exist_ok=args.exist_ok, verbose=True, single_cls=args.single_cls,
+        trust=args.trust_checkpoint)
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="detect objects in images with a checkpoint (yolov5 detect)")
+    _flag(p, "--weights", required=True, help="checkpoint (.pt)")
+    _flag(p, "--source", required=True, help="image file, folder, glob or .txt list")
+    _flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    _flag(p, "--conf-thres", type=float, default=0.25, help="confidence threshold")
+    _flag(p, "--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
+    _flag(p, "--max-det", type=int, default=1000, help="maximum detections per image")
+    _flag(p, "--device", default="", help="cuda device, i.e. 0 or cpu")
+    _flag(p, "--save-txt", action="store_true", help="save results to *.txt (YOLO format + conf)")
+    _flag(p, "--nosave", action="store_true", help="do not save annotated images")
+    _flag(p, "--line-thickness", type=int, default=2, help="bounding box thickness (pixels)")
+    _flag(p, "--project", default="runs/detect", help="save to project/name")
+    _flag(p, "--name", default="exp", help="save to project/name")
+    _flag(p, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    _flag(p, "--trust-checkpoint", action="store_true", help="full pickle load, for trusted files only")
+    p.set_defaults(func=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> None:
+    from .inference import detect
+
+    detect(args.weights, args.source, imgsz=args.imgsz, device=args.device, conf_thres=args.conf_thres,
+           iou_thres=args.iou_thres, max_det=args.max_det, project=args.project, name=args.name,
+           exist_ok=args.exist_ok, save_txt=args.save_txt, nosave=args.nosave, line_width=args.line_thickness,
+           trust=args.trust_checkpoint)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_val, _add_detect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="yolodistill", description="Knowledge distillation for YOLOv5.")
+    parser.add_argument("--version", action="version", version=f"yolodistill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: parse, run, and turn user mistakes into one line and a non-zero exit."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    from .errors import UserError
+
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"yolodistill {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"yolodistill {args.command}: interrupted (checkpoints written so far are intact; "
+              f"continue a training run with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

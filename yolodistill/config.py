@@ -1,0 +1,89 @@
+"""What to distil, as validated dataclasses: the single source the rest of the pipeline reads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+from .errors import UserError
+
+# Why these defaults: the Adlik fork weights the output term by 10 against a task loss that it
+# multiplies by the batch size; we put every term on the same per-image scale as yolov5's
+# box/obj/cls items (the output term is already scaled by the same hyp gains), so 1.0 means
+# "as important as the labels". Feature losses are not on that scale (MSE of raw activations),
+# so their weight is lower; tune both by looking at the distill/* curves in results.png.
+DEFAULT_OUTPUT_WEIGHT = 1.0
+DEFAULT_FEATURE_WEIGHT = 0.5
+DEFAULT_FEATURE_LOSS = "mse"
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """One student layer distilled from one teacher layer, named as `named_modules()` names them."""
+
+    student: str
+    teacher: str
+
+    def __str__(self) -> str:
+        return f"{self.student}:{self.teacher}"
+
+
+@dataclass
+class DistillConfig:
+    """Which distillation terms are on, their weights, and the feature layer pairs."""
+
+    output: bool = False
+    feature: bool = False
+    output_weight: float = DEFAULT_OUTPUT_WEIGHT
+    feature_weight: float = DEFAULT_FEATURE_WEIGHT
+    feature_loss: str = DEFAULT_FEATURE_LOSS
+    # None means "the layers that feed Detect", resolved once both models are known.
+    layers: Optional[tuple[LayerPair, ...]] = None
+    feature_loss_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output_weight < 0 or self.feature_weight < 0:
+            raise UserError(f"distillation weights must be >= 0, got --d_weight {self.output_weight} "
+                            f"--f_weight {self.feature_weight}")
+        if self.layers is not None and not self.feature:
+            raise UserError("--d_layers needs --d_feature (feature distillation is off)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.output or self.feature
+
+    def to_dict(self) -> dict:
+        """Plain-data form, stored in checkpoints and opt.yaml."""
+        d = asdict(self)
+        d["layers"] = None if self.layers is None else [str(p) for p in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        d = dict(d)
+        layers = d.pop("layers", None)
+        return cls(**d, layers=None if layers is None else parse_layer_pairs(layers))
+
+
+def layer_name(token: str) -> str:
+    """`17` -> `model.17` (a YOLOv5 layer index); anything else is taken as a module path."""
+    token = token.strip()
+    if not token:
+        raise UserError("empty layer name in --d_layers")
+    return f"model.{int(token)}" if token.lstrip("-").isdigit() else token
+
+
+def parse_layer_pairs(specs: Sequence[str]) -> tuple[LayerPair, ...]:
+    """Parse `--d_layers` tokens: `S:T` pairs or a single `L` meaning the same layer in both models."""
+    pairs = []
+    for spec in specs:
+        for token in str(spec).replace(",", " ").split():
+            student, sep, teacher = token.partition(":")
+            if sep and not teacher:
+                raise UserError(f"--d_layers entry {token!r} has no teacher layer after ':'")
+            pairs.append(LayerPair(layer_name(student), layer_name(teacher if sep else student)))
+    if not pairs:
+        raise UserError("--d_layers was given but names no layer")
+    if len(set(pairs)) != len(pairs):
+        raise UserError(f"--d_layers repeats a pair: {' '.join(map(str, pairs))}")
+    return tuple(pairs)

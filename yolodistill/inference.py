@@ -1,0 +1,57 @@
+"""`yolodistill val` and `yolodistill detect`: yolov5's val and detect for any student or teacher checkpoint,
+loaded weights-only (yolov5's own commands call torch.load in a way current PyTorch refuses)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import yolo_backend as yb
+from .errors import UserError
+from .trainer import METRIC_COLUMNS
+
+LOGGER = logging.getLogger("yolodistill")
+
+
+def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, device: str = "", task: str = "val",
+        conf_thres: float = 0.001, iou_thres: float = 0.6, workers: int = 8, project: str = "runs/val",
+        name: str = "exp", exist_ok: bool = False, verbose: bool = False, single_cls: bool = False,
+        trust: bool = False) -> dict:
+    """mAP of a checkpoint on a dataset split; returns P, R, mAP50, mAP50-95 and the val losses."""
+    data_dict = yb.load_data_yaml(data)
+    if task not in data_dict:
+        raise UserError(f"dataset yaml {data} has no '{task}' split")
+    dev = yb.select_device(device, batch_size=batch_size)
+    model = yb.load_model(weights, trust=trust).to(dev).eval()
+    nc = 1 if single_cls else int(data_dict["nc"])
+    if not single_cls and int(model.nc) != nc:
+        raise UserError(f"{weights} has {int(model.nc)} classes but {data} has {nc}: "
+                        f"pass the dataset the model was trained on")
+    stride = yb.max_stride(model)
+    size = yb.check_img_size(imgsz, stride)
+    loader = yb.create_val_loader(data_dict[task], size, batch_size, stride, None, workers=workers,
+                                  single_cls=single_cls)
+    save_dir = Path(yb.increment_path(Path(project) / name, exist_ok=exist_ok))
+    metrics, _ = yb.validate(model, data_dict, loader, imgsz=size, batch_size=batch_size, save_dir=save_dir,
+                             half=dev.type != "cpu", single_cls=single_cls, verbose=verbose,
+                             conf_thres=conf_thres, iou_thres=iou_thres)
+    LOGGER.info(f"Results saved to {save_dir}")
+    return {"save_dir": str(save_dir), **dict(zip(METRIC_COLUMNS[:4], metrics[:4]))}
+
+
+def detect(weights: str, source: str, *, imgsz: int = 640, device: str = "", conf_thres: float = 0.25,
+           iou_thres: float = 0.45, max_det: int = 1000, project: str = "runs/detect", name: str = "exp",
+           exist_ok: bool = False, save_txt: bool = False, nosave: bool = False, line_width: int = 2,
+           trust: bool = False) -> dict:
+    """Detect objects in images; saves annotated copies (and YOLO-format txt labels with --save-txt)."""
+    files = yb.image_sources(source)
+    dev = yb.select_device(device)
+    model = yb.load_model(weights, trust=trust).to(dev).eval()
+    size = yb.check_img_size(imgsz, yb.max_stride(model))
+    save_dir = Path(yb.increment_path(Path(project) / name, exist_ok=exist_ok))
+    summary = yb.detect_images(model, files, imgsz=size, device=dev, save_dir=save_dir, conf_thres=conf_thres,
+                               iou_thres=iou_thres, max_det=max_det, save_txt=save_txt, save_img=not nosave,
+                               line_width=line_width)
+    total = sum(s["detections"] for s in summary)
+    LOGGER.info(f"{len(summary)} images, {total} detections; results saved to {save_dir}")
+    return {"save_dir": str(save_dir), "images": summary}

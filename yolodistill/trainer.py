@@ -1,0 +1,497 @@
+"""The train-loop wrapper: yolov5's own parts, composed into small steps, plus distillation terms.
+
+Same recipe as yolov5's train.py (mosaic dataloader, ComputeLoss, ModelEMA, smart_optimizer, warmup,
+linear/cosine LR, accumulation to a nominal batch of 64, AMP on CUDA, EarlyStopping, val mAP per
+epoch, best.pt/last.pt, results.csv) but every loss term is a named column, and the student that
+is saved is a plain YOLOv5 model: adapters live only in last.pt's 'distill' entry, for --resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from torch.optim import lr_scheduler
+from tqdm import tqdm
+
+from . import __version__
+from . import yolo_backend as yb
+from .checkpoint import load_checkpoint, save_checkpoint_atomic
+from .config import DistillConfig, parse_layer_pairs
+from .distiller import TASK_TERMS, Distiller, loss_names
+from .errors import UserError
+from .run_logger import RunLogger, plot_results
+from .teacher import FrozenTeacher, load_teacher
+
+LOGGER = logging.getLogger("yolodistill")
+NOMINAL_BATCH = 64  # yolov5's nbs: gradients accumulate to this many images per optimizer step
+MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
+METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+                  "val/box_loss", "val/obj_loss", "val/cls_loss")
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss stays NaN); reported on one line like a user error."""
+
+
+@dataclass
+class TrainOptions:
+    """yolov5 train.py's options (same names and defaults where they make sense) plus distillation."""
+
+    data: str = ""
+    weights: str = ""
+    cfg: str = ""
+    hyp: str = ""
+    epochs: int = 100
+    batch_size: int = 16
+    imgsz: int = 640
+    rect: bool = False
+    resume: Union[bool, str] = False
+    nosave: bool = False
+    noval: bool = False
+    noautoanchor: bool = False
+    noplots: bool = False
+    cache: Optional[str] = None
+    image_weights: bool = False
+    device: str = ""
+    multi_scale: bool = False
+    single_cls: bool = False
+    optimizer: str = "SGD"
+    workers: int = 8
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    quad: bool = False
+    cos_lr: bool = False
+    label_smoothing: float = 0.0
+    patience: int = 100
+    freeze: list = field(default_factory=lambda: [0])
+    save_period: int = -1
+    seed: int = 0
+    # distillation
+    t_weights: str = ""
+    t_cfg: str = ""
+    d_output: bool = False
+    d_feature: bool = False
+    d_weight: float = DistillConfig.output_weight
+    f_weight: float = DistillConfig.feature_weight
+    d_layers: Optional[list] = None
+    feature_loss: str = DistillConfig.feature_loss
+    trust_checkpoint: bool = False
+    # filled in by the trainer, kept for --resume
+    save_dir: str = ""
+    hyp_dict: Optional[dict] = None
+
+    def distill_config(self) -> DistillConfig:
+        """--d_output: outputs only; --d_feature: features and outputs (the Adlik fork's meaning)."""
+        if (self.d_output or self.d_feature) and not self.t_weights:
+            raise UserError("--d_output/--d_feature need a teacher: pass --t_weights teacher.pt")
+        return DistillConfig(output=self.d_output or self.d_feature, feature=self.d_feature,
+                             output_weight=self.d_weight, feature_weight=self.f_weight,
+                             feature_loss=self.feature_loss,
+                             layers=parse_layer_pairs(self.d_layers) if self.d_layers else None)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def find_last_checkpoint(resume: Union[bool, str], project: str) -> Path:
+    """The last.pt to resume: the path given, or the newest under --project."""
+    if isinstance(resume, str) and resume not in ("", "True"):
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "weights" / "last.pt"
+        if not path.is_file():
+            raise UserError(f"--resume checkpoint not found: {path}")
+        return path
+    candidates = list(Path(project).glob("**/weights/last.pt"))
+    if not candidates:
+        raise UserError(f"--resume: no last.pt found under {project}; pass the checkpoint path")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+class DistillTrainer:
+    """One training run; `run()` goes through setup, epochs and the final strip/validate."""
+
+    def __init__(self, opt: TrainOptions):
+        self.opt = opt
+        self.resume_ckpt: Optional[dict] = None
+        if opt.resume:
+            self._load_resume_state()
+        self.config = self.opt.distill_config()
+        self.names = loss_names(self.config)
+        self.device = yb.select_device(self.opt.device, batch_size=self.opt.batch_size)
+        self.cuda = self.device.type != "cpu"
+        # yolov5's check_amp downloads weights to test AMP; AMP on CUDA is safe for these models.
+        self.amp = self.cuda
+
+    # ------------------------------------------------------------------ setup
+    def _load_resume_state(self) -> None:
+        last = find_last_checkpoint(self.opt.resume, self.opt.project)
+        ckpt = load_checkpoint(last, allowed_prefixes=yb.YOLOV5_CHECKPOINT_MODULES, trust=self.opt.trust_checkpoint)
+        if not isinstance(ckpt, dict) or "opt" not in ckpt or ckpt.get("model") is None:
+            raise UserError(f"{last} is not a yolodistill/yolov5 training checkpoint (no 'opt'/'model' entry)")
+        if ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
+            raise UserError(f"{last} is from a finished run (optimizer stripped); nothing to resume")
+        opt = TrainOptions.from_dict(ckpt["opt"])
+        opt.resume, opt.weights, opt.cfg = str(last), str(last), ""
+        opt.save_dir = str(last.parent.parent)
+        opt.trust_checkpoint = self.opt.trust_checkpoint or opt.trust_checkpoint
+        self.opt, self.resume_ckpt = opt, ckpt
+        LOGGER.info(f"Resuming training from {last} (epoch {ckpt['epoch'] + 1} of {opt.epochs})")
+
+    def _setup_run_dir(self) -> None:
+        opt = self.opt
+        if not opt.save_dir:
+            opt.save_dir = str(yb.increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+        self.save_dir = Path(opt.save_dir)
+        self.weights_dir = self.save_dir / "weights"
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        self.last, self.best = self.weights_dir / "last.pt", self.weights_dir / "best.pt"
+
+    def _setup_hyp_and_data(self) -> None:
+        opt = self.opt
+        if opt.hyp_dict is None:
+            opt.hyp_dict = yb.load_hyp(opt.hyp)
+        self.hyp = dict(opt.hyp_dict)
+        if not opt.data:
+            raise UserError("--data is required (a YOLOv5 dataset yaml)")
+        self.data = yb.load_data_yaml(opt.data)
+        self.nc = 1 if opt.single_cls else int(self.data["nc"])
+        names = self.data["names"]
+        self.class_names = {0: "item"} if opt.single_cls and len(names) != 1 else names
+        if not self.resume_ckpt:
+            with open(self.save_dir / "hyp.yaml", "w") as f:
+                yaml.safe_dump(self.hyp, f, sort_keys=False)
+
+    def _setup_models(self) -> None:
+        opt = self.opt
+        self.teacher: Optional[FrozenTeacher] = None
+        if opt.t_weights:
+            self.teacher = load_teacher(opt.t_weights, cfg=opt.t_cfg, nc=self.nc, device=self.device,
+                                        half=self.cuda, trust=opt.trust_checkpoint)
+        self.student, _ = yb.create_student(opt.weights, opt.cfg, self.nc, self.hyp, trust=opt.trust_checkpoint)
+        self.student.to(self.device)
+        fresh = not opt.weights  # a student built from a yaml has untrained anchors: take the teacher's
+        if self.teacher is not None and fresh and self.config.output:
+            yb.copy_anchors(self.teacher.model, self.student)
+            LOGGER.info("Student anchors set to the teacher's (output distillation compares the heads cell by cell)")
+        self._freeze_layers()
+        self.gs = yb.max_stride(self.student)
+        self.imgsz = yb.check_img_size(opt.imgsz, self.gs, floor=self.gs * 2)
+        if self.imgsz != opt.imgsz:
+            LOGGER.warning(f"WARNING: --imgsz {opt.imgsz} is not a multiple of the max stride {self.gs}, "
+                           f"using {self.imgsz}")
+
+    def _freeze_layers(self) -> None:
+        freeze = self.opt.freeze if isinstance(self.opt.freeze, (list, tuple)) else [self.opt.freeze]
+        prefixes = [f"model.{x}." for x in (freeze if len(freeze) > 1 else range(int(freeze[0])))]
+        for k, v in self.student.named_parameters():
+            v.requires_grad = not any(p in k for p in prefixes)
+
+    def _setup_loaders(self) -> None:
+        opt = self.opt
+        self.train_loader, self.dataset = yb.create_train_loader(
+            self.data["train"], self.imgsz, opt.batch_size, self.gs, self.hyp, workers=opt.workers, seed=opt.seed,
+            single_cls=opt.single_cls, cache=None if opt.cache == "val" else opt.cache, rect=opt.rect,
+            image_weights=opt.image_weights, quad=opt.quad)
+        self.labels = yb.check_labels(self.dataset, self.nc, opt.data)
+        self.val_loader = yb.create_val_loader(self.data["val"], self.imgsz, opt.batch_size * 2, self.gs, self.hyp,
+                                               workers=opt.workers * 2, single_cls=opt.single_cls,
+                                               cache=None if opt.noval else opt.cache)
+        if not self.resume_ckpt and not opt.noautoanchor and not self.config.output:
+            from yolov5.utils.autoanchor import check_anchors  # noqa: only AutoAnchor needs it
+            check_anchors(self.dataset, model=self.student, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
+        self.student.half().float()  # pre-reduce anchor precision, as train.py
+
+    def _setup_training(self) -> None:
+        opt = self.opt
+        self.scaled_hyp = yb.prepare_for_loss(self.student, self.hyp, self.nc, self.imgsz, self.class_names,
+                                              self.dataset.labels, opt.label_smoothing)
+        self.compute_loss = yb.ComputeLoss(self.student)
+        self.distiller = None
+        if self.teacher is not None and self.config.enabled:
+            self.distiller = Distiller(self.student, self.teacher, self.config, gains=self.scaled_hyp,
+                                       imgsz=self.imgsz, device=self.device)
+            LOGGER.info(self.distiller.describe())
+        elif self.teacher is not None:
+            LOGGER.warning("WARNING: --t_weights given without --d_output/--d_feature: the teacher is not used")
+        self.trainable = self.distiller.trainable() if self.distiller else self.student
+
+        self.accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
+        weight_decay = self.hyp["weight_decay"] * opt.batch_size * self.accumulate / NOMINAL_BATCH
+        self.optimizer = yb.smart_optimizer(self.trainable, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"],
+                                            weight_decay)
+        self.lf = yb.lr_lambda(opt.epochs, self.hyp["lrf"], opt.cos_lr)
+        self.scheduler = lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        # The EMA deep-copies the student now, before any hook exists, so it never carries one.
+        self.ema = yb.ModelEMA(self.student)
+        self.best_fitness, self.start_epoch = 0.0, 0
+        if self.resume_ckpt:
+            self._restore(self.resume_ckpt)
+            self.resume_ckpt = None
+        self.scheduler.last_epoch = self.start_epoch - 1
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.stopper = yb.EarlyStopping(patience=opt.patience)
+        columns = [f"train/{n}" for n in self.names] + list(METRIC_COLUMNS) + \
+                  [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))]
+        self.run_logger = RunLogger(self.save_dir, columns)
+        self.run_logger.truncate_after(self.start_epoch - 1)
+        self._write_opt_yaml()
+
+    def _restore(self, ckpt: dict) -> None:
+        """Put EMA, optimizer, adapters, epoch and best fitness back from a last.pt."""
+        if ckpt.get("ema") is not None:
+            self.ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
+            self.ema.updates = ckpt.get("updates", 0)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        distill_state = ckpt.get("distill") or {}
+        if self.distiller is not None and distill_state.get("adapters") is not None:
+            self.distiller.adapters.load_state_dict(distill_state["adapters"])
+        self.best_fitness = float(ckpt.get("best_fitness") or 0.0)
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        if self.start_epoch >= self.opt.epochs:
+            raise UserError(f"{self.opt.resume} finished all {self.opt.epochs} epochs; nothing to resume")
+
+    def _write_opt_yaml(self) -> None:
+        with open(self.save_dir / "opt.yaml", "w") as f:
+            yaml.safe_dump(self._opt_dict(), f, sort_keys=False)
+
+    def _opt_dict(self) -> dict:
+        d = asdict(self.opt)
+        d["resume"] = bool(d["resume"])
+        return d
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        """Train; returns the final metrics of best.pt (or last.pt) and the run folder."""
+        self._setup_run_dir()
+        self._setup_hyp_and_data()
+        self._setup_models()
+        self._setup_loaders()
+        self._setup_training()
+        if self.distiller:
+            self.distiller.attach()
+        try:
+            results = self._fit()
+        finally:
+            if self.distiller:
+                self.distiller.remove()
+            self.run_logger.close()
+        return results
+
+    def _fit(self) -> dict:
+        opt = self.opt
+        nb = len(self.train_loader)
+        self.nw = yb.warmup_iterations(self.hyp, nb)
+        self.last_opt_step = -1
+        self.bad_steps = 0
+        results = (0.0,) * len(METRIC_COLUMNS)
+        maps = np.zeros(self.nc)
+        LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val; {self.train_loader.num_workers} dataloader "
+                    f"workers; logging results to {self.save_dir}; training for {opt.epochs} epochs...")
+        t0 = time.time()
+        epoch = self.start_epoch
+        for epoch in range(self.start_epoch, opt.epochs):
+            mloss = self._train_epoch(epoch, nb, maps)
+            lr = [g["lr"] for g in self.optimizer.param_groups]
+            self.scheduler.step()
+            self.ema.update_attr(self.student, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
+            final_epoch = epoch + 1 == opt.epochs or self.stopper.possible_stop
+            if not opt.noval or final_epoch:
+                results, maps = self._validate(self.ema.ema)
+            fi = float(yb.fitness(np.array(results).reshape(1, -1))[0])
+            stop = self.stopper(epoch=epoch, fitness=fi)
+            self.best_fitness = max(self.best_fitness, fi)
+            row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
+            row.update(zip(METRIC_COLUMNS, results))
+            row.update({f"x/lr{i}": v for i, v in enumerate(lr)})
+            self.run_logger.log(epoch, row)
+            if not opt.nosave or final_epoch or stop:
+                self._save(epoch, fi)
+            if stop:
+                break
+        LOGGER.info(f"{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+        return self._finish()
+
+    def _train_epoch(self, epoch: int, nb: int, maps: np.ndarray) -> torch.Tensor:
+        opt = self.opt
+        self.trainable.train()  # the teacher is not in here; FrozenTeacher.train() is a no-op anyway
+        if opt.image_weights:
+            from yolov5.utils.general import labels_to_image_weights  # noqa: only --image-weights needs it
+            cw = self.student.class_weights.cpu().numpy() * (1 - maps) ** 2 / self.nc
+            iw = labels_to_image_weights(self.dataset.labels, nc=self.nc, class_weights=cw)
+            self.dataset.indices = random.choices(range(self.dataset.n), weights=iw, k=self.dataset.n)
+        mloss = torch.zeros(len(self.names), device=self.device)
+        shorts = [n.replace("distill/", "d_") for n in self.names]
+        LOGGER.info(("\n" + "%11s" * (4 + len(shorts))) % ("Epoch", "GPU_mem", *shorts, "Instances", "Size"))
+        pbar = tqdm(enumerate(self.train_loader), total=nb, bar_format=yb.TQDM_BAR_FORMAT)
+        self.optimizer.zero_grad()
+        for i, (imgs, targets, _paths, _) in pbar:
+            ni = i + nb * epoch
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255
+            self._warmup(ni, epoch)
+            if opt.multi_scale:
+                imgs = self._random_rescale(imgs)
+            items = self.training_step(imgs, targets.to(self.device), ni)
+            if items is not None:
+                mloss = (mloss * i + items) / (i + 1)
+            mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
+            pbar.set_description(("%11s" * 2 + "%11.4g" * (len(shorts) + 2)) %
+                                 (f"{epoch}/{opt.epochs - 1}", mem, *mloss.tolist(), targets.shape[0],
+                                  imgs.shape[-1]))
+        return mloss
+
+    def training_step(self, imgs: torch.Tensor, targets: Optional[torch.Tensor], ni: int) -> Optional[torch.Tensor]:
+        """Forward, loss, backward and (every `accumulate` batches) an optimizer step.
+
+        `targets` (N, 6: image, class, x, y, w, h) may be None for an unlabeled batch, which then
+        gets only the distillation terms. Returns the per-term loss items, or None for a skipped step.
+        """
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            pred = self.distiller.forward_student(imgs) if self.distiller else self.student(imgs)
+            loss, items = self.loss_terms(imgs, pred, targets)
+        if not torch.isfinite(loss):
+            self.bad_steps += 1
+            LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
+                           f"({self.bad_steps}/{MAX_BAD_STEPS} in a row)")
+            self.optimizer.zero_grad()
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise TrainingError(f"loss was NaN/inf for {MAX_BAD_STEPS} steps in a row; lower the learning "
+                                    f"rate or the distillation weights, or check the data")
+            return None
+        self.bad_steps = 0
+        self.scaler.scale(loss).backward()
+        if ni - self.last_opt_step >= self.accumulate:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.trainable.parameters(), max_norm=10.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad()
+            self.ema.update(self.student)
+            self.last_opt_step = ni
+        return items
+
+    def loss_terms(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor]):
+        """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order."""
+        bs = imgs.shape[0]
+        total = torch.zeros((), device=imgs.device)
+        items = dict.fromkeys(self.names, torch.zeros((), device=imgs.device))
+        if targets is not None:
+            task_loss, task_items = self.compute_loss(pred, targets)  # (box + obj + cls) * bs, and the three
+            total = total + task_loss.reshape(())
+            items.update(zip(TASK_TERMS, task_items))
+        elif not self.distiller:
+            raise UserError("a batch without labels needs distillation (--d_output or --d_feature)")
+        if self.distiller:
+            for name, value in self.distiller.terms(imgs, pred).items():
+                total = total + value.float() * bs
+                items[name] = value.detach().float()
+        return total, torch.stack([items[n].reshape(()) for n in self.names])
+
+    def _warmup(self, ni: int, epoch: int) -> None:
+        """train.py's warmup: accumulate, bias LR falling from warmup_bias_lr, others rising from 0."""
+        if ni > self.nw:
+            return
+        xi = [0, self.nw]
+        self.accumulate = max(1, np.interp(ni, xi, [1, NOMINAL_BATCH / self.opt.batch_size]).round())
+        for j, x in enumerate(self.optimizer.param_groups):
+            x["lr"] = np.interp(ni, xi, [self.hyp["warmup_bias_lr"] if j == 0 else 0.0,
+                                         x["initial_lr"] * self.lf(epoch)])
+            if "momentum" in x:
+                x["momentum"] = np.interp(ni, xi, [self.hyp["warmup_momentum"], self.hyp["momentum"]])
+
+    def _random_rescale(self, imgs: torch.Tensor) -> torch.Tensor:
+        sz = random.randrange(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs) // self.gs * self.gs
+        sf = sz / max(imgs.shape[2:])
+        if sf == 1:
+            return imgs
+        ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
+        return nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+
+    def _validate(self, model: nn.Module, verbose: bool = False):
+        results, maps = yb.validate(model, self.data, self.val_loader, imgsz=self.imgsz,
+                                    batch_size=self.opt.batch_size * 2, save_dir=self.save_dir, half=self.amp,
+                                    compute_loss=self.compute_loss, single_cls=self.opt.single_cls, verbose=verbose)
+        model.float()  # val.run halves the model on CUDA; keep the EMA accumulating in FP32
+        return results, maps
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int, with_training_state: bool) -> dict:
+        """yolov5's checkpoint keys; the student copy is taken with its hooks removed."""
+        with self.distiller.student_detached() if self.distiller else nullcontext():
+            model = deepcopy(yb.de_parallel(self.student)).half()
+        ckpt = {
+            "epoch": epoch,
+            "best_fitness": self.best_fitness,
+            "model": model,
+            "ema": deepcopy(self.ema.ema).half(),
+            "updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict() if with_training_state else None,
+            "opt": self._opt_dict(),
+            "date": datetime.now().isoformat(),
+            "yolov5pip_version": yb.YOLOV5_VERSION,
+            "yolodistill_version": __version__,
+        }
+        if with_training_state and self.distiller is not None:
+            ckpt["distill"] = {"adapters": self.distiller.adapters.state_dict(), "config": self.config.to_dict()}
+        return ckpt
+
+    def _save(self, epoch: int, fi: float) -> None:
+        save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=True), self.last)
+        if fi >= self.best_fitness:
+            save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=False), self.best)
+        if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
+            save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=False),
+                                   self.weights_dir / f"epoch{epoch}.pt")
+
+    def _finish(self) -> dict:
+        """Strip last/best to plain students (yolov5's strip_optimizer) and validate best.pt per class."""
+        for f in (self.last, self.best):
+            if f.exists():
+                strip_checkpoint(f)
+        final = self.best if self.best.exists() else self.last
+        results = dict(zip(METRIC_COLUMNS, (0.0,) * len(METRIC_COLUMNS)))
+        if final.exists():
+            LOGGER.info(f"\nValidating {final}...")
+            model = yb.load_model(final).to(self.device)
+            metrics, _ = self._validate(model, verbose=True)
+            results = dict(zip(METRIC_COLUMNS, metrics))
+        if not self.opt.noplots:
+            plot_results(self.run_logger.csv_path)
+        LOGGER.info(f"Results saved to {self.save_dir}")
+        return {"save_dir": str(self.save_dir), "best": str(final), **results}
+
+
+def strip_checkpoint(path: Path) -> None:
+    """Leave a plain YOLOv5 student: EMA weights as 'model', no optimizer, no adapters (atomic rewrite)."""
+    ckpt = load_checkpoint(path, allowed_prefixes=yb.YOLOV5_CHECKPOINT_MODULES)
+    if ckpt.get("ema") is not None:
+        ckpt["model"] = ckpt["ema"]
+    for k in ("optimizer", "best_fitness", "ema", "updates"):
+        ckpt[k] = None
+    ckpt.pop("distill", None)
+    ckpt["epoch"] = -1
+    ckpt["model"].half()
+    for p in ckpt["model"].parameters():
+        p.requires_grad = False
+    save_checkpoint_atomic(ckpt, path)
+
+
+def train(**kwargs) -> dict:
+    """Python API: `yolodistill.train(data=..., cfg='yolov5n.yaml', t_weights='teacher.pt', d_feature=True)`."""
+    return DistillTrainer(TrainOptions(**kwargs)).run()
