@@ -1,3 +1,30 @@
-"""yolodistill: knowledge distillation for YOLOv5 detectors (and, later, classifiers) aimed at Jetson deployment."""
+"""yolodistill: knowledge distillation for YOLOv5 detectors (and, later, classifiers) aimed at Jetson deployment.
+
+The public names load lazily, so `import yolodistill` (and `yolodistill --help`) does not import
+torch or yolov5.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "train": "trainer",
+    "TrainOptions": "trainer",
+    "DistillTrainer": "trainer",
+    "DistillConfig": "config",
+    "LayerPair": "config",
+    "Distiller": "distiller",
+    "FrozenTeacher": "teacher",
+    "load_teacher": "teacher",
+    "val": "inference",
+    "detect": "inference",
+    "UserError": "errors",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module 'yolodistill' has no attribute {name!r}")

@@ -153,7 +153,32 @@ def _run_detect(args: argparse.Namespace) -> None:
            trust=args.trust_checkpoint)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_val, _add_detect)
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets: `data synth` writes the embedded synthetic detection dataset")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    s = data_sub.add_parser("synth", help="generate a deterministic YOLO-format detection dataset",
+                            description="Six look-alike classes (square/rectangle, circle/ring, triangle/arrow), "
+                                        "small and large objects, rotation, texture, occlusion, clutter, blur. "
+                                        "Same seed, same bytes.")
+    _flag(s, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
+    _flag(s, "--n-train", type=int, default=800, help="training images")
+    _flag(s, "--n-val", type=int, default=200, help="validation images")
+    _flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
+    _flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
+    _flag(s, "--seed", type=int, default=0, help="random seed")
+    _flag(s, "--exist-ok", action="store_true", help="write into a non-empty folder")
+    s.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> None:
+    from .synth import generate
+
+    path = generate(args.out, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, classes=args.classes,
+                    seed=args.seed, exist_ok=args.exist_ok)
+    logging.getLogger("yolodistill").info(f"dataset written: {path}")
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_val, _add_detect, _add_data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import __version__
 from . import yolo_backend as yb
-from .checkpoint import load_checkpoint, save_checkpoint_atomic
+from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
 from .distiller import TASK_TERMS, Distiller, loss_names
 from .errors import UserError
@@ -142,7 +142,7 @@ class DistillTrainer:
     # ------------------------------------------------------------------ setup
     def _load_resume_state(self) -> None:
         last = find_last_checkpoint(self.opt.resume, self.opt.project)
-        ckpt = load_checkpoint(last, allowed_prefixes=yb.YOLOV5_CHECKPOINT_MODULES, trust=self.opt.trust_checkpoint)
+        ckpt = yb.load_yolov5_checkpoint(last, trust=self.opt.trust_checkpoint)
         if not isinstance(ckpt, dict) or "opt" not in ckpt or ckpt.get("model") is None:
             raise UserError(f"{last} is not a yolodistill/yolov5 training checkpoint (no 'opt'/'model' entry)")
         if ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
@@ -479,7 +479,7 @@ class DistillTrainer:
 
 def strip_checkpoint(path: Path) -> None:
     """Leave a plain YOLOv5 student: EMA weights as 'model', no optimizer, no adapters (atomic rewrite)."""
-    ckpt = load_checkpoint(path, allowed_prefixes=yb.YOLOV5_CHECKPOINT_MODULES)
+    ckpt = yb.load_yolov5_checkpoint(path)
     if ckpt.get("ema") is not None:
         ckpt["model"] = ckpt["ema"]
     for k in ("optimizer", "best_fitness", "ema", "updates"):

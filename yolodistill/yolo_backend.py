@@ -50,6 +50,8 @@ YOLOV5_VERSION = yolov5.__version__
 # name `models.*` (the pip package puts its root on sys.path so both resolve to the same files).
 YOLOV5_CHECKPOINT_MODULES = ("yolov5.models.common.", "yolov5.models.yolo.", "yolov5.models.experimental.",
                              "models.common.", "models.yolo.", "models.experimental.")
+# Repo-style names load as the pip package's classes, so isinstance checks hold for both.
+YOLOV5_CHECKPOINT_ALIASES = {"models.": "yolov5.models."}
 IMG_FORMATS = tuple(yolov5_dataloaders.IMG_FORMATS)
 STANDARD_CFGS = tuple(sorted(p.name for p in (YOLOV5_DIR / "models").glob("yolov5*.yaml")))
 
@@ -181,9 +183,15 @@ def build_model(cfg: str | Path | dict, nc: int, anchors: Any = None) -> nn.Modu
         raise UserError(f"cannot build a YOLOv5 model from {cfg if isinstance(cfg, str) else 'the yaml'}: {e}") from None
 
 
+def load_yolov5_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
+    """torch.load of a yolov5 or yolodistill checkpoint, weights-only with yolov5's layer classes allowed."""
+    return load_checkpoint(path, allowed_prefixes=YOLOV5_CHECKPOINT_MODULES, aliases=YOLOV5_CHECKPOINT_ALIASES,
+                           trust=trust)
+
+
 def load_detection_checkpoint(path: str | Path, *, trust: bool = False) -> dict:
     """Load a YOLOv5 checkpoint safely and check it holds a detection model ('ema' or 'model')."""
-    ckpt = load_checkpoint(path, allowed_prefixes=YOLOV5_CHECKPOINT_MODULES, trust=trust)
+    ckpt = load_yolov5_checkpoint(path, trust=trust)
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, DetectionModel):
         what = type(model).__name__ if model is not None else "no 'model' entry"

@@ -1,0 +1,140 @@
+"""Every user mistake named in the detection issue ends with one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolodistill import yolo_backend as yb
+from yolodistill.checkpoint import save_checkpoint_atomic
+from yolodistill.cli import main
+
+from .conftest import IMGSZ, make_tiny_dataset
+
+BASE = ["--imgsz", str(IMGSZ), "--batch-size", "8", "--workers", "0", "--device", "cpu", "--epochs", "1",
+        "--noplots"]
+
+
+def _fails(capsys, argv, match: str) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert match in last, last
+    return last
+
+
+def _train(tmp_path, *extra):
+    return ["train", *BASE, "--project", str(tmp_path), "--name", "x", *extra]
+
+
+def test_missing_teacher_weights(capsys, tiny_data, tmp_path):
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                          str(tmp_path / "nope.pt"), "--d_output"), "nope.pt")
+
+
+def test_distillation_without_teacher(capsys, tiny_data, tmp_path):
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--d_feature"), "--t_weights")
+
+
+def test_not_a_yolov5_checkpoint(capsys, tiny_data, tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, bogus)
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights", str(bogus),
+                          "--d_output"), "not a YOLOv5 detection checkpoint")
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    _fails(capsys, _train(tmp_path, "--weights", str(text), "--data", str(tiny_data)), "text.pt")
+
+
+def test_nc_mismatch_under_output_distillation(capsys, teacher_weights, tmp_path):
+    three = make_tiny_dataset(tmp_path / "d3")
+    three.write_text(three.read_text().replace("nc: 2\nnames: [rect, circle]", "nc: 3\nnames: [a, b, c]"))
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(three), "--t_weights",
+                          str(teacher_weights), "--d_output"), "same nc")
+
+
+def test_anchor_mismatch_under_output_distillation(capsys, teacher_weights, tiny_data, tmp_path):
+    student = yb.build_model("yolov5n.yaml", 2)
+    yb.detect_head(student).anchors.mul_(2.0)
+    weights = tmp_path / "student.pt"
+    save_checkpoint_atomic({"model": student.half(), "ema": None, "epoch": -1, "optimizer": None}, weights)
+    _fails(capsys, _train(tmp_path, "--weights", str(weights), "--data", str(tiny_data), "--t_weights",
+                          str(teacher_weights), "--d_output"), "same anchors")
+
+
+def test_unknown_layer(capsys, teacher_weights, tiny_data, tmp_path):
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                          str(teacher_weights), "--d_feature", "--d_layers", "99:17"), "model.99")
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                          str(teacher_weights), "--d_feature", "--d_layers", "model.17:model.nope"), "model.nope")
+
+
+def test_unknown_feature_loss(capsys, teacher_weights, tiny_data, tmp_path):
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                          str(teacher_weights), "--d_feature", "--feature-loss", "nope"), "nope")
+
+
+def test_missing_dataset_yaml(capsys, tmp_path):
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tmp_path / "missing.yaml")),
+           "missing.yaml")
+
+
+def test_dataset_without_images(capsys, tmp_path):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    data = tmp_path / "empty.yaml"
+    data.write_text(f"path: {tmp_path / 'empty'}\ntrain: images\nval: images\nnames: [a]\n")
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(data)), "no images found")
+    data.write_text(f"path: {tmp_path / 'empty'}\ntrain: images\nnames: [a]\n")
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(data)), "no 'val' entry")
+
+
+def test_label_class_out_of_range(capsys, tmp_path):
+    data = make_tiny_dataset(tmp_path / "bad", n_train=8, n_val=4)
+    label = next((tmp_path / "bad" / "labels" / "train").glob("*.txt"))
+    label.write_text("5 0.5 0.5 0.2 0.2\n")
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(data)), "exceeds nc=2")
+
+
+def test_nan_loss_skips_then_stops(capsys, caplog, teacher_weights, tiny_data, tmp_path, monkeypatch):
+    import logging
+
+    from yolodistill import trainer as trainer_mod
+
+    caplog.set_level(logging.WARNING, logger="yolodistill")
+    real = trainer_mod.DistillTrainer.loss_terms
+
+    def nan_loss(self, imgs, pred, targets):
+        total, items = real(self, imgs, pred, targets)
+        return total * float("nan"), items
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "loss_terms", nan_loss)
+    monkeypatch.setattr(trainer_mod, "MAX_BAD_STEPS", 2)
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                          str(teacher_weights), "--d_output"), "NaN")
+    assert sum("step skipped" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_imgsz_rounded_to_stride(tiny_data, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="yolodistill")
+    assert main(["train", "--imgsz", "70", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--epochs", "1",
+                 "--noval", "--noplots", "--project", str(tmp_path), "--name", "r", "--cfg", "yolov5n.yaml",
+                 "--data", str(tiny_data)]) == 0
+    assert any("not a multiple" in r.getMessage() and "96" in r.getMessage() for r in caplog.records)
+
+
+def test_console_script_exit_code_and_one_line(tmp_path):
+    """The installed command: a user error is one stderr line and exit code 1, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "yolodistill", "train", "--data", str(tmp_path / "none.yaml"),
+                           "--cfg", "yolov5n.yaml", "--project", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("yolodistill train: error: dataset yaml not found")

@@ -1,0 +1,137 @@
+"""The distiller on randomly initialised YOLOv5 models: gradients, frozen teacher, hooks, unlabeled batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from yolodistill import yolo_backend as yb
+from yolodistill.config import DistillConfig, LayerPair
+from yolodistill.distiller import DISTILL_FEATURE, DISTILL_OUTPUT, Distiller, loss_names
+from yolodistill.errors import UserError
+from yolodistill.teacher import FrozenTeacher
+
+IMGSZ = 64
+GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}
+
+
+def _models(nc: int = 2, teacher_cfg: str = "yolov5s.yaml"):
+    torch.manual_seed(0)
+    student = yb.build_model("yolov5n.yaml", nc)
+    teacher_model = yb.build_model(teacher_cfg, nc)
+    yb.copy_anchors(teacher_model, student)
+    return student, FrozenTeacher(teacher_model)
+
+
+def _distiller(student, teacher, **cfg) -> Distiller:
+    config = DistillConfig(**{"output": True, "feature": True, **cfg})
+    return Distiller(student, teacher, config, gains=GAINS, imgsz=IMGSZ, device=torch.device("cpu")).attach()
+
+
+def test_gradients_reach_student_and_adapters_never_teacher():
+    student, teacher = _models()
+    d = _distiller(student, teacher)
+    student.train()
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    terms = d.terms(imgs, d.forward_student(imgs))
+    assert set(terms) == {DISTILL_OUTPUT, DISTILL_FEATURE}
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    adapter_params = list(d.adapters.parameters())
+    assert adapter_params and all(p.grad is not None for p in adapter_params)
+    d.remove()
+
+
+def test_teacher_stays_frozen_in_eval_mode_with_unchanged_bn():
+    student, teacher = _models()
+    d = _distiller(student, teacher)
+    buffers = {k: v.clone() for k, v in teacher.model.state_dict().items() if "running" in k}
+    container = torch.nn.ModuleDict({"student": student, "teacher": teacher})
+    container.train()  # a parent's train() must not reach the teacher
+    assert not teacher.training and not teacher.model.training
+    opt = torch.optim.SGD(d.trainable().parameters(), lr=0.1)
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    sum(d.terms(imgs, d.forward_student(imgs)).values()).backward()
+    opt.step()
+    for k, v in teacher.model.state_dict().items():
+        if k in buffers:
+            assert torch.equal(v, buffers[k]), k
+    d.remove()
+
+
+def test_hooks_removed_and_student_deepcopy_is_plain():
+    from copy import deepcopy
+
+    student, teacher = _models()
+    d = _distiller(student, teacher)
+    assert any(len(m._forward_hooks) for m in student.modules())
+    with d.student_detached():
+        clone = deepcopy(student)
+    assert all(len(m._forward_hooks) == 0 for m in clone.modules())
+    assert any(len(m._forward_hooks) for m in student.modules())  # re-attached after the copy
+    d.remove()
+    assert all(len(m._forward_hooks) == 0 for m in student.modules())
+    assert all(len(m._forward_hooks) == 0 for m in teacher.modules())
+
+
+def test_zero_distillation_when_student_is_teacher():
+    """Same architecture and weights: every distillation term is exactly zero."""
+    torch.manual_seed(0)
+    model = yb.build_model("yolov5n.yaml", 2)
+    twin = yb.build_model("yolov5n.yaml", 2)
+    twin.load_state_dict(model.state_dict())
+    model.eval()  # both in eval so BN uses the same (running) statistics
+    d = _distiller(model, FrozenTeacher(twin))
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    raw = yb.raw_head_outputs(model(imgs))
+    terms = d.terms(imgs, raw)
+    assert all(float(v) == 0.0 for v in terms.values())
+    d.remove()
+
+
+def test_default_layers_are_detect_inputs_and_names_declared_once():
+    student, teacher = _models()
+    d = _distiller(student, teacher)
+    assert d.pairs == tuple(LayerPair(f"model.{i}", f"model.{i}") for i in (17, 20, 23))
+    assert loss_names(d.config) == ("box_loss", "obj_loss", "cls_loss", DISTILL_OUTPUT, DISTILL_FEATURE)
+    assert loss_names(DistillConfig(output=True)) == ("box_loss", "obj_loss", "cls_loss", DISTILL_OUTPUT)
+    d.remove()
+
+
+def test_mismatched_heads_are_refused_before_training():
+    student, _ = _models()
+    with pytest.raises(UserError, match="same nc"):
+        Distiller(student, FrozenTeacher(yb.build_model("yolov5s.yaml", 3)), DistillConfig(output=True),
+                  gains=GAINS, imgsz=IMGSZ, device=torch.device("cpu"))
+    other = yb.build_model("yolov5s.yaml", 2)
+    yb.detect_head(other).anchors.mul_(1.5)
+    with pytest.raises(UserError, match="same anchors"):
+        Distiller(student, FrozenTeacher(other), DistillConfig(output=True), gains=GAINS, imgsz=IMGSZ,
+                  device=torch.device("cpu"))
+
+
+def test_unknown_layer_is_a_user_error():
+    student, teacher = _models()
+    with pytest.raises(UserError, match="model.99"):
+        _distiller(student, teacher, layers=(LayerPair("model.99", "model.17"),))
+
+
+def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
+    """trainer.loss_terms with targets=None: task terms are zero, distillation terms drive the step."""
+    from yolodistill.trainer import DistillTrainer, TrainOptions
+
+    student, teacher = _models()
+    trainer = DistillTrainer.__new__(DistillTrainer)  # only the loss plumbing, no data loading
+    trainer.config = DistillConfig(output=True, feature=True)
+    trainer.names = loss_names(trainer.config)
+    trainer.distiller = _distiller(student, teacher)
+    trainer.compute_loss = None  # must not be called for an unlabeled batch
+    student.train()
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    total, items = trainer.loss_terms(imgs, student(imgs), None)
+    assert items[:3].abs().sum() == 0 and (items[3:] > 0).all()
+    assert torch.isclose(total, items.sum() * 2)
+    total.backward()
+    assert any(p.grad is not None for p in student.parameters())
+    trainer.distiller.remove()

@@ -1,0 +1,301 @@
+"""Distillation losses against hand-computed values, and the feature-loss registry with its plugins."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from yolodistill.errors import UserError
+from yolodistill.losses import (
+    ENTRY_POINT_GROUP,
+    FEATURE_LOSSES,
+    available_feature_losses,
+    build_feature_loss,
+    output_distillation_loss,
+    register_feature_loss,
+)
+from yolodistill.losses import registry
+
+# KL(p_T || p_S) for p_T = softmax([0, ln 3]) = [1/4, 3/4] and p_S = softmax([0, 0]) = [1/2, 1/2]
+KL_QUARTER_VS_HALF = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # = 0.130812...
+
+
+def feat(values, shape) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).reshape(shape)
+
+
+# ---------------------------------------------------------------------------- feature losses
+@pytest.mark.parametrize("name", ["mse", "cwd"])
+def test_feature_loss_is_zero_when_student_equals_teacher(name):
+    x = torch.randn(2, 3, 4, 5)
+    assert build_feature_loss(name)(x.clone(), x.clone()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["mse", "cwd"])
+def test_feature_loss_does_not_grow_with_batch_size(name):
+    s, t = torch.randn(1, 3, 4, 5), torch.randn(1, 3, 4, 5)
+    loss = build_feature_loss(name)
+    assert loss(s.repeat(4, 1, 1, 1), t.repeat(4, 1, 1, 1)).item() == pytest.approx(loss(s, t).item(), rel=1e-5)
+
+
+def test_mse_by_hand():
+    s = feat([1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2))
+    t = feat([1.0, 0.0, 3.0, 6.0], (1, 1, 2, 2))
+    # differences 0, 2, 0, -2 -> squares 0, 4, 0, 4 -> mean over 4 elements = 8 / 4
+    assert build_feature_loss("mse")(s, t).item() == pytest.approx(2.0)
+
+
+def test_cwd_by_hand_one_channel():
+    s = feat([0.0, 0.0], (1, 1, 1, 2))  # p_S = [1/2, 1/2]
+    t = feat([0.0, math.log(3.0)], (1, 1, 1, 2))  # p_T = [1/4, 3/4]
+    # tau = 1, B * C = 1: loss = 1/4 ln(1/2) + 3/4 ln(3/2)
+    assert build_feature_loss("cwd")(s, t).item() == pytest.approx(KL_QUARTER_VS_HALF, rel=1e-5)
+
+
+def test_cwd_by_hand_averages_over_channels():
+    # channel 0 as in the one-channel case; channel 1 identical in both, so its KL is 0
+    s = feat([0.0, 0.0, 5.0, 1.0], (1, 2, 1, 2))
+    t = feat([0.0, math.log(3.0), 5.0, 1.0], (1, 2, 1, 2))
+    # sum over channels = KL + 0, divided by B * C = 2
+    assert build_feature_loss("cwd")(s, t).item() == pytest.approx(KL_QUARTER_VS_HALF / 2, rel=1e-5)
+
+
+def test_cwd_tau_squared_factor():
+    s = feat([0.0, 0.0], (1, 1, 1, 2))
+    t = feat([0.0, 2 * math.log(3.0)], (1, 1, 1, 2))
+    # divided by tau = 2 these are the one-channel logits again: same softmaxes, so the loss is tau^2 = 4 times that KL
+    assert build_feature_loss("cwd", tau=2.0)(s, t).item() == pytest.approx(4 * KL_QUARTER_VS_HALF, rel=1e-5)
+
+
+def test_cwd_fp16_inputs_give_finite_float32():
+    s, t = torch.randn(1, 2, 3, 3).half() * 50, torch.randn(1, 2, 3, 3).half() * 50
+    out = build_feature_loss("cwd", tau=1.0)(s, t)
+    assert out.dtype == torch.float32 and out.dim() == 0 and torch.isfinite(out)
+
+
+def test_cwd_rejects_nonpositive_tau():
+    with pytest.raises(UserError, match="tau"):
+        build_feature_loss("cwd", tau=0.0)
+
+
+@pytest.mark.parametrize("name", ["mse", "cwd"])
+def test_feature_loss_gradients_reach_student_only(name):
+    s = torch.randn(1, 2, 3, 3, requires_grad=True)
+    t = torch.randn(1, 2, 3, 3, requires_grad=True)
+    build_feature_loss(name)(s, t).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+@pytest.mark.parametrize("name", ["mse", "cwd"])
+def test_feature_loss_rejects_shape_mismatch(name):
+    with pytest.raises(ValueError, match="does not match"):
+        build_feature_loss(name)(torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 3, 3))
+
+
+# ---------------------------------------------------------------------------- output loss
+def head(box, obj, cls) -> torch.Tensor:
+    """One cell of a raw head output, shape (1, 1, 1, 1, 5 + nc)."""
+    return torch.tensor([*box, obj, *cls], dtype=torch.float32).reshape(1, 1, 1, 1, -1)
+
+
+def test_output_loss_is_zero_when_student_equals_teacher():
+    raw = [torch.randn(2, 3, 4, 4, 7), torch.randn(2, 3, 2, 2, 7)]
+    terms = output_distillation_loss([r.clone() for r in raw], raw, nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+    assert [x.item() for x in terms] == [0.0, 0.0, 0.0]
+
+
+def test_output_loss_by_hand():
+    # teacher objectness logit 0 -> weight sigmoid(0) = 1/2
+    s = head(box=[1.0, 2.0, 0.0, 0.0], obj=2.0, cls=[1.0, -3.0])
+    t = head(box=[0.0, 0.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])
+    lbox, lobj, lcls = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+    assert lbox.item() == pytest.approx((1 + 4 + 0 + 0) * 0.5 / 4)  # 0.625
+    assert lobj.item() == pytest.approx(4 * 0.5)  # 2.0
+    assert lcls.item() == pytest.approx((1 + 9) * 0.5 / 2)  # 2.5
+    assert lbox.dim() == lobj.dim() == lcls.dim() == 0
+
+
+def test_output_loss_sums_levels_and_weights_by_teacher_objectness():
+    s0 = head(box=[1.0, 2.0, 0.0, 0.0], obj=2.0, cls=[1.0, -3.0])
+    t0 = head(box=[0.0, 0.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])
+    # level 1: teacher objectness logit ln 3 -> weight 3/4; only box x differs, by 2
+    t1 = head(box=[0.0, 0.0, 0.0, 0.0], obj=math.log(3.0), cls=[0.0, 0.0])
+    s1 = head(box=[2.0, 0.0, 0.0, 0.0], obj=math.log(3.0), cls=[0.0, 0.0])
+    lbox, lobj, lcls = output_distillation_loss([s0, s1], [t0, t1], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+    assert lbox.item() == pytest.approx(0.625 + 4 * 0.75 / 4)  # 1.375
+    assert lobj.item() == pytest.approx(2.0 + 0.0)
+    assert lcls.item() == pytest.approx(2.5 + 0.0)
+
+
+def test_output_loss_means_over_cells_not_sums():
+    # two cells, one of them identical: the level's mean halves compared with the single cell
+    s = torch.cat([head([1.0, 2.0, 0.0, 0.0], 2.0, [1.0, -3.0]), head([0.0] * 4, 0.0, [0.0, 0.0])], dim=3)
+    t = torch.zeros_like(s)
+    lbox, lobj, lcls = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+    assert (lbox.item(), lobj.item(), lcls.item()) == pytest.approx((0.625 / 2, 2.0 / 2, 2.5 / 2))
+
+
+def test_output_loss_gains_scale_each_term():
+    s = head(box=[1.0, 2.0, 0.0, 0.0], obj=2.0, cls=[1.0, -3.0])
+    t = head(box=[0.0, 0.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])
+    lbox, lobj, lcls = output_distillation_loss([s], [t], nc=2, box_gain=2.0, obj_gain=3.0, cls_gain=4.0)
+    assert (lbox.item(), lobj.item(), lcls.item()) == pytest.approx((2 * 0.625, 3 * 2.0, 4 * 2.5))
+
+
+def test_output_loss_single_class_has_no_class_term():
+    s = head(box=[0.0] * 4, obj=0.0, cls=[5.0])
+    t = head(box=[0.0] * 4, obj=3.0, cls=[-5.0])
+    lbox, lobj, lcls = output_distillation_loss([s], [t], nc=1, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+    assert lcls.item() == 0.0 and lcls.dim() == 0
+    assert lobj.item() > 0
+
+
+def test_output_loss_gradients_reach_student_only():
+    s = torch.randn(1, 3, 2, 2, 7, requires_grad=True)
+    t = torch.randn(1, 3, 2, 2, 7, requires_grad=True)
+    sum(output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_output_loss_fp16_teacher_gives_float32():
+    s = torch.randn(1, 3, 2, 2, 7)
+    terms = output_distillation_loss([s], [s.half()], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+    assert all(x.dtype == torch.float32 for x in terms)
+
+
+def test_output_loss_rejects_level_count_mismatch():
+    raw = torch.zeros(1, 3, 2, 2, 7)
+    with pytest.raises(ValueError, match="2 detection levels.*teacher has 1"):
+        output_distillation_loss([raw, raw], [raw], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+
+
+def test_output_loss_rejects_last_dim_mismatch():
+    with pytest.raises(ValueError, match="level 0"):
+        output_distillation_loss([torch.zeros(1, 3, 2, 2, 7)], [torch.zeros(1, 3, 2, 2, 8)], nc=2,
+                                 box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+
+
+def test_output_loss_rejects_wrong_nc():
+    raw = torch.zeros(1, 3, 2, 2, 7)
+    with pytest.raises(ValueError, match="5 \\+ nc"):
+        output_distillation_loss([raw], [raw], nc=3, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)
+
+
+# ---------------------------------------------------------------------------- registry
+@pytest.fixture
+def clean_registry(monkeypatch):
+    """Registry as the package left it, restored afterwards; plugins not loaded yet."""
+    saved = dict(FEATURE_LOSSES)
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    yield
+    FEATURE_LOSSES.clear()
+    FEATURE_LOSSES.update(saved)
+
+
+class FakeEntryPoint:
+    def __init__(self, name, load):
+        self.name, self.value, self._load = name, f"fake_pkg.losses:{name}", load
+
+    def load(self):
+        return self._load()
+
+
+def fake_entry_points(monkeypatch, *eps):
+    """Patch importlib.metadata.entry_points to return `eps` for our group; returns the call count list."""
+    calls = []
+
+    def entry_points(group=None):
+        calls.append(group)
+        return list(eps) if group == ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    return calls
+
+
+class L1FeatureLoss(nn.Module):
+    """Mean absolute error over (B, C, H, W), scaled: a plugin-sized loss for the tests."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, s_feat, t_feat):
+        return self.scale * (s_feat - t_feat.detach()).abs().mean()
+
+
+def test_builtins_are_listed(clean_registry, monkeypatch):
+    fake_entry_points(monkeypatch)
+    assert {"mse", "cwd"} <= set(available_feature_losses())
+
+
+def test_register_and_build_new_loss(clean_registry, monkeypatch):
+    fake_entry_points(monkeypatch)
+    register_feature_loss("l1_test")(L1FeatureLoss)
+    loss = build_feature_loss("l1_test", scale=3.0)
+    s, t = feat([1.0, -1.0], (1, 1, 1, 2)), feat([0.0, 0.0], (1, 1, 1, 2))
+    assert loss(s, t).item() == pytest.approx(3.0 * (1 + 1) / 2)
+    assert "l1_test" in available_feature_losses()
+
+
+def test_duplicate_registration_raises(clean_registry):
+    with pytest.raises(ValueError, match="mse"):
+        register_feature_loss("mse")(L1FeatureLoss)
+    register_feature_loss("l1_test")(L1FeatureLoss)
+    with pytest.raises(ValueError, match="l1_test"):
+        register_feature_loss("l1_test")(L1FeatureLoss)
+
+
+def test_unknown_name_is_a_one_line_user_error_listing_names(clean_registry, monkeypatch):
+    fake_entry_points(monkeypatch)
+    with pytest.raises(UserError) as err:
+        build_feature_loss("nope")
+    msg = str(err.value)
+    assert "'nope'" in msg and "mse" in msg and "cwd" in msg and "\n" not in msg
+
+
+def test_bad_kwarg_is_a_user_error(clean_registry, monkeypatch):
+    fake_entry_points(monkeypatch)
+    with pytest.raises(UserError, match="taux"):
+        build_feature_loss("cwd", taux=2.0)
+
+
+def test_entry_point_plugin_is_buildable_and_loaded_once(clean_registry, monkeypatch):
+    calls = fake_entry_points(monkeypatch, FakeEntryPoint("l1_plugin", lambda: L1FeatureLoss))
+    register_feature_loss("l1_other")(L1FeatureLoss)
+    assert calls == []  # nothing is loaded until someone asks for a loss
+    assert isinstance(build_feature_loss("l1_plugin"), L1FeatureLoss)
+    assert "l1_plugin" in available_feature_losses()
+    build_feature_loss("mse")
+    assert calls == [ENTRY_POINT_GROUP]
+
+
+def test_broken_plugin_warns_and_the_rest_still_work(clean_registry, monkeypatch):
+    def broken():
+        raise ImportError("No module named 'fake_pkg'")
+
+    fake_entry_points(monkeypatch, FakeEntryPoint("broken_plugin", broken),
+                      FakeEntryPoint("l1_plugin", lambda: L1FeatureLoss))
+    with pytest.warns(UserWarning, match="broken_plugin.*fake_pkg"):
+        names = available_feature_losses()
+    assert "broken_plugin" not in names and {"mse", "cwd", "l1_plugin"} <= set(names)
+    assert isinstance(build_feature_loss("l1_plugin"), L1FeatureLoss)
+
+
+def test_plugin_that_is_not_a_module_class_warns(clean_registry, monkeypatch):
+    fake_entry_points(monkeypatch, FakeEntryPoint("not_a_loss", lambda: len))
+    with pytest.warns(UserWarning, match="not_a_loss.*not an nn.Module"):
+        assert "not_a_loss" not in available_feature_losses()
+
+
+def test_plugin_cannot_replace_a_builtin(clean_registry, monkeypatch):
+    builtin = FEATURE_LOSSES["mse"]
+    fake_entry_points(monkeypatch, FakeEntryPoint("mse", lambda: L1FeatureLoss))
+    with pytest.warns(UserWarning, match="'mse'.*clashes"):
+        available_feature_losses()
+    assert FEATURE_LOSSES["mse"] is builtin

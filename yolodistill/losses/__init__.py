@@ -1,0 +1,22 @@
+"""Distillation losses as pure tensor functions: a feature-loss registry and the output (head) loss."""
+
+from .registry import (
+    ENTRY_POINT_GROUP,
+    FEATURE_LOSSES,
+    available_feature_losses,
+    build_feature_loss,
+    register_feature_loss,
+)
+from .feature import ChannelWiseDistillationLoss, MSEFeatureLoss  # importing registers mse and cwd
+from .output import output_distillation_loss
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FEATURE_LOSSES",
+    "available_feature_losses",
+    "build_feature_loss",
+    "register_feature_loss",
+    "MSEFeatureLoss",
+    "ChannelWiseDistillationLoss",
+    "output_distillation_loss",
+]

@@ -1,0 +1,206 @@
+"""A deterministic synthetic detection dataset in YOLO format, hard enough that model capacity shows.
+
+Six classes in three look-alike pairs (square/rectangle, circle/ring, triangle/arrow), object sizes
+from a few pixels to half the image, rotation, colour and texture variation, partial occlusion,
+non-class clutter, textured noisy backgrounds and blur. Everything comes from one seeded
+numpy Generator per image, so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .errors import UserError
+
+CLASS_NAMES = ("square", "rectangle", "circle", "ring", "triangle", "arrow")
+MIN_IMGSZ, MAX_IMGSZ = 32, 2048
+MIN_VISIBLE = 0.5  # an object may be hidden by later ones, but never by more than half
+
+
+@dataclass
+class SynthObject:
+    cls: int
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, the shape's full (amodal) extent
+    mask: np.ndarray  # bool (H, W): pixels of the shape as drawn, before anything covered it
+
+
+def _polygon(cls: int, size: float, rng: np.random.Generator) -> np.ndarray:
+    """Vertices (N, 2) of a class shape centred on 0 with its longest side about `size`."""
+    s = size / 2
+    if cls == 0:  # square
+        return np.array([[-s, -s], [s, -s], [s, s], [-s, s]])
+    if cls == 1:  # rectangle: clearly elongated, so only the aspect ratio tells it from a square
+        a = rng.uniform(0.38, 0.6)
+        return np.array([[-s, -s * a], [s, -s * a], [s, s * a], [-s, s * a]])
+    if cls == 4:  # triangle
+        return np.array([[s, 0.0], [-s, -s * 0.85], [-s, s * 0.85]])
+    if cls == 5:  # arrow: a triangle head on a shaft
+        h, w = s * 0.85, s * 0.3
+        return np.array([[s, 0], [0, -h], [0, -w], [-s, -w], [-s, w], [0, w], [0, h]])
+    raise ValueError(cls)
+
+
+def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A fill for one shape: a solid colour, stripes or a checkerboard of two colours (H, W, 3) uint8."""
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(110, 256)]]], np.uint8)
+    c1 = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int16)
+    c2 = np.clip(c1 + rng.integers(-90, 90, 3), 0, 255)
+    kind = rng.choice(3, p=[0.6, 0.2, 0.2])
+    yy, xx = np.mgrid[:h, :w]
+    if kind == 0:
+        pattern = np.zeros((h, w), bool)
+    elif kind == 1:
+        period, angle = rng.integers(3, 9), rng.uniform(0, math.pi)
+        pattern = ((xx * math.cos(angle) + yy * math.sin(angle)) // period % 2).astype(bool)
+    else:
+        period = rng.integers(3, 9)
+        pattern = ((xx // period + yy // period) % 2).astype(bool)
+    return np.where(pattern[..., None], c2, c1).astype(np.uint8)
+
+
+def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A colour gradient plus low-frequency blotches and pixel noise."""
+    base = rng.integers(20, 200, 3).astype(np.float32)
+    slope = rng.uniform(-60, 60, (2, 3)).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    img = base + xx[..., None] / w * slope[0] + yy[..., None] / h * slope[1]
+    small = rng.normal(0, rng.uniform(10, 35), (max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
+    img += cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, rng.uniform(3, 12), (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _clutter(img: np.ndarray, rng: np.random.Generator, n: int) -> None:
+    """Non-class distractors: lines, crosses and irregular blobs, drawn in place."""
+    h, w = img.shape[:2]
+    for _ in range(n):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        kind = rng.integers(3)
+        if kind == 0:
+            p1, p2 = rng.integers(0, [w, h]), rng.integers(0, [w, h])
+            cv2.line(img, tuple(map(int, p1)), tuple(map(int, p2)), color, int(rng.integers(1, 3)), cv2.LINE_AA)
+        elif kind == 1:
+            c, r = rng.integers(0, [w, h]), int(rng.integers(3, max(4, min(h, w) // 10)))
+            cv2.line(img, (int(c[0] - r), int(c[1])), (int(c[0] + r), int(c[1])), color, 1, cv2.LINE_AA)
+            cv2.line(img, (int(c[0]), int(c[1] - r)), (int(c[0]), int(c[1] + r)), color, 1, cv2.LINE_AA)
+        else:  # a jagged star-like blob: no straight sides, no round outline
+            k = int(rng.integers(5, 9))
+            c, r = rng.uniform(0, [w, h]), rng.uniform(3, max(4, min(h, w) / 8))
+            ang = np.sort(rng.uniform(0, 2 * math.pi, k))
+            rad = r * rng.uniform(0.3, 1.0, k)
+            pts = np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1)
+            cv2.fillPoly(img, [np.round(pts).astype(np.int32)], color, cv2.LINE_AA)
+
+
+def _shape_mask(cls: int, size: float, centre: np.ndarray, angle: float, h: int, w: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    mask = np.zeros((h, w), np.uint8)
+    if cls in (2, 3):  # circle and ring: rotation-free, told apart only by the hole
+        r = size / 2
+        cx, cy = (int(round(v)) for v in centre)
+        cv2.circle(mask, (cx, cy), max(1, int(round(r))), 1, -1, cv2.LINE_8)
+        if cls == 3:
+            cv2.circle(mask, (cx, cy), max(1, int(round(r * rng.uniform(0.45, 0.65)))), 0, -1, cv2.LINE_8)
+        box = (cx - r, cy - r, cx + r, cy + r)
+    else:
+        pts = _polygon(cls, size, rng)
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        pts = pts @ rot.T + centre
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1, cv2.LINE_8)
+        box = (pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max())
+    return mask.astype(bool), box
+
+
+def render_image(rng: np.random.Generator, imgsz: int, classes: int) -> tuple[np.ndarray, list[SynthObject]]:
+    """One image (imgsz, imgsz, 3) BGR uint8 and its objects."""
+    h = w = imgsz
+    img = _background(h, w, rng)
+    _clutter(img, rng, int(rng.integers(2, 7)))
+    owner = np.full((h, w), -1, np.int32)  # which object each pixel shows, for the occlusion limit
+    objects: list[SynthObject] = []
+    min_size, max_size = max(5.0, imgsz * 0.04), imgsz * 0.45
+    for _ in range(int(rng.integers(1, 7))):
+        for _attempt in range(10):
+            cls = int(rng.integers(classes))
+            size = float(math.exp(rng.uniform(math.log(min_size), math.log(max_size))))
+            centre = rng.uniform(size / 2, [w - size / 2, h - size / 2])
+            mask, box = _shape_mask(cls, size, centre, rng.uniform(0, 2 * math.pi), h, w, rng)
+            if mask.sum() < 6:
+                continue
+            covered = owner[mask]
+            if all((owner == i).sum() - (covered == i).sum() >= MIN_VISIBLE * o.mask.sum()
+                   for i, o in enumerate(objects)):
+                break
+        else:
+            continue
+        tex = _texture(h, w, rng)
+        img[mask] = tex[mask]
+        owner[mask] = len(objects)
+        x0, y0, x1, y1 = box
+        objects.append(SynthObject(cls, (max(0.0, x0), max(0.0, y0), min(w, x1), min(h, y1)), mask))
+    if rng.random() < 0.5:
+        _clutter(img, rng, int(rng.integers(1, 3)))  # small distractors in front of objects too
+    if rng.random() < 0.35:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.3))
+    noise = rng.normal(0, rng.uniform(0, 8), img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8), objects
+
+
+def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
+    """`class cx cy w h` lines, normalised to [0, 1]."""
+    lines = []
+    for o in objects:
+        x0, y0, x1, y1 = o.box
+        lines.append(f"{o.cls} {(x0 + x1) / 2 / imgsz:.6f} {(y0 + y1) / 2 / imgsz:.6f} "
+                     f"{(x1 - x0) / imgsz:.6f} {(y1 - y0) / imgsz:.6f}")
+    return lines
+
+
+def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: int = 160, classes: int = 6,
+             seed: int = 0, exist_ok: bool = False, progress: bool = True) -> Path:
+    """Write images/{train,val}, labels/{train,val} and data.yaml under `out`; returns the yaml path."""
+    out = Path(out)
+    if not MIN_IMGSZ <= imgsz <= MAX_IMGSZ:
+        raise UserError(f"--imgsz must be between {MIN_IMGSZ} and {MAX_IMGSZ}, got {imgsz}")
+    if n_train < 1 or n_val < 1:
+        raise UserError(f"--n-train and --n-val must be at least 1, got {n_train} and {n_val}")
+    if not 1 <= classes <= len(CLASS_NAMES):
+        raise UserError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {classes}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not exist_ok:
+        raise UserError(f"--out {out} is not empty; pass --exist-ok to write into it")
+    # One child seed per image: any image can be regenerated alone, and n_train does not shift val.
+    seeds = np.random.SeedSequence(seed).spawn(2)
+    for split, n, ss in (("train", n_train, seeds[0]), ("val", n_val, seeds[1])):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not progress)):
+            img, objects = render_image(np.random.default_rng(child), imgsz, classes)
+            name = f"{split}_{i:05d}"
+            cv2.imwrite(str(out / "images" / split / f"{name}.png"), img)
+            (out / "labels" / split / f"{name}.txt").write_text("".join(
+                line + "\n" for line in yolo_label_lines(objects, imgsz)))
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES[:classes]))
+    yaml_path = out / "data.yaml"
+    yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz}\n"
+                         f"path: {out.resolve()}\ntrain: images/train\nval: images/val\n"
+                         f"nc: {classes}\nnames:\n{names}")
+    return yaml_path
+
+
+def load_objects_for_check(label_file: Path, imgsz: int) -> Optional[np.ndarray]:
+    """Labels of one file as (N, 5) [cls, x0, y0, x1, y1] in pixels, for checks and tests."""
+    rows = [list(map(float, line.split())) for line in label_file.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    a = np.array(rows)
+    xyxy = np.stack([a[:, 1] - a[:, 3] / 2, a[:, 2] - a[:, 4] / 2, a[:, 1] + a[:, 3] / 2, a[:, 2] + a[:, 4] / 2], 1)
+    return np.concatenate([a[:, :1], xyxy * imgsz], 1)
