@@ -124,8 +124,11 @@ class Distiller:
             out[DISTILL_OUTPUT] = self.config.output_weight * (lbox + lobj + lcls)
         if self.config.feature:
             s_feats, t_feats = self._student_rec.pop(), self._teacher_rec.pop()
-            losses = [self.feature_loss(self.adapters[adapter_key(p.student, p.teacher)](s_feats[p.student]).float(),
-                                        t_feats[p.teacher].float()) for p in self.pairs]
+            losses = []
+            for p in self.pairs:
+                t_feat = t_feats[p.teacher].float()
+                adapter = self.adapters[adapter_key(p.student, p.teacher)]
+                losses.append(self.feature_loss(adapter(s_feats[p.student], size=t_feat.shape[-2:]).float(), t_feat))
             out[DISTILL_FEATURE] = self.config.feature_weight * torch.stack(losses).mean()
         return out
 
