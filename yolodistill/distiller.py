@@ -64,7 +64,7 @@ class Distiller:
                  imgsz: int, device: torch.device):
         self.student, self.teacher, self.config = student, teacher, config
         self.gains = {k: float(gains[k]) for k in ("box", "obj", "cls")}
-        self.nc = int(yb.detect_head(student).nc)
+        self.nc = yb.num_classes(student)
         self.pairs: tuple[LayerPair, ...] = ()
         self.adapters = nn.ModuleDict()
         self.feature_loss: nn.Module | None = None

@@ -24,8 +24,8 @@ def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, devi
     dev = yb.select_device(device, batch_size=batch_size)
     model = yb.load_model(weights, trust=trust).to(dev).eval()
     nc = 1 if single_cls else int(data_dict["nc"])
-    if not single_cls and int(model.nc) != nc:
-        raise UserError(f"{weights} has {int(model.nc)} classes but {data} has {nc}: "
+    if not single_cls and yb.num_classes(model) != nc:
+        raise UserError(f"{weights} has {yb.num_classes(model)} classes but {data} has {nc}: "
                         f"pass the dataset the model was trained on")
     stride = yb.max_stride(model)
     size = yb.check_img_size(imgsz, stride)

@@ -37,7 +37,7 @@ def load_teacher(weights: str, *, cfg: str = "", nc: int | None = None, device: 
     ckpt = yb.load_detection_checkpoint(weights, trust=trust)
     model = yb.checkpoint_model(ckpt)
     if cfg:
-        built = yb.build_model(cfg, nc if nc is not None else int(model.nc))
+        built = yb.build_model(cfg, nc if nc is not None else yb.num_classes(model))
         state = model.state_dict()
         missing = [k for k, v in built.state_dict().items() if k not in state or state[k].shape != v.shape]
         if missing:
@@ -48,6 +48,6 @@ def load_teacher(weights: str, *, cfg: str = "", nc: int | None = None, device: 
             if hasattr(model, attr):
                 setattr(built, attr, getattr(model, attr))
         model = built
-    if nc is not None and int(model.nc) != nc:
-        yb.LOGGER.warning(f"WARNING: teacher {weights} has nc={int(model.nc)}, the dataset nc={nc}")
+    if nc is not None and yb.num_classes(model) != nc:
+        yb.LOGGER.warning(f"WARNING: teacher {weights} has nc={yb.num_classes(model)}, the dataset nc={nc}")
     return FrozenTeacher(model.to(device), half=half)

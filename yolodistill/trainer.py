@@ -276,14 +276,21 @@ class DistillTrainer:
         d["resume"] = bool(d["resume"])
         return d
 
-    # ------------------------------------------------------------------ the loop
-    def run(self) -> dict:
-        """Train; returns the final metrics of best.pt (or last.pt) and the run folder."""
+    def setup(self) -> "DistillTrainer":
+        """Run folder, data, teacher and student, loaders, loss, distiller, optimizer, EMA (and resume state)."""
         self._setup_run_dir()
         self._setup_hyp_and_data()
         self._setup_models()
         self._setup_loaders()
         self._setup_training()
+        self.last_opt_step, self.bad_steps = -1, 0
+        self.nw = yb.warmup_iterations(self.hyp, len(self.train_loader))
+        return self
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        """Train; returns the final metrics of best.pt (or last.pt) and the run folder."""
+        self.setup()
         if self.distiller:
             self.distiller.attach()
         try:
@@ -297,9 +304,6 @@ class DistillTrainer:
     def _fit(self) -> dict:
         opt = self.opt
         nb = len(self.train_loader)
-        self.nw = yb.warmup_iterations(self.hyp, nb)
-        self.last_opt_step = -1
-        self.bad_steps = 0
         results = (0.0,) * len(METRIC_COLUMNS)
         maps = np.zeros(self.nc)
         LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val; {self.train_loader.num_workers} dataloader "

@@ -242,6 +242,11 @@ def detect_head(model: nn.Module) -> nn.Module:
     return head
 
 
+def num_classes(model: nn.Module) -> int:
+    """Classes the Detect head predicts (a fresh model has no `.nc` attribute until training sets it)."""
+    return int(detect_head(model).nc)
+
+
 def detect_input_layers(model: nn.Module) -> list[str]:
     """Module names of the layers whose outputs feed Detect (P3, P4, P5 for the standard models)."""
     head = detect_head(model)

@@ -1,0 +1,101 @@
+"""Time per training step: plain student, teacher inference alone, and distillation, side by side in one run.
+
+    python benchmarks/overhead.py --imgsz 160 --batch-size 16 --steps 20
+
+The three measurements are interleaved step by step on the same batches (from the embedded
+synthetic dataset, yolov5's mosaic dataloader), so machine noise hits them alike. The printed
+ratio distillation / (student + teacher inference) is what hooks, adapters and distillation
+losses cost on top of the unavoidable teacher forward pass; 1.0 means nothing extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from yolodistill import yolo_backend as yb
+from yolodistill.synth import generate
+from yolodistill.trainer import DistillTrainer, TrainOptions
+
+
+def _trainer(data: Path, project: Path, name: str, args, **distill) -> DistillTrainer:
+    opts = TrainOptions(data=str(data), cfg=args.student, imgsz=args.imgsz, batch_size=args.batch_size, workers=0,
+                        device="cpu", project=str(project), name=name, noautoanchor=True, noplots=True,
+                        epochs=1, **distill)
+    return DistillTrainer(opts).setup()
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--imgsz", type=int, default=160)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--student", default="yolov5n.yaml")
+    ap.add_argument("--teacher", default="yolov5s.yaml")
+    ap.add_argument("--feature-loss", default="mse")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    yb.set_yolov5_verbosity(False)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = generate(tmp / "data", n_train=args.batch_size * 4, n_val=8, imgsz=args.imgsz, progress=False)
+        teacher_model = yb.build_model(args.teacher, 6)
+        teacher_path = tmp / "teacher.pt"
+        torch.save({"model": teacher_model.half(), "ema": None, "epoch": -1, "optimizer": None}, teacher_path)
+
+        plain = _trainer(data, tmp / "runs", "plain", args)
+        distil = _trainer(data, tmp / "runs", "distil", args, t_weights=str(teacher_path), d_feature=True,
+                          feature_loss=args.feature_loss)
+        distil.distiller.attach()
+        batches = []
+        for imgs, targets, _, _ in plain.train_loader:
+            batches.append((imgs.float() / 255, targets))
+            if len(batches) == 4:
+                break
+
+        times = {"student": [], "teacher": [], "distill": []}
+        for step in range(args.warmup + args.steps):
+            imgs, targets = batches[step % len(batches)]
+            # Same step index for both trainers: warmup LR/accumulation logic is identical.
+            t_student = _timed(lambda: plain.training_step(imgs, targets, step))
+            t_teacher = _timed(lambda: distil.teacher(imgs))
+            t_distill = _timed(lambda: distil.training_step(imgs, targets, step))
+            if step >= args.warmup:
+                times["student"].append(t_student)
+                times["teacher"].append(t_teacher)
+                times["distill"].append(t_distill)
+        distil.distiller.remove()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["distill"] / (med["student"] + med["teacher"])
+    print(f"# overhead, {date.today()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"student {args.student}, teacher {args.teacher}, imgsz {args.imgsz}, batch {args.batch_size}, "
+          f"{args.steps} steps (median s/step)")
+    print(f"{'plain student step':<28}{med['student']:.3f}")
+    print(f"{'teacher inference':<28}{med['teacher']:.3f}")
+    print(f"{'distillation step':<28}{med['distill']:.3f}")
+    print(f"{'ratio distill/(student+teacher)':<28} {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
