@@ -1,0 +1,203 @@
+"""`yolodistill quickstart`: the whole story on the embedded synthetic dataset, on a laptop CPU.
+
+generate data -> train a yolov5s teacher -> train a yolov5n student alone -> distil a yolov5n student
+(output + feature) -> validate all three -> a table (params, GFLOPs, mAP, CPU latency) and one plot
+of val mAP per epoch. The teacher is cached: a rerun reuses a finished teacher, resumes an
+interrupted one from its last.pt, and never reuses a broken file.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import yolo_backend as yb
+from .errors import UserError
+from .run_logger import read_results
+from .synth import generate
+from .trainer import DistillTrainer, TrainOptions
+
+LOGGER = logging.getLogger("yolodistill")
+DATA_DONE = ".complete"  # written after the last image, so a half-generated dataset is never reused
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of a quickstart run; DEFAULT fits in about 20 minutes on 2 CPU cores, FAST in under 3."""
+
+    n_train: int = 640
+    n_val: int = 160
+    imgsz: int = 128
+    batch_size: int = 16
+    teacher_epochs: int = 40
+    student_epochs: int = 30
+    teacher_cfg: str = "yolov5s.yaml"
+    student_cfg: str = "yolov5n.yaml"
+    feature_loss: str = "mse"
+    seed: int = 0
+
+
+DEFAULT = Plan()
+FAST = Plan(n_train=64, n_val=16, imgsz=64, batch_size=16, teacher_epochs=2, student_epochs=2)
+
+
+def _train(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
+    opts = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
+                        project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True, **extra)
+    return DistillTrainer(opts).run()
+
+
+def _finished(weights: Path) -> bool:
+    """A checkpoint that loads and was stripped at the end of a run (epoch -1)."""
+    if not weights.is_file():
+        return False
+    try:
+        return yb.load_yolov5_checkpoint(weights).get("epoch") == -1
+    except UserError:
+        return False
+
+
+def _resumable(last: Path) -> bool:
+    try:
+        ckpt = yb.load_yolov5_checkpoint(last) if last.is_file() else None
+    except UserError:
+        return False
+    return bool(ckpt) and ckpt.get("optimizer") is not None and ckpt.get("epoch", -1) >= 0
+
+
+def prepare_data(out: Path, plan: Plan) -> Path:
+    """The synthetic dataset under out/data, generated once."""
+    folder = out / "data"
+    marker = folder / DATA_DONE
+    expected = f"{plan.n_train} {plan.n_val} {plan.imgsz} {plan.seed}"
+    if marker.is_file() and marker.read_text().strip() == expected:
+        LOGGER.info(f"Reusing dataset {folder}")
+        return folder / "data.yaml"
+    if folder.exists():
+        shutil.rmtree(folder)
+    yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, imgsz=plan.imgsz, seed=plan.seed)
+    marker.write_text(expected + "\n")
+    return yaml_path
+
+
+def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
+    """Train the teacher, or reuse a finished one, or resume an interrupted one."""
+    run = out / "teacher"
+    best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
+    stamp = run / "plan.txt"
+    expected = f"{plan.teacher_cfg} {plan.teacher_epochs} {plan.imgsz} {plan.n_train} {plan.seed}"
+    same_plan = stamp.is_file() and stamp.read_text().strip() == expected
+    if same_plan and _finished(best):
+        LOGGER.info(f"Reusing cached teacher {best}")
+        return best
+    if same_plan and _resumable(last):
+        LOGGER.info(f"Resuming the interrupted teacher run {run}")
+        DistillTrainer(TrainOptions(resume=str(last))).run()
+        return best
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    stamp.write_text(expected + "\n")
+    _train(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs)
+    return best
+
+
+@torch.no_grad()
+def cpu_latency_ms(weights: Path, imgsz: int, runs: int = 30) -> float:
+    """Median forward time of one image on the CPU (fused, eval, FP32), in milliseconds."""
+    model = yb.load_model(weights).fuse().eval()
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    for _ in range(3):
+        model(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def summary_rows(runs: dict[str, dict], imgsz: int) -> list[dict]:
+    rows = []
+    for label, result in runs.items():
+        model = yb.load_model(result["best"])
+        stats = yb.model_stats(model, imgsz)
+        rows.append({"model": label, "params": stats["params"], "gflops": stats["gflops"],
+                     "mAP50": result["metrics/mAP_0.5"], "mAP50-95": result["metrics/mAP_0.5:0.95"],
+                     "latency_ms": cpu_latency_ms(Path(result["best"]), imgsz)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<34}{'params':>10}{'GFLOPs':>8}{'mAP50':>8}{'mAP50-95':>10}{'CPU ms/img':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:<34}{r['params'] / 1e6:>9.2f}M{r['gflops']:>8.2f}{r['mAP50']:>8.3f}"
+                     f"{r['mAP50-95']:>10.3f}{r['latency_ms']:>12.1f}")
+    return "\n".join(lines)
+
+
+def plot_map_per_epoch(curves: dict[str, Path], out: Path) -> Path:
+    """Val mAP50-95 per epoch of each run, in one figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
+    for label, csv_path in curves.items():
+        rows = read_results(csv_path)
+        ax.plot([r["epoch"] for r in rows], [r["metrics/mAP_0.5:0.95"] for r in rows], marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95")
+    ax.set_title("yolodistill quickstart: teacher, student alone, student distilled")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str = "cpu",
+        plan: Optional[Plan] = None, **overrides) -> dict:
+    """The quickstart pipeline; returns the table rows and the paths it wrote."""
+    plan = replace(plan or (FAST if fast else DEFAULT), **{k: v for k, v in overrides.items() if v is not None})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    LOGGER.info(f"quickstart: {plan}")
+    data = prepare_data(out, plan)
+    teacher = prepare_teacher(out, plan, data, device)
+    runs = {f"teacher {Path(plan.teacher_cfg).stem}": {"save_dir": str(out / "teacher"), "best": str(teacher)}}
+    runs[f"teacher {Path(plan.teacher_cfg).stem}"].update(_val_metrics(teacher, data, plan, device, out))
+    common = dict(cfg=plan.student_cfg, epochs=plan.student_epochs)
+    for name in ("student", "distilled"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    student_label = Path(plan.student_cfg).stem
+    runs[f"student {student_label} alone"] = _train(out, "student", plan, data, device, **common)
+    runs[f"student {student_label} distilled"] = _train(out, "distilled", plan, data, device, **common,
+                                                        t_weights=str(teacher), d_feature=True,
+                                                        feature_loss=plan.feature_loss)
+    rows = summary_rows(runs, plan.imgsz)
+    table = format_table(rows)
+    plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},
+                              out / "map_per_epoch.png")
+    (out / "summary.txt").write_text(table + "\n")
+    LOGGER.info(f"\n{table}\n\nplot: {plot}\ntable: {out / 'summary.txt'}\n"
+                f"quickstart finished in {(time.time() - t0) / 60:.1f} min")
+    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt")}
+
+
+def _val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:
+    from .inference import val
+
+    res = val(str(weights), str(data), imgsz=plan.imgsz, batch_size=plan.batch_size * 2, device=device, workers=2,
+              project=str(out), name="teacher_val", exist_ok=True)
+    return {"metrics/mAP_0.5": res["metrics/mAP_0.5"], "metrics/mAP_0.5:0.95": res["metrics/mAP_0.5:0.95"]}
