@@ -20,6 +20,7 @@ import torch
 
 from . import yolo_backend as yb
 from .errors import UserError
+from .paths import load_cfg
 from .run_logger import read_results
 from .synth import generate
 from .trainer import DistillTrainer, TrainOptions
@@ -30,22 +31,23 @@ DATA_DONE = ".complete"  # written after the last image, so a half-generated dat
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of a quickstart run; DEFAULT fits in about 20 minutes on 2 CPU cores, FAST in under 3."""
+    """Sizes of a quickstart run, as listed in cfg/quickstart.yaml."""
 
-    n_train: int = 640
-    n_val: int = 160
-    imgsz: int = 128
-    batch_size: int = 16
-    teacher_epochs: int = 40
-    student_epochs: int = 30
-    teacher_cfg: str = "yolov5s.yaml"
-    student_cfg: str = "yolov5n.yaml"
-    feature_loss: str = "mse"
-    seed: int = 0
+    n_train: int
+    n_val: int
+    imgsz: int
+    batch_size: int
+    teacher_epochs: int
+    student_epochs: int
+    teacher_cfg: str
+    student_cfg: str
+    feature_loss: str
+    seed: int
 
-
-DEFAULT = Plan()
-FAST = Plan(n_train=64, n_val=16, imgsz=64, batch_size=16, teacher_epochs=2, student_epochs=2)
+    @classmethod
+    def named(cls, name: str) -> "Plan":
+        """`default` or `fast` from the packaged cfg/quickstart.yaml."""
+        return cls(**load_cfg("quickstart.yaml")[name])
 
 
 def _train(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
@@ -167,7 +169,7 @@ def plot_map_per_epoch(curves: dict[str, Path], out: Path) -> Path:
 def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str = "cpu",
         plan: Optional[Plan] = None, **overrides) -> dict:
     """The quickstart pipeline; returns the table rows and the paths it wrote."""
-    plan = replace(plan or (FAST if fast else DEFAULT), **{k: v for k, v in overrides.items() if v is not None})
+    plan = replace(plan or Plan.named("fast" if fast else "default"), **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -18,7 +18,7 @@ class FrozenTeacher(nn.Module):
         self.half = half
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.model.eval()
+        self.train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         # A parent's .train() must not switch the teacher's BatchNorm to batch statistics.
