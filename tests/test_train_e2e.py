@@ -122,3 +122,20 @@ def test_val_and_detect_commands(teacher_weights, tiny_data, tmp_path):
     saved = sorted((tmp_path / "d").glob("*.png"))
     assert len(saved) == len(list(images.glob("*.png")))
     assert len(list((tmp_path / "d" / "labels").glob("*.txt"))) == len(saved)
+
+
+def test_train_py_options_run(tiny_data, tmp_path):
+    """The less common train.py options go through yolov5's own code paths without error."""
+    from yolodistill.trainer import DistillTrainer, TrainOptions
+
+    trainer = DistillTrainer(TrainOptions(
+        cfg="yolov5n.yaml", data=str(tiny_data), epochs=2, imgsz=IMGSZ, batch_size=8, workers=0, device="cpu",
+        project=str(tmp_path), name="opts", noplots=True, image_weights=True, multi_scale=True, cos_lr=True,
+        freeze=[3], label_smoothing=0.1, save_period=1, optimizer="AdamW", noval=True, noautoanchor=True))
+    run = Path(trainer.run()["save_dir"])
+    rows = read_results(run / "results.csv")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[0]["metrics/mAP_0.5"] == 0  # --noval: only the final epoch is validated
+    assert (run / "weights" / "epoch0.pt").is_file()
+    frozen = {k.split(".")[1] for k, p in trainer.student.named_parameters() if not p.requires_grad}
+    assert frozen == {"0", "1", "2"}  # --freeze 3: the first three layers

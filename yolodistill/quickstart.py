@@ -20,7 +20,7 @@ import torch
 
 from . import yolo_backend as yb
 from .errors import UserError
-from .paths import load_cfg
+from .paths import cfg_path, load_cfg
 from .run_logger import read_results
 from .synth import generate
 from .trainer import DistillTrainer, TrainOptions
@@ -42,6 +42,8 @@ class Plan:
     teacher_cfg: str
     student_cfg: str
     feature_loss: str
+    optimizer: str
+    hyp: str  # a packaged cfg/ file name or a path
     seed: int
 
     @classmethod
@@ -50,9 +52,12 @@ class Plan:
         return cls(**load_cfg("quickstart.yaml")[name])
 
 
-def _train(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
+def train_run(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
+    """One `yolodistill train` run under out/name with the plan's sizes; returns its final metrics."""
+    hyp = plan.hyp if Path(plan.hyp).is_file() else str(cfg_path(plan.hyp))
     opts = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
-                        project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True, **extra)
+                        project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True,
+                        optimizer=plan.optimizer, hyp=hyp, **extra)
     return DistillTrainer(opts).run()
 
 
@@ -94,7 +99,8 @@ def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
     run = out / "teacher"
     best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
     stamp = run / "plan.txt"
-    expected = f"{plan.teacher_cfg} {plan.teacher_epochs} {plan.imgsz} {plan.n_train} {plan.seed}"
+    expected = (f"{plan.teacher_cfg} {plan.teacher_epochs} {plan.imgsz} {plan.n_train} {plan.seed} "
+                f"{plan.optimizer} {plan.hyp}")
     same_plan = stamp.is_file() and stamp.read_text().strip() == expected
     if same_plan and _finished(best):
         LOGGER.info(f"Reusing cached teacher {best}")
@@ -107,7 +113,7 @@ def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
         shutil.rmtree(run)
     run.mkdir(parents=True)
     stamp.write_text(expected + "\n")
-    _train(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs)
+    train_run(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs)
     return best
 
 
@@ -177,14 +183,14 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     data = prepare_data(out, plan)
     teacher = prepare_teacher(out, plan, data, device)
     runs = {f"teacher {Path(plan.teacher_cfg).stem}": {"save_dir": str(out / "teacher"), "best": str(teacher)}}
-    runs[f"teacher {Path(plan.teacher_cfg).stem}"].update(_val_metrics(teacher, data, plan, device, out))
+    runs[f"teacher {Path(plan.teacher_cfg).stem}"].update(val_metrics(teacher, data, plan, device, out))
     common = dict(cfg=plan.student_cfg, epochs=plan.student_epochs)
     for name in ("student", "distilled"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     student_label = Path(plan.student_cfg).stem
-    runs[f"student {student_label} alone"] = _train(out, "student", plan, data, device, **common)
-    runs[f"student {student_label} distilled"] = _train(out, "distilled", plan, data, device, **common,
+    runs[f"student {student_label} alone"] = train_run(out, "student", plan, data, device, **common)
+    runs[f"student {student_label} distilled"] = train_run(out, "distilled", plan, data, device, **common,
                                                         t_weights=str(teacher), d_feature=True,
                                                         feature_loss=plan.feature_loss)
     rows = summary_rows(runs, plan.imgsz)
@@ -197,7 +203,8 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt")}
 
 
-def _val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:
+def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:
+    """mAP50 and mAP50-95 of a checkpoint on the plan's val split."""
     from .inference import val
 
     res = val(str(weights), str(data), imgsz=plan.imgsz, batch_size=plan.batch_size * 2, device=device, workers=2,

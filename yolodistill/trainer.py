@@ -180,6 +180,7 @@ class DistillTrainer:
 
     def _setup_models(self) -> None:
         opt = self.opt
+        yb.init_seeds(opt.seed + 1, deterministic=True)  # train.py's seeding (before any weight is drawn)
         self.teacher: Optional[FrozenTeacher] = None
         if opt.t_weights:
             self.teacher = load_teacher(opt.t_weights, cfg=opt.t_cfg, nc=self.nc, device=self.device,
@@ -209,13 +210,12 @@ class DistillTrainer:
             self.data["train"], self.imgsz, opt.batch_size, self.gs, self.hyp, workers=opt.workers, seed=opt.seed,
             single_cls=opt.single_cls, cache=None if opt.cache == "val" else opt.cache, rect=opt.rect,
             image_weights=opt.image_weights, quad=opt.quad)
-        self.labels = yb.check_labels(self.dataset, self.nc, opt.data)
+        yb.check_labels(self.dataset, self.nc, opt.data)
         self.val_loader = yb.create_val_loader(self.data["val"], self.imgsz, opt.batch_size * 2, self.gs, self.hyp,
                                                workers=opt.workers * 2, single_cls=opt.single_cls,
                                                cache=None if opt.noval else opt.cache)
         if not self.resume_ckpt and not opt.noautoanchor and not self.config.output:
-            from yolov5.utils.autoanchor import check_anchors  # noqa: only AutoAnchor needs it
-            check_anchors(self.dataset, model=self.student, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
+            yb.autoanchor(self.dataset, self.student, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
         self.student.half().float()  # pre-reduce anchor precision, as train.py
 
     def _setup_training(self) -> None:
@@ -336,10 +336,7 @@ class DistillTrainer:
         opt = self.opt
         self.trainable.train()  # the teacher is not in here; FrozenTeacher.train() is a no-op anyway
         if opt.image_weights:
-            from yolov5.utils.general import labels_to_image_weights  # noqa: only --image-weights needs it
-            cw = self.student.class_weights.cpu().numpy() * (1 - maps) ** 2 / self.nc
-            iw = labels_to_image_weights(self.dataset.labels, nc=self.nc, class_weights=cw)
-            self.dataset.indices = random.choices(range(self.dataset.n), weights=iw, k=self.dataset.n)
+            yb.reweight_images(self.dataset, self.student, maps, self.nc)
         mloss = torch.zeros(len(self.names), device=self.device)
         shorts = [n.replace("distill/", "d_") for n in self.names]
         LOGGER.info(("\n" + "%11s" * (4 + len(shorts))) % ("Epoch", "GPU_mem", *shorts, "Instances", "Size"))

@@ -332,19 +332,34 @@ def create_val_loader(path, imgsz: int, batch_size: int, stride: int, hyp: Optio
 def _create_loader(path, *args, **kwargs):
     try:
         return yolov5_dataloaders.create_dataloader(path, *args, **kwargs)
-    except (AssertionError, FileNotFoundError, Exception) as e:  # yolov5 raises bare Exception for "no images"
-        if isinstance(e, (KeyboardInterrupt, MemoryError)):
-            raise
+    except MemoryError:
+        raise
+    except Exception as e:  # yolov5 reports unreadable data with bare Exception and AssertionError
         raise UserError(f"cannot load images from {path}: {str(e).splitlines()[0]}") from None
 
 
-def check_labels(dataset, nc: int, data_path: str) -> np.ndarray:
-    """All training labels; class ids must be < nc (train.py asserts this)."""
+def autoanchor(dataset, model: nn.Module, *, thr: float, imgsz: int) -> None:
+    """yolov5's AutoAnchor: re-fit the anchors to the labels when they fit poorly."""
+    from yolov5.utils.autoanchor import check_anchors
+    check_anchors(dataset, model=model, thr=thr, imgsz=imgsz)
+
+
+def reweight_images(dataset, model: nn.Module, maps: np.ndarray, nc: int) -> None:
+    """--image-weights: resample the epoch's images towards classes with low mAP (train.py's rule)."""
+    import random
+
+    from yolov5.utils.general import labels_to_image_weights
+    cw = model.class_weights.cpu().numpy() * (1 - maps) ** 2 / nc
+    iw = labels_to_image_weights(dataset.labels, nc=nc, class_weights=cw)
+    dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
+
+
+def check_labels(dataset, nc: int, data_path: str) -> None:
+    """Class ids of the training labels must be < nc (train.py asserts this)."""
     labels = np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
     if len(labels) and int(labels[:, 0].max()) >= nc:
         raise UserError(f"label class {int(labels[:, 0].max())} exceeds nc={nc} in {data_path}; "
                         f"class ids must be 0..{nc - 1}")
-    return labels
 
 
 # --------------------------------------------------------------------------- validation and inference
