@@ -29,17 +29,25 @@ def feat(values, shape) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- feature losses
-@pytest.mark.parametrize("name", ["mse", "cwd"])
+@pytest.mark.parametrize("name", ["mse", "cwd", "pkd"])
 def test_feature_loss_is_zero_when_student_equals_teacher(name):
     x = torch.randn(2, 3, 4, 5)
     assert build_feature_loss(name)(x.clone(), x.clone()).item() == pytest.approx(0.0, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["mse", "cwd"])
+@pytest.mark.parametrize("name", ["mse", "cwd", "pkd"])
 def test_feature_loss_does_not_grow_with_batch_size(name):
     s, t = torch.randn(1, 3, 4, 5), torch.randn(1, 3, 4, 5)
     loss = build_feature_loss(name)
     assert loss(s.repeat(4, 1, 1, 1), t.repeat(4, 1, 1, 1)).item() == pytest.approx(loss(s, t).item(), rel=1e-5)
+
+
+def test_pkd_by_hand_is_one_minus_correlation():
+    s = feat([1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2))
+    # perfectly anti-correlated: z(s) = -z(t), mean((2 z)^2) / 2 = 2 * mean(z^2) = 2
+    assert build_feature_loss("pkd")(s, feat([4.0, 3.0, 2.0, 1.0], (1, 1, 2, 2))).item() == pytest.approx(2.0, rel=1e-4)
+    # an affine copy (scale 3, shift 5) is perfectly correlated: zero, whatever the scale gap
+    assert build_feature_loss("pkd")(s, 3 * s + 5).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mse_by_hand():
@@ -82,7 +90,7 @@ def test_cwd_rejects_nonpositive_tau():
         build_feature_loss("cwd", tau=0.0)
 
 
-@pytest.mark.parametrize("name", ["mse", "cwd"])
+@pytest.mark.parametrize("name", ["mse", "cwd", "pkd"])
 def test_feature_loss_gradients_reach_student_only(name):
     s = torch.randn(1, 2, 3, 3, requires_grad=True)
     t = torch.randn(1, 2, 3, 3, requires_grad=True)
@@ -91,7 +99,7 @@ def test_feature_loss_gradients_reach_student_only(name):
     assert t.grad is None
 
 
-@pytest.mark.parametrize("name", ["mse", "cwd"])
+@pytest.mark.parametrize("name", ["mse", "cwd", "pkd"])
 def test_feature_loss_rejects_shape_mismatch(name):
     with pytest.raises(ValueError, match="does not match"):
         build_feature_loss(name)(torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 3, 3))
@@ -231,7 +239,7 @@ class L1FeatureLoss(nn.Module):
 
 def test_builtins_are_listed(clean_registry, monkeypatch):
     fake_entry_points(monkeypatch)
-    assert {"mse", "cwd"} <= set(available_feature_losses())
+    assert {"mse", "cwd", "pkd"} <= set(available_feature_losses())
 
 
 def test_register_and_build_new_loss(clean_registry, monkeypatch):

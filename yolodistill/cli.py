@@ -15,12 +15,14 @@ DEFAULTS_DOC = """\
 distillation defaults, and why:
   --d_weight 1.0   the output term is on the same per-image scale as yolov5's box/obj/cls losses
                    (it is scaled by the same hyp gains), so 1.0 weighs the teacher like the labels
-  --f_weight 0.5   feature losses compare raw activations and run larger than the task terms;
-                   watch train/distill/feature in results.png and lower it if it dominates
+  --f_weight 0.05  feature losses compare raw activations and run larger than the task terms
+                   (at 0.5, MSE made the student worse than training it alone); with the
+                   scale-free pkd loss 0.1 worked best; watch train/distill/feature in results.png
   --d_layers       default: the layers feeding Detect in each model (P3/P4/P5: model.17 model.20
                    model.23 for the standard yolov5 yamls), paired level by level
-  --feature-loss   mse (FitNets) by default; cwd (channel-wise distillation) often helps dense
-                   prediction; plugins add more through the 'yolodistill.feature_losses' entry points
+  --feature-loss   mse (FitNets) by default; cwd (channel-wise distillation) and pkd (Pearson
+                   correlation, scale-free) are built in; plugins add more through the
+                   'yolodistill.feature_losses' entry points
 """
 
 
@@ -157,7 +159,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="the whole story on generated data: teacher, student alone, distilled",
                        description="Generate the synthetic dataset, train a yolov5s teacher (cached), a yolov5n "
                                    "student alone and a yolov5n student distilled from the teacher, then print "
-                                   "params, GFLOPs, mAP and CPU latency and plot val mAP per epoch. About 20 "
+                                   "params, GFLOPs, mAP and CPU latency and plot val mAP per epoch. About 25 "
                                    "minutes on 2 CPU cores; --fast is a smoke run of under 3 minutes.")
     _flag(p, "--out", default="runs/quickstart", help="folder for data, runs, table and plot")
     _flag(p, "--fast", action="store_true", help="tiny sizes: checks the pipeline, not the accuracy")

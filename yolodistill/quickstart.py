@@ -42,6 +42,7 @@ class Plan:
     teacher_cfg: str
     student_cfg: str
     feature_loss: str
+    feature_weight: float
     optimizer: str
     hyp: str  # a packaged cfg/ file name or a path
     seed: int
@@ -175,7 +176,8 @@ def plot_map_per_epoch(curves: dict[str, Path], out: Path) -> Path:
 def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str = "cpu",
         plan: Optional[Plan] = None, **overrides) -> dict:
     """The quickstart pipeline; returns the table rows and the paths it wrote."""
-    plan = replace(plan or Plan.named("fast" if fast else "default"), **{k: v for k, v in overrides.items() if v is not None})
+    chosen = plan or Plan.named("fast" if fast else "default")
+    plan = replace(chosen, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -192,7 +194,8 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     runs[f"student {student_label} alone"] = train_run(out, "student", plan, data, device, **common)
     runs[f"student {student_label} distilled"] = train_run(out, "distilled", plan, data, device, **common,
                                                         t_weights=str(teacher), d_feature=True,
-                                                        feature_loss=plan.feature_loss)
+                                                        feature_loss=plan.feature_loss,
+                                                        f_weight=plan.feature_weight)
     rows = summary_rows(runs, plan.imgsz)
     table = format_table(rows)
     plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},

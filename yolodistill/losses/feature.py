@@ -48,3 +48,24 @@ class ChannelWiseDistillationLoss(nn.Module):
         kl = (t_log_p.exp() * (t_log_p - s_logits.log_softmax(-1))).sum()
         # tau^2 keeps gradient magnitude independent of tau (Hinton et al. 2015)
         return kl * self.tau ** 2 / (b * c)
+
+
+@register_feature_loss("pkd")
+class PearsonFeatureLoss(nn.Module):
+    """PKD (Cao et al. NeurIPS 2022): MSE of per-channel standardised features, i.e. 1 - Pearson correlation.
+
+    Standardising each channel (over batch and space) removes the scale gap between a small
+    student and a large teacher, so the loss stays in [0, 2] whatever the activation magnitudes.
+    """
+
+    def forward(self, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
+        """Scalar mean((z(s) - z(t))^2) / 2, z standardising each channel of (B, C, H, W) over B, H, W."""
+        _check_shapes(s_feat, t_feat)
+        return (_standardise(s_feat.float()) - _standardise(t_feat.detach().float())).pow(2).mean() / 2
+
+
+def _standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    # Population statistics (unbiased=False): repeating the batch leaves the loss unchanged.
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False).add(eps).sqrt()
+    return (x - mean) / std
