@@ -44,3 +44,15 @@ def test_packaged_cfg_is_found():
     assert {"default", "fast"} <= set(load_cfg("quickstart.yaml"))
     with pytest.raises(UserError, match="nope.yaml"):
         cfg_path("nope.yaml")
+
+
+def test_teacher_raw_outputs_equal_eval_mode_raw(tmp_path):
+    """Skipping the box decode returns exactly the raw tensors eval mode returns, BN still in eval."""
+    path, _ = _teacher_file(tmp_path)
+    teacher = load_teacher(str(path), nc=2, device=torch.device("cpu"))
+    imgs = torch.rand(2, 3, 64, 64)
+    fast = teacher(imgs)
+    with torch.no_grad():
+        reference = yb.raw_head_outputs(teacher.model(imgs))
+    assert all(torch.equal(a, b) for a, b in zip(fast, reference))
+    assert not any(m.training for m in teacher.modules())

@@ -28,7 +28,7 @@ class FrozenTeacher(nn.Module):
     def forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
         """Raw per-level head outputs (B, A, H, W, 5 + nc); FP16 on CUDA when `half`."""
         imgs = imgs.half() if self.half else imgs.float()
-        return yb.raw_head_outputs(self.model(imgs))
+        return yb.forward_raw(self.model, imgs)
 
 
 def load_teacher(weights: str, *, cfg: str = "", nc: int | None = None, device: torch.device,

@@ -268,6 +268,22 @@ def copy_anchors(src: nn.Module, dst: nn.Module) -> None:
     detect_head(dst).anchors.data.copy_(detect_head(src).anchors.to(detect_head(dst).anchors))
 
 
+def forward_raw(model: nn.Module, imgs: torch.Tensor) -> list[torch.Tensor]:
+    """Raw per-level head outputs of a model kept in eval mode, skipping Detect's box decode.
+
+    In eval mode Detect also decodes boxes (sigmoid, grids, concatenation) for NMS; distillation
+    compares the raw tensors only. Detect has no BatchNorm or dropout, so flagging just the head
+    as training changes its return value and nothing else: the backbone's BN stays in eval.
+    """
+    head = detect_head(model)
+    was_training = head.training
+    head.training = True
+    try:
+        return list(model(imgs))
+    finally:
+        head.training = was_training
+
+
 def raw_head_outputs(output: Any) -> list[torch.Tensor]:
     """Per-level raw head tensors (B, A, H, W, 5 + nc): training mode returns them, eval returns (pred, raw)."""
     if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], list):
