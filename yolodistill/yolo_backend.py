@@ -322,8 +322,8 @@ def model_stats(model: nn.Module, imgsz: int) -> dict:
         im = torch.empty((1, 3, stride, stride), device=p.device, dtype=p.dtype)
         gflops = thop.profile(deepcopy(de_parallel(model)), inputs=(im,), verbose=False)[0] / 1e9 * 2
         gflops *= (imgsz / stride) ** 2
-    except Exception:  # thop is optional for yolov5 too; the count is informative only
-        pass
+    except Exception as e:  # thop is optional for yolov5 too; the count is informative only
+        LOGGER.warning(f"WARNING: GFLOPs not counted ({type(e).__name__}: {e})")
     return {"params": params, "gflops": gflops}
 
 
