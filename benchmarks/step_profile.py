@@ -37,15 +37,17 @@ class _Clock:
 
 
 def _step(trainer: DistillTrainer, imgs, targets, distil: bool) -> dict[str, float]:
+    """One training step split into timed parts, in the order the trainer runs them."""
     clock = _Clock()
-    pred = trainer.distiller.forward_student(imgs) if distil else trainer.student(imgs)
+    d = trainer.distiller if distil else None
+    if d is not None:
+        teacher_raw = d.teacher(imgs)  # the trainer runs the teacher first (see Distiller.forward_student)
+        clock.lap("teacher forward")
+    pred = trainer.student(imgs)
     clock.lap("student forward")
     loss, _ = trainer.compute_loss(pred, targets)
     clock.lap("task loss")
-    if distil:
-        d = trainer.distiller
-        teacher_raw = d.teacher(imgs)
-        clock.lap("teacher forward")
+    if d is not None:
         out = sum(output_distillation_loss(pred, teacher_raw, d.nc, d.gains["box"], d.gains["obj"], d.gains["cls"]))
         clock.lap("output loss")
         s_feats, t_feats = d._student_rec.pop(), d._teacher_rec.pop()
@@ -100,6 +102,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in rows["distil"][0]:
         med = {k: statistics.median(r[name] for r in v) * 1000 if name in v[0] else None for k, v in rows.items()}
+        # plain rows lack the teacher parts
         plain_ms = f"{med['plain']:8.1f}" if med["plain"] is not None else f"{'-':>8}"
         print(f"{name:<26}{plain_ms}{med['distil']:8.1f}")
     totals = {k: statistics.median(sum(r.values()) for r in v) * 1000 for k, v in rows.items()}

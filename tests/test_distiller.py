@@ -135,3 +135,21 @@ def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
     total.backward()
     assert any(p.grad is not None for p in student.parameters())
     trainer.distiller.remove()
+
+
+def test_teacher_runs_once_and_before_the_student():
+    """forward_student runs the teacher first (memory, see step_profile) and terms() reuses its outputs."""
+    student, teacher = _models()
+    d = _distiller(student, teacher)
+    calls = []
+    h1 = teacher.model.register_forward_pre_hook(lambda m, a: calls.append("teacher"))
+    h2 = student.register_forward_pre_hook(lambda m, a: calls.append("student"))
+    student.train()
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    d.terms(imgs, d.forward_student(imgs))
+    assert calls == ["teacher", "student"]
+    # terms() for a batch other than the one forward_student saw never reuses stale teacher outputs
+    d.terms(imgs, d.forward_student(imgs.clone()))
+    assert calls[2:] == ["teacher", "student", "teacher"]
+    h1.remove(), h2.remove()
+    d.remove()
