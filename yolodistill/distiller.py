@@ -7,6 +7,7 @@ teacher's shapes -> pure-tensor losses -> a dict of weighted terms the trainer a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -101,10 +102,7 @@ class Distiller:
 
     def student_detached(self):
         """Context in which the student has no hooks: deep copies and checkpoints stay plain YOLOv5."""
-        if self._student_rec is None:
-            from contextlib import nullcontext
-            return nullcontext()
-        return self._student_rec.detached()
+        return nullcontext() if self._student_rec is None else self._student_rec.detached()
 
     def trainable(self) -> nn.Module:
         """Student and adapters as one module, for the optimizer (both learn) and gradient clipping."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import yolo_backend as yb
 from .errors import UserError
-from .trainer import METRIC_COLUMNS
+from .run_logger import METRIC_COLUMNS
 
 LOGGER = logging.getLogger("yolodistill")
 

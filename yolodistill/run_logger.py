@@ -9,6 +9,9 @@ from typing import Mapping, Sequence
 
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "results.png"
+# yolov5's validation columns, in the order val.run returns them.
+METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+                  "val/box_loss", "val/obj_loss", "val/cls_loss")
 
 
 class RunLogger:

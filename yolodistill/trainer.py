@@ -32,14 +32,12 @@ from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
 from .distiller import TASK_TERMS, Distiller, loss_names
 from .errors import UserError
-from .run_logger import RunLogger, plot_results
+from .run_logger import METRIC_COLUMNS, RunLogger, plot_results
 from .teacher import FrozenTeacher, load_teacher
 
 LOGGER = logging.getLogger("yolodistill")
 NOMINAL_BATCH = 64  # yolov5's nbs: gradients accumulate to this many images per optimizer step
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
-METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-                  "val/box_loss", "val/obj_loss", "val/cls_loss")
 
 
 class TrainingError(UserError):
