@@ -201,9 +201,11 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},
                               out / "map_per_epoch.png")
     (out / "summary.txt").write_text(table + "\n")
+    minutes = (time.time() - t0) / 60
     LOGGER.info(f"\n{table}\n\nplot: {plot}\ntable: {out / 'summary.txt'}\n"
-                f"quickstart finished in {(time.time() - t0) / 60:.1f} min")
-    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt")}
+                f"quickstart finished in {minutes:.1f} min")
+    # Rows in the order teacher, student alone, student distilled (what benchmarks/kd_gain.py reads).
+    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt"), "minutes": minutes}
 
 
 def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:
