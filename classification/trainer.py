@@ -1,0 +1,487 @@
+"""Classifier training: from labels, by Hinton KD (live teachers or a cached store), or from CLIP embeddings.
+
+One epoch loop, three loss recipes. Each trainer declares its loss names once; they drive the
+progress bar, results.csv (train/<name>) and results.png. Checkpoints are plain classifiers (see
+models.py), written atomically: best.pt on val top-1, last.pt every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from ..errors import UserError
+from ..run_logger import RunLogger, plot_results
+from .data import ImageDataset, LabeledFolder, build_transform, list_images, readable, split_folders
+from .losses import embedding_cosine, embedding_mse, hinton_loss, kd_kl_loss, soft_targets
+from .models import build_classifier, default_normalisation, last_feature_layer, save_classifier
+
+LOGGER = logging.getLogger("yolodistill")
+ACC_COLUMNS = ("metrics/accuracy_top1", "metrics/accuracy_top5", "val/loss")  # yolov5 classify's names
+
+
+@dataclass
+class ClassifyOptions:
+    """Options of `yolodistill classify train|distill|clip-distill` (same names as the flags)."""
+
+    data: str = ""  # root with train/ and val/ (or test/), each <class>/<image>
+    model: str = "resnet18"  # timm name or built-in (mlp_small, mlp, mlp_large, cnn_small, cnn, cnn_large)
+    pretrained: str = ""  # local timm weights file
+    imgsz: int = 224
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "AdamW"
+    lr0: float = 1e-3
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.0
+    augment: bool = True
+    fliplr: float = 0.5
+    workers: int = 4
+    device: str = ""
+    project: str = "runs/classify"
+    name: str = "exp"
+    exist_ok: bool = False
+    seed: int = 0
+    # Hinton KD
+    teacher: list = field(default_factory=list)  # classifier checkpoints; several = an ensemble
+    teacher_store: str = ""  # logits store from `classify embed --teacher ...`, instead of live teachers
+    temperature: float = 4.0
+    alpha: float = 0.9
+    unlabeled: list = field(default_factory=list)  # folders of images without labels: distillation term only
+    feature_layers: str = ""  # "auto" or "student_layer:teacher_layer,..."
+    feature_loss: str = "mse"
+    f_weight: float = 1.0
+    # CLIP-to-CNN
+    source: str = ""  # folder of (unlabeled) training images, covered by --store
+    store: str = ""  # embedding store from `classify embed --clip ...`
+    head: str = ""  # head file from `classify text-embed` or `classify probe`
+    loss: str = "cosine"  # cosine | mse | kl
+    val: str = ""  # labeled folder <class>/<image> to measure accuracy through the head
+
+
+def select_device(device: str) -> torch.device:
+    if device in ("", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(device if device == "cpu" or not device.isdigit() else f"cuda:{device}")
+
+
+def increment_dir(path: Path, exist_ok: bool) -> Path:
+    """runs/classify/exp, exp2, exp3, ... as yolov5 numbers its runs."""
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while path.with_name(f"{path.name}{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}{n}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().sum().item()
+
+
+class ClassifyTrainer:
+    """Supervised training from labels; subclasses change loss_terms() and what the model outputs."""
+
+    names: tuple[str, ...] = ("ce",)
+    kind = "train"
+
+    def __init__(self, opts: ClassifyOptions):
+        self.opts = opts
+        self.device = select_device(opts.device)
+        self.extra_trainable: nn.ModuleDict = nn.ModuleDict()
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def setup(self) -> "ClassifyTrainer":
+        o = self.opts
+        if o.epochs < 1 or o.batch_size < 1 or o.imgsz < 1:
+            raise UserError("--epochs, --batch-size and --imgsz must be positive")
+        seed_everything(o.seed)
+        self.build_data()
+        self.build_model()
+        self.build_extras()
+        params = [p for p in list(self.model.parameters()) + list(self.extra_trainable.parameters()) if p.requires_grad]
+        opt_cls = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}.get(o.optimizer)
+        if opt_cls is None:
+            raise UserError(f"--optimizer {o.optimizer!r}: choose SGD, Adam or AdamW")
+        kw = dict(momentum=0.9, nesterov=True) if o.optimizer == "SGD" else {}
+        self.optimizer = opt_cls(params, lr=o.lr0, weight_decay=o.weight_decay, **kw)
+        # cosine decay to 1% of lr0 over the run, per step (yolov5 classify's default is cosine too)
+        total = o.epochs * max(1, len(self.train_loader))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        self.save_dir = increment_dir(Path(o.project) / o.name, o.exist_ok)
+        (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        self.logger = RunLogger(self.save_dir, [f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
+        (self.save_dir / "opt.yaml").write_text(_yaml(asdict(o)))
+        return self
+
+    def loader(self, dataset, *, train: bool) -> DataLoader:
+        g = torch.Generator()
+        g.manual_seed(self.opts.seed)
+        return DataLoader(dataset, batch_size=self.opts.batch_size, shuffle=train, drop_last=False, generator=g,
+                          num_workers=self.opts.workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=self.opts.workers > 0)
+
+    def build_data(self) -> None:
+        o = self.opts
+        train_dir, val_dir = split_folders(o.data)
+        self.train_folder = LabeledFolder.scan(train_dir)
+        self.classes = list(self.train_folder.classes)
+        self.val_folder = LabeledFolder.scan(val_dir).with_classes(self.classes)
+        self.mean, self.std = self.normalisation()
+        self.train_set = self.labeled_dataset(self.train_folder, train=True)
+        self.val_set = self.labeled_dataset(self.val_folder, train=False)
+        self.train_loader = self.loader(self.train_set, train=True)
+        self.val_loader = self.loader(self.val_set, train=False)
+        LOGGER.info(f"classes {len(self.classes)}; train {len(self.train_set)} images, val {len(self.val_set)}")
+
+    def normalisation(self):
+        probe = build_classifier(self.opts.model, 2, imgsz=self.opts.imgsz) if self.opts.model else None
+        return default_normalisation(probe)
+
+    def transform(self, train: bool):
+        o = self.opts
+        return build_transform(o.imgsz, self.mean, self.std, train=train and o.augment, fliplr=o.fliplr)
+
+    def labeled_dataset(self, folder: LabeledFolder, *, train: bool) -> ImageDataset:
+        return ImageDataset(folder.root, folder.keys, folder.labels, self.transform(train))
+
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    def build_model(self) -> None:
+        o = self.opts
+        self.model = build_classifier(o.model, self.num_outputs(), imgsz=o.imgsz, pretrained=o.pretrained or None)
+        self.model.to(self.device)
+
+    def build_extras(self) -> None:
+        """Teachers, adapters: nothing for plain training."""
+
+    # ---- the step ---------------------------------------------------------------------------------
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C) of the student."""
+        return self.model(images)
+
+    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(self.logits(images), labels, label_smoothing=self.opts.label_smoothing)}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm import tqdm
+
+        self.model.train()
+        self.extra_trainable.train()
+        sums = {n: 0.0 for n in self.names}
+        n_batches = 0
+        bar = tqdm(self.train_loader, desc=f"{epoch + 1}/{self.opts.epochs}", unit="batch", leave=False,
+                   bar_format="{l_bar}{bar:10}{r_bar}")
+        for images, labels, teacher_rows in bar:
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
+            teacher_rows = teacher_rows.to(self.device)
+            terms = self.loss_terms(images, labels, teacher_rows)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}: lower --lr0")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            n_batches += 1
+            for n, v in terms.items():
+                sums[n] += float(v.detach())
+            bar.set_postfix({n: f"{sums[n] / n_batches:.4f}" for n in self.names})
+        return {f"train/{n}": sums[n] / max(1, n_batches) for n in self.names}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        correct1 = correct5 = loss = 0.0
+        n = 0
+        for images, labels, _ in self.val_loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            logits = self.logits(images).float()
+            loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct1 += _accuracy(logits, labels, 1)
+            correct5 += _accuracy(logits, labels, 5)
+            n += len(labels)
+        return {"metrics/accuracy_top1": correct1 / n, "metrics/accuracy_top5": correct5 / n, "val/loss": loss / n}
+
+    # ---- checkpoints and the run -------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict:
+        return dict(arch=self.opts.model, classes=self.classes, imgsz=self.opts.imgsz, mean=self.mean, std=self.std)
+
+    def save(self, path: Path, epoch: int, metrics: dict) -> None:
+        save_classifier(path, self.model, epoch=epoch, metrics=metrics, **self.checkpoint_meta())
+
+    def run(self) -> dict:
+        """Train all epochs; returns {"save_dir", "best", "last", "epoch_seconds", best metrics}."""
+        if not hasattr(self, "model"):
+            self.setup()
+        LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
+        best_top1, best_metrics, epoch_seconds = -1.0, {}, []
+        weights = self.save_dir / "weights"
+        try:
+            for epoch in range(self.opts.epochs):
+                t0 = time.perf_counter()
+                row = self.train_epoch(epoch)
+                epoch_seconds.append(time.perf_counter() - t0)
+                metrics = self.evaluate()
+                row.update(metrics, **{"lr/0": self.optimizer.param_groups[0]["lr"]})
+                self.logger.log(epoch, row)
+                self.save(weights / "last.pt", epoch, metrics)
+                if metrics["metrics/accuracy_top1"] > best_top1:
+                    best_top1, best_metrics = metrics["metrics/accuracy_top1"], metrics
+                    self.save(weights / "best.pt", epoch, metrics)
+                LOGGER.info(f"epoch {epoch + 1}/{self.opts.epochs}: "
+                            + "  ".join(f"{k.removeprefix('train/').removeprefix('metrics/')} {v:.4g}"
+                                        for k, v in row.items()))
+        finally:
+            self.logger.close()
+            self.cleanup()
+        plot_results(self.logger.csv_path)
+        LOGGER.info(f"best top-1 {best_top1:.4f}; results in {self.save_dir}")
+        return {"save_dir": str(self.save_dir), "best": str(weights / "best.pt"), "last": str(weights / "last.pt"),
+                "epoch_seconds": epoch_seconds, **best_metrics}
+
+    def cleanup(self) -> None:
+        """Remove hooks; nothing for plain training."""
+
+
+class KDTrainer(ClassifyTrainer):
+    """Hinton KD from live teachers (an ensemble when several) or a logits store, plus optional feature KD."""
+
+    kind = "distill"
+
+    @property
+    def names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("distill/kd", "ce") + (("distill/feature",) if self.opts.feature_layers else ())
+
+    def build_data(self) -> None:
+        super().build_data()
+        o = self.opts
+        if not (0 <= o.alpha <= 1) or o.temperature <= 0:
+            raise UserError("--alpha must be in [0, 1] and --temperature positive")
+        if bool(o.teacher) == bool(o.teacher_store):
+            raise UserError("give the teacher as --teacher CKPT [CKPT ...] or as --teacher-store DIR (one of them)")
+        self.store = None
+        if o.teacher_store:
+            if o.feature_layers:
+                raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
+            self.store = self.open_logits_store(o.teacher_store)
+        sets = [self.labeled_dataset(self.train_folder, train=True)]
+        for folder in o.unlabeled:
+            root = Path(folder)
+            keys = readable(root, list_images(root), "unlabeled folder")
+            sets.append(ImageDataset(root, keys, None, self.transform(True), *self.store_lookup(root)))
+        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
+        self.train_loader = self.loader(self.train_set, train=True)
+        if o.unlabeled:
+            LOGGER.info(f"+ {len(self.train_set) - len(sets[0])} unlabeled images (distillation term only)")
+
+    def open_logits_store(self, path: str):
+        from .store import TeacherStore
+
+        store = TeacherStore.open(path, kind="logits")
+        classes = store.teacher.get("classes")
+        if classes != self.classes:
+            raise UserError(f"store {path} was built by teachers with classes {classes}, the data has {self.classes}")
+        return store
+
+    def store_lookup(self, root: Path) -> tuple:
+        """(lookup, key prefix) of a folder under the store's source folder; () without a store."""
+        if self.store is None:
+            return ()
+        return self.store.lookup, self.store.prefix_of(root)
+
+    def labeled_dataset(self, folder: LabeledFolder, *, train: bool) -> ImageDataset:
+        if train and getattr(self, "store", None) is not None:
+            return ImageDataset(folder.root, folder.keys, folder.labels, self.transform(True),
+                                *self.store_lookup(folder.root))
+        return super().labeled_dataset(folder, train=train)
+
+    def build_extras(self) -> None:
+        o = self.opts
+        self.teachers = None
+        if o.teacher:
+            from .teachers import ClassifierTeachers
+
+            self.teachers = ClassifierTeachers(o.teacher, self.device)
+            if self.teachers.classes != self.classes:
+                raise UserError(f"teacher classes {self.teachers.classes} differ from the data's {self.classes}")
+        self.features = None
+        if o.feature_layers:
+            self.features = FeatureKD(self.model, self.teachers.members[0], o, self.teachers.metas[0]["imgsz"])
+            self.extra_trainable["adapters"] = self.features.adapters.to(self.device)
+
+    def teacher_probs(self, images, teacher_rows) -> torch.Tensor:
+        if self.teachers is not None:
+            t_logits = self.teachers(images, self.mean, self.std)  # (B, n, C)
+        else:
+            t_logits = teacher_rows.view(len(teacher_rows), -1, len(self.classes))
+        return soft_targets(list(t_logits.unbind(1)), self.opts.temperature)
+
+    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
+        o = self.opts
+        # The teacher runs before the student (as in detection's distiller): its hooks record its features.
+        probs = self.teacher_probs(images, teacher_rows)
+        t_feats = self.features.t_rec.pop() if self.features is not None else None
+        logits = self.logits(images)
+        soft, hard = hinton_loss(logits, probs, labels, temperature=o.temperature, alpha=o.alpha)
+        terms = {"distill/kd": soft, "ce": hard}
+        if self.features is not None:
+            terms["distill/feature"] = o.f_weight * self.features.loss(t_feats)
+        return terms
+
+    def checkpoint_meta(self) -> dict:
+        meta = super().checkpoint_meta()
+        meta["distill"] = {"temperature": self.opts.temperature, "alpha": self.opts.alpha,
+                           "teachers": (self.teachers.identity if self.teachers is not None else self.store.teacher)}
+        return meta
+
+    def cleanup(self) -> None:
+        if getattr(self, "features", None) is not None:
+            self.features.remove()
+
+
+class FeatureKD:
+    """Feature distillation for classifiers with detection's hooks, adapters and feature-loss registry."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, opts: ClassifyOptions, teacher_imgsz: int):
+        from ..hooks import FeatureRecorder, adapter_key, build_adapters, probe_feature_shapes
+        from ..losses import build_feature_loss
+
+        if opts.feature_layers == "auto":
+            pairs = [(last_feature_layer(student), last_feature_layer(teacher))]
+        else:
+            try:
+                pairs = [tuple(p.split(":")) for p in opts.feature_layers.split(",")]
+                assert all(len(p) == 2 and all(p) for p in pairs)
+            except AssertionError:
+                raise UserError(f"--feature-layers {opts.feature_layers!r}: expected 'auto' or "
+                                f"student_layer:teacher_layer[,...] (names from named_modules())") from None
+        self.pairs = pairs
+        s_shapes = probe_feature_shapes(student, [s for s, _ in pairs], opts.imgsz)
+        t_shapes = probe_feature_shapes(teacher, [t for _, t in pairs], teacher_imgsz)
+        self.adapters = build_adapters(s_shapes, t_shapes, pairs)
+        self.keys = [adapter_key(s, t) for s, t in pairs]
+        self.loss_fn = build_feature_loss(opts.feature_loss)
+        self.s_rec = FeatureRecorder(student, [s for s, _ in pairs]).attach()
+        self.t_rec = FeatureRecorder(teacher, [t for _, t in pairs], detach=True).attach()
+
+    def loss(self, t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over pairs of the feature loss; both sides' features come from their last forward."""
+        s_feats = self.s_rec.pop()
+        total = 0.0
+        for (s, t), key in zip(self.pairs, self.keys):
+            t_feat = t_feats[t]
+            total = total + self.loss_fn(self.adapters[key](s_feats[s], size=t_feat.shape[-2:]), t_feat)
+        return total / len(self.pairs)
+
+    def remove(self) -> None:
+        self.s_rec.remove()
+        self.t_rec.remove()
+
+
+class ClipDistillTrainer(ClassifyTrainer):
+    """A CNN student learns an OpenCLIP teacher's image embeddings (cached in a store), on unlabeled images.
+
+    The student outputs an embedding (D,); the teacher's head (text prompts or linear probe) turns
+    either embedding into class logits, so accuracy is measured the way the student will be used.
+    """
+
+    kind = "clip-distill"
+    LOSSES = ("cosine", "mse", "kl")
+
+    @property
+    def names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (f"distill/{self.opts.loss}",)
+
+    def build_data(self) -> None:
+        from .clip_teacher import load_head
+        from .store import TeacherStore
+
+        o = self.opts
+        if o.loss not in self.LOSSES:
+            raise UserError(f"--loss {o.loss!r}: choose {', '.join(self.LOSSES)}")
+        if not o.store or not o.head:
+            raise UserError("clip-distill needs --store (from `classify embed --clip`) and --head "
+                            "(from `classify text-embed` or `classify probe`)")
+        self.store = TeacherStore.open(o.store, kind="embedding")
+        self.head, head_teacher = load_head(o.head)
+        if head_teacher != self.store.teacher:
+            from .store import describe_teacher
+
+            raise UserError(f"head {o.head} was made with {describe_teacher(head_teacher)}, the "
+                            f"store {o.store} with {describe_teacher(self.store.teacher)}: use one teacher for both")
+        self.head.to(self.device).requires_grad_(False)
+        self.classes = list(self.head.classes)
+        self.mean, self.std = self.normalisation()
+        sources = [Path(s) for s in ([o.source] if isinstance(o.source, str) else o.source) if s] or \
+            [Path(self.store.source)]
+        sets = []
+        for root in sources:
+            keys = readable(root, list_images(root), "training folder")
+            sets.append(ImageDataset(root, keys, None, self.transform(True), self.store.lookup,
+                                     self.store.prefix_of(root)))
+        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
+        self.train_loader = self.loader(self.train_set, train=True)
+        self.val_loader = None
+        if o.val:
+            self.val_folder = LabeledFolder.scan(o.val).with_classes(self.classes)
+            self.val_loader = self.loader(self.labeled_dataset(self.val_folder, train=False), train=False)
+        LOGGER.info(f"{len(self.train_set)} training images; teacher embeddings from {o.store} "
+                    f"(dim {self.store.dim}); {len(self.classes)} classes")
+
+    def num_outputs(self) -> int:
+        return self.store.dim
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.model(images))
+
+    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
+        o = self.opts
+        emb = self.model(images)
+        if o.loss == "kl":
+            probs = soft_targets(self.head(teacher_rows), o.temperature)
+            return {"distill/kl": kd_kl_loss(self.head(emb), probs, o.temperature)}
+        fn = embedding_cosine if o.loss == "cosine" else embedding_mse
+        return {f"distill/{o.loss}": fn(emb, teacher_rows)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.val_loader is None:  # no labeled images: accuracy unknown, every epoch counts as best
+            return {"metrics/accuracy_top1": float("inf"), "metrics/accuracy_top5": float("nan"),
+                    "val/loss": float("nan")}
+        return super().evaluate()
+
+    def checkpoint_meta(self) -> dict:
+        head = self.head
+        return dict(arch=self.opts.model, classes=self.classes, num_classes=self.store.dim, imgsz=self.opts.imgsz,
+                    mean=self.mean, std=self.std, teacher=self.store.teacher,
+                    head={"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
+                          "scale": float(head.scale), "classes": list(head.classes)})
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
