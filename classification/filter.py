@@ -53,6 +53,10 @@ def filter_pool(store_path: str, head_path: str, out: str, *, min_prob: float = 
     if head_teacher != store.teacher:
         raise UserError(f"head {head_path} was made with {describe_teacher(head_teacher)}, the pool "
                         f"store with {describe_teacher(store.teacher)}: use one teacher for both")
+    # Fix: same check as clip-distill's; a head of another width failed below with a shape traceback.
+    if head.weight.shape[1] != store.dim:
+        raise UserError(f"head {head_path} takes {head.weight.shape[1]}-d embeddings, the pool store holds "
+                        f"{store.dim}-d ones: make both with one teacher")
     if store.source is None or not Path(store.source).is_dir():
         raise UserError(f"the pool folder of store {store_path} ({store.source}) is gone")
     out_dir = Path(out)

@@ -432,6 +432,12 @@ class ClipDistillTrainer(ClassifyTrainer):
 
             raise UserError(f"head {o.head} was made with {describe_teacher(head_teacher)}, the "
                             f"store {o.store} with {describe_teacher(self.store.teacher)}: use one teacher for both")
+        # Fix: the same teacher name can still mean two widths (a random-init model config edited between
+        # `embed` and `text-embed`); without this the run trained a student that predict refuses, or failed
+        # with a shape traceback in evaluation.
+        if self.head.weight.shape[1] != self.store.dim:
+            raise UserError(f"head {o.head} takes {self.head.weight.shape[1]}-d embeddings, the store {o.store} "
+                            f"holds {self.store.dim}-d ones: make both with one teacher")
         self.head.to(self.device).requires_grad_(False)
         self.classes = list(self.head.classes)
         self.mean, self.std = self.normalisation()

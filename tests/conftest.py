@@ -61,3 +61,77 @@ def teacher_weights(tiny_data, tmp_path_factory) -> Path:
                "--noplots", "--noautoanchor"])
     assert rc == 0
     return project / "t" / "weights" / "best.pt"
+
+
+# ---- classification (tests/test_classify_*.py) ------------------------------------------------------------------
+from contextlib import contextmanager  # noqa: E402  (this section is appended to the detection fixtures above)
+
+CLASSIFY_IMGSZ = 24
+SHAPES = ("circle", "square", "triangle")
+
+
+@contextmanager
+def one_torch_thread():
+    """torch on one thread inside: tiny models gain nothing from more, and lose 100x to a busy machine's other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def draw_shape(shape: str, rng: np.random.Generator, size: int = CLASSIFY_IMGSZ) -> np.ndarray:
+    """A BGR image (size, size, 3): one filled shape of a random bright colour on dark noise."""
+    import cv2
+
+    img = rng.integers(0, 50, (size, size, 3), dtype=np.uint8)
+    color = tuple(int(c) for c in rng.integers(120, 256, 3))
+    r = int(rng.integers(size // 4, size // 2 - 1))
+    cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+    if shape == "circle":
+        cv2.circle(img, (cx, cy), r, color, -1)
+    elif shape == "square":
+        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
+    else:
+        cv2.fillPoly(img, [np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)], color)
+    return img
+
+
+def make_shapes_dataset(root: Path, n_train: int = 8, n_val: int = 3, n_unlabeled: int = 6, seed: int = 0) -> Path:
+    """root/{train,val}/<shape>/<i>.png (3 classes) and root/unlabeled/<i>.png: an ImageFolder of coloured shapes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for shape in SHAPES:
+            (root / split / shape).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                cv2.imwrite(str(root / split / shape / f"{i:03d}.png"), draw_shape(shape, rng))
+    (root / "unlabeled").mkdir(parents=True, exist_ok=True)
+    for i in range(n_unlabeled):
+        cv2.imwrite(str(root / "unlabeled" / f"{i:03d}.png"), draw_shape(SHAPES[i % 3], rng))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """Root of a 3-class, 24 px shapes dataset: train/ (8 per class), val/ (3 per class), unlabeled/ (6)."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shape_teachers(shapes_data, tmp_path_factory) -> tuple[Path, Path]:
+    """Two classifier checkpoints trained on shapes_data: a `cnn` (2 epochs) and a `cnn_small` (1 epoch, seed 1)."""
+    from yolodistill.classification.trainer import ClassifyOptions, ClassifyTrainer
+
+    project = tmp_path_factory.mktemp("shape_teachers")
+    paths = []
+    for name, model, epochs, seed in (("cnn", "cnn", 2, 0), ("cnn_small", "cnn_small", 1, 1)):
+        opts = ClassifyOptions(data=str(shapes_data), model=model, imgsz=CLASSIFY_IMGSZ, epochs=epochs, batch_size=8,
+                               workers=0, device="cpu", project=str(project), name=name, seed=seed, lr0=3e-3)
+        with one_torch_thread():
+            paths.append(Path(ClassifyTrainer(opts).run()["best"]))
+    return paths[0], paths[1]

@@ -32,7 +32,7 @@ def test_round_trip_float32_exact(tmp_path):
     assert torch.equal(store.row(3), torch.tensor([3.0, 3.1, 3.2]))
     index = json.loads((out / "index.json").read_text())
     assert index == {"format": STORE_FORMAT, "teacher": TEACHER, "kind": "embedding", "dim": 3, "count": 5,
-                     "dtype": "float32", "keys": KEYS}
+                     "dtype": "float32", "source": None, "keys": KEYS}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # no temp folder left beside it
 
 

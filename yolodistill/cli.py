@@ -178,7 +178,7 @@ def _run_quickstart(args: argparse.Namespace) -> None:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="datasets: `data synth` writes the embedded synthetic detection dataset")
+    p = sub.add_parser("data", help="datasets: `data synth` (detection, generated), `data digits` (classification)")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     s = data_sub.add_parser("synth", help="generate a deterministic YOLO-format detection dataset",
                             description="Six look-alike classes (square/rectangle, circle/ring, triangle/arrow), "
@@ -192,6 +192,15 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     _flag(s, "--seed", type=int, default=0, help="random seed")
     _flag(s, "--exist-ok", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=_run_synth)
+    g = data_sub.add_parser("digits", help="scikit-learn's 8x8 digits as ImageFolder folders (classification)",
+                            description="Real handwritten digits (1,797 images, shipped with scikit-learn): "
+                                        "OUT/full/{train,val}, OUT/few/{train,val} (a few labels per class) and "
+                                        "OUT/unlabeled. The 70/30 train/val split is fixed; --seed picks the few.")
+    _flag(g, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
+    _flag(g, "--few", type=int, default=10, help="labeled images per class in OUT/few/train")
+    _flag(g, "--seed", type=int, default=0, help="which few images are labeled")
+    _flag(g, "--exist-ok", action="store_true", help="write into a non-empty folder")
+    g.set_defaults(func=_run_digits)
 
 
 def _run_synth(args: argparse.Namespace) -> None:
@@ -206,6 +215,13 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     from .classification.cli import add_classify
 
     add_classify(sub, _flag)
+
+
+def _run_digits(args: argparse.Namespace) -> None:
+    from .classification.digits import write_digits
+
+    out = write_digits(args.out, few=args.few, seed=args.seed, exist_ok=args.exist_ok)
+    logging.getLogger("yolodistill").info(f"digits written: {out}/full, {out}/few, {out}/unlabeled")
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (

@@ -1,0 +1,127 @@
+"""End-to-end classifier training and distillation on generated shapes: what is logged, saved, hooked and frozen."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from yolodistill.classification.embed import embed_classifiers
+from yolodistill.classification.models import build_classifier, load_classifier
+from yolodistill.classification.teachers import ClassifierTeachers
+from yolodistill.classification.trainer import ClassifyOptions, KDTrainer
+from yolodistill.run_logger import read_results
+
+from .conftest import CLASSIFY_IMGSZ, SHAPES, one_torch_thread
+
+ACC = ["metrics/accuracy_top1", "metrics/accuracy_top5", "val/loss", "lr/0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def _options(data, project, name, **kw) -> ClassifyOptions:
+    kw = {"model": "cnn_small", "imgsz": CLASSIFY_IMGSZ, "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu",
+          **kw}
+    return ClassifyOptions(data=str(data), project=str(project), name=name, **kw)
+
+
+def _columns(save_dir) -> list[str]:
+    return [c.strip() for c in (save_dir / "results.csv").read_text().splitlines()[0].split(",")]
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_teacher_training_writes_plain_checkpoints(shape_teachers):
+    for path, arch in zip(shape_teachers, ("cnn", "cnn_small")):
+        save_dir = path.parent.parent
+        assert _columns(save_dir) == ["epoch", "train/ce", *ACC]
+        assert (path.parent / "last.pt").is_file()
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert (ckpt["arch"], ckpt["classes"], ckpt["num_classes"], ckpt["imgsz"]) == (arch, list(SHAPES), 3, 24)
+        assert set(ckpt["model"]) == set(build_classifier(arch, 3, imgsz=24).state_dict())
+
+
+@pytest.mark.slow
+def test_distill_with_feature_kd(shapes_data, shape_teachers, tmp_path):
+    opts = _options(shapes_data, tmp_path, "kd", epochs=2, teacher=[str(shape_teachers[0])], feature_layers="auto")
+    trainer = KDTrainer(opts).setup()
+    # "auto": the deepest feature map of each, cnn_small's stages.1 (16 ch, /2) -> cnn's stages.2 (128 ch, /4)
+    assert trainer.features.pairs == [("stages.1", "stages.2")]
+    assert trainer.model.stages[1]._forward_hooks and trainer.teachers.members[0].stages[2]._forward_hooks
+    teacher_before = {k: v.clone() for k, v in trainer.teachers.state_dict().items()}  # BN statistics included
+    student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    adapters_before = [p.detach().clone() for p in trainer.features.adapters.parameters()]
+    assert adapters_before  # 16 -> 128 channels: a 1x1 conv
+
+    result = trainer.run()
+
+    # gradients never reached the teacher, and it did not update its BatchNorm statistics either
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teachers.parameters())
+    for k, v in trainer.teachers.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+    assert not torch.equal(trainer.model.stages[0][0].weight, student_before["stages.0.0.weight"])
+    # the feature term trained the adapter
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.features.adapters.parameters(), adapters_before))
+    # hooks are gone from both models once training ends
+    assert _no_hooks(trainer.model) and _no_hooks(trainer.teachers)
+    assert not trainer.features.s_rec.attached and not trainer.features.t_rec.attached
+
+    save_dir = tmp_path / "kd"
+    assert result["save_dir"] == str(save_dir)
+    assert _columns(save_dir) == ["epoch", "train/distill/kd", "train/ce", "train/distill/feature", *ACC]
+    rows = read_results(save_dir / "results.csv")
+    assert len(rows) == 2
+    assert all(r["train/distill/feature"] > 0 and r["train/distill/kd"] >= 0 and math.isfinite(r["train/ce"])
+               for r in rows)
+
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(save_dir / "weights" / name, map_location="cpu", weights_only=True)
+        assert set(ckpt["model"]) == set(build_classifier("cnn_small", 3, imgsz=24).state_dict())
+        assert not any("adapter" in k or "->" in k for k in ckpt["model"])
+        assert ckpt["distill"]["teachers"]["checkpoints"] == ["best.pt"]
+        assert (ckpt["distill"]["temperature"], ckpt["distill"]["alpha"]) == (4.0, 0.9)
+    # last.pt is the trained student, nothing more: it reproduces the trainer's model
+    student, meta = load_classifier(save_dir / "weights" / "last.pt")
+    assert meta["epoch"] == 1
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), trainer.model.eval()(x))
+
+
+@pytest.mark.slow
+def test_ensemble_with_unlabeled_live_equals_store(shapes_data, shape_teachers, tmp_path):
+    """An ensemble of 2 with an unlabeled folder; without augmentation, a logits store gives the same run."""
+    teachers = [str(p) for p in shape_teachers]
+    unlabeled = [str(shapes_data / "unlabeled")]
+    live = KDTrainer(_options(shapes_data, tmp_path, "live", teacher=teachers, unlabeled=unlabeled,
+                              augment=False)).setup()
+    assert len(live.train_set) == 3 * 8 + 6
+    labels = [label for _, label, _ in live.train_set]
+    assert labels.count(-1) == 6 and sorted(set(labels)) == [-1, 0, 1, 2]
+    teacher_before = {k: v.clone() for k, v in live.teachers.state_dict().items()}
+    live.run()
+    assert all(torch.equal(v, teacher_before[k]) for k, v in live.teachers.state_dict().items())
+    assert all(p.grad is None for p in live.teachers.parameters())
+    assert _columns(tmp_path / "live") == ["epoch", "train/distill/kd", "train/ce", *ACC]
+    ckpt = torch.load(tmp_path / "live" / "weights" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["distill"]["teachers"]["checkpoints"] == ["best.pt", "best.pt"]
+
+    # the store is built over the dataset root, which holds train/ and unlabeled/
+    store = embed_classifiers(shapes_data, tmp_path / "store", ClassifierTeachers(teachers), batch_size=16, workers=0)
+    cached = KDTrainer(_options(shapes_data, tmp_path, "cached", teacher_store=str(store), unlabeled=unlabeled,
+                                augment=False)).setup()
+    assert cached.teachers is None  # no teacher runs while training from a store
+    cached.run()
+    (row_live,), (row_cached,) = read_results(tmp_path / "live" / "results.csv"), read_results(
+        tmp_path / "cached" / "results.csv")
+    for column in ("train/distill/kd", "train/ce", "metrics/accuracy_top1", "val/loss"):
+        assert row_cached[column] == pytest.approx(row_live[column], rel=1e-3, abs=1e-5), column
+    for k, v in cached.model.state_dict().items():
+        torch.testing.assert_close(v, live.model.state_dict()[k], rtol=1e-4, atol=1e-5)
