@@ -1,4 +1,4 @@
-"""yolodistill: knowledge distillation for YOLOv5 detectors (and, later, classifiers) aimed at Jetson deployment.
+"""yolodistill: knowledge distillation for YOLOv5 detectors and image classifiers, aimed at Jetson deployment.
 
 The public names load lazily, so `import yolodistill` (and `yolodistill --help`) does not import
 torch or yolov5.
