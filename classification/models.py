@@ -107,10 +107,23 @@ def build_classifier(arch: str, num_classes: int, *, imgsz: int, pretrained: Opt
         raise UserError(f"cannot load {path} into timm model {arch!r}: {str(e).splitlines()[0][:200]}") from None
 
 
-def default_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the model expects: its timm pretrained_cfg, else ImageNet's."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+def default_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the model expects: its timm pretrained config (no model built), else ImageNet's."""
+    if arch not in BUILTIN:
+        from timm.models import get_pretrained_cfg
+
+        if not timm_is_model(arch):
+            raise _unknown_model(arch)
+        cfg = get_pretrained_cfg(arch)
+        if cfg is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def timm_is_model(arch: str) -> bool:
+    import timm
+
+    return timm.is_model(arch)
 
 
 def last_feature_layer(model: nn.Module) -> str:

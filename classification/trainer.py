@@ -156,8 +156,7 @@ class ClassifyTrainer:
         LOGGER.info(f"classes {len(self.classes)}; train {len(self.train_set)} images, val {len(self.val_set)}")
 
     def normalisation(self):
-        probe = build_classifier(self.opts.model, 2, imgsz=self.opts.imgsz) if self.opts.model else None
-        return default_normalisation(probe)
+        return default_normalisation(self.opts.model)
 
     def transform(self, train: bool):
         o = self.opts
