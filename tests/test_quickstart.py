@@ -19,6 +19,7 @@ def test_quickstart_fast_then_rerun_reuses_teacher(tmp_path, caplog):
     for label in ("teacher yolov5s", "student yolov5n alone", "student yolov5n distilled"):
         assert label in table
     assert (out / "map_per_epoch.png").stat().st_size > 0
+    assert "quickstart finished in" in table and "teacher" in table.splitlines()[-1]  # minutes per stage
     assert (out / "distilled" / "results.csv").read_text().count("distill/feature") == 1
 
     # A rerun reuses the finished teacher ...

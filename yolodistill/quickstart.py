@@ -181,9 +181,16 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    stages: dict[str, float] = {}  # minutes per stage: where the time went, in the summary
+
+    def lap(stage: str) -> None:
+        stages[stage] = (time.time() - t0) / 60 - sum(stages.values())
+
     LOGGER.info(f"quickstart: {plan}")
     data = prepare_data(out, plan)
+    lap("data")
     teacher = prepare_teacher(out, plan, data, device)
+    lap("teacher")
     runs = {f"teacher {Path(plan.teacher_cfg).stem}": {"save_dir": str(out / "teacher"), "best": str(teacher)}}
     runs[f"teacher {Path(plan.teacher_cfg).stem}"].update(val_metrics(teacher, data, plan, device, out))
     common = dict(cfg=plan.student_cfg, epochs=plan.student_epochs)
@@ -192,20 +199,23 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
             shutil.rmtree(out / name)
     student_label = Path(plan.student_cfg).stem
     runs[f"student {student_label} alone"] = train_run(out, "student", plan, data, device, **common)
+    lap("student alone")
     runs[f"student {student_label} distilled"] = train_run(out, "distilled", plan, data, device, **common,
                                                         t_weights=str(teacher), d_feature=True,
                                                         feature_loss=plan.feature_loss,
                                                         f_weight=plan.feature_weight)
+    lap("student distilled")
     rows = summary_rows(runs, plan.imgsz)
     table = format_table(rows)
     plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},
                               out / "map_per_epoch.png")
-    (out / "summary.txt").write_text(table + "\n")
+    lap("table and plot")
     minutes = (time.time() - t0) / 60
-    LOGGER.info(f"\n{table}\n\nplot: {plot}\ntable: {out / 'summary.txt'}\n"
-                f"quickstart finished in {minutes:.1f} min")
+    timing = f"quickstart finished in {minutes:.1f} min (" + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ")"
+    (out / "summary.txt").write_text(f"{table}\n\n{timing}\n")
+    LOGGER.info(f"\n{table}\n\nplot: {plot}\ntable: {out / 'summary.txt'}\n{timing}")
     # Rows in the order teacher, student alone, student distilled (what benchmarks/kd_gain.py reads).
-    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt"), "minutes": minutes}
+    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt"), "minutes": minutes, "stages": stages}
 
 
 def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:
