@@ -212,6 +212,18 @@ class TeacherStore:
                             f"after embedding?): {_REBUILD}") from None
         return torch.from_numpy(np.asarray(self._map()[rows], dtype=np.float32)).reshape(len(rows), self.dim)
 
+    def rows_of(self, keys: Sequence[str]) -> list[int]:
+        """Row numbers of `keys`, found once when a dataset is built (a missing key fails there, not mid-epoch)."""
+        try:
+            return [self._row_of[k] for k in keys]
+        except KeyError as e:
+            raise UserError(f"image {e.args[0]!r} has no row in teacher store {self.path} (the image folder changed "
+                            f"after embedding?): {_REBUILD}") from None
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows (B,) int64 -> (B, D) float32: one read of the memory map per batch."""
+        return torch.from_numpy(np.asarray(self._map()[rows.cpu().numpy()], dtype=np.float32)).reshape(-1, self.dim)
+
     def row(self, i: int) -> torch.Tensor:
         """Row `i` as (D,) float32."""
         return torch.from_numpy(np.array(self._map()[i], dtype=np.float32))

@@ -181,6 +181,11 @@ class ClassifyTrainer:
         """Class logits (B, C) of the student."""
         return self.model(images)
 
+    def teacher_rows(self, rows: torch.Tensor) -> Optional[torch.Tensor]:
+        """The batch's cached teacher outputs (B, D) from the store, if the trainer has one."""
+        store = getattr(self, "store", None)
+        return store.take(rows).to(self.device, non_blocking=True) if store is not None else None
+
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
         return {"ce": F.cross_entropy(self.logits(images), labels, label_smoothing=self.opts.label_smoothing)}
 
@@ -193,9 +198,9 @@ class ClassifyTrainer:
         n_batches = 0
         bar = tqdm(self.train_loader, desc=f"{epoch + 1}/{self.opts.epochs}", unit="batch", leave=False,
                    bar_format="{l_bar}{bar:10}{r_bar}")
-        for images, labels, teacher_rows in bar:
+        for images, labels, rows in bar:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
-            teacher_rows = teacher_rows.to(self.device)
+            teacher_rows = self.teacher_rows(rows)
             terms = self.loss_terms(images, labels, teacher_rows)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
@@ -290,7 +295,7 @@ class KDTrainer(ClassifyTrainer):
         for folder in o.unlabeled:
             root = Path(folder)
             keys = readable(root, list_images(root), "unlabeled folder")
-            sets.append(ImageDataset(root, keys, None, self.transform(True), *self.store_lookup(root)))
+            sets.append(ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys)))
         self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
         self.train_loader = self.loader(self.train_set, train=True)
         if o.unlabeled:
@@ -305,16 +310,17 @@ class KDTrainer(ClassifyTrainer):
             raise UserError(f"store {path} was built by teachers with classes {classes}, the data has {self.classes}")
         return store
 
-    def store_lookup(self, root: Path) -> tuple:
-        """(lookup, key prefix) of a folder under the store's source folder; () without a store."""
+    def store_rows(self, root: Path, keys) -> Optional[list[int]]:
+        """Store rows of a folder's images (the folder lies under the store's source folder); None without a store."""
         if self.store is None:
-            return ()
-        return self.store.lookup, self.store.prefix_of(root)
+            return None
+        prefix = self.store.prefix_of(root)
+        return self.store.rows_of([prefix + k for k in keys])
 
     def labeled_dataset(self, folder: LabeledFolder, *, train: bool) -> ImageDataset:
         if train and getattr(self, "store", None) is not None:
             return ImageDataset(folder.root, folder.keys, folder.labels, self.transform(True),
-                                *self.store_lookup(folder.root))
+                                self.store_rows(folder.root, folder.keys))
         return super().labeled_dataset(folder, train=train)
 
     def build_extras(self) -> None:
@@ -445,8 +451,9 @@ class ClipDistillTrainer(ClassifyTrainer):
         sets = []
         for root in sources:
             keys = readable(root, list_images(root), "training folder")
-            sets.append(ImageDataset(root, keys, None, self.transform(True), self.store.lookup,
-                                     self.store.prefix_of(root)))
+            prefix = self.store.prefix_of(root)
+            sets.append(ImageDataset(root, keys, None, self.transform(True),
+                                     self.store.rows_of([prefix + k for k in keys])))
         self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
         self.train_loader = self.loader(self.train_set, train=True)
         self.val_loader = None

@@ -54,6 +54,15 @@ def test_lookup_in_any_order_and_missing(tmp_path):
         store.lookup(["cat/0.jpg", "bird/0.jpg"])
 
 
+def test_rows_found_once_then_taken_per_batch(tmp_path):
+    store = TeacherStore.open(build(tmp_path / "emb"))
+    rows = store.rows_of(["dog/2.jpg", "cat/0.jpg"])
+    assert rows == [4, 0]
+    assert torch.equal(store.take(torch.tensor(rows + [4])), VALUES[[4, 0, 4]])
+    with pytest.raises(UserError, match="'bird/0.jpg' has no row"):
+        store.rows_of(["bird/0.jpg"])
+
+
 def test_logits_kind_and_bad_arguments(tmp_path):
     store = TeacherStore.open(build(tmp_path / "logits", kind="logits"))
     assert store.kind == "logits"
