@@ -87,7 +87,7 @@ def report(results: dict, seeds: list[str], variants: list[str], title: str) -> 
         gaps = [(results[s][v] - results[s]["baseline"]) / (results[s]["teacher"] - results[s]["baseline"])
                 for s in have if results[s]["teacher"] - results[s]["baseline"] > MIN_GAP]
         closed = (f"{statistics.mean(gaps) * 100:.0f}% (per seed: {', '.join(f'{g * 100:.0f}%' for g in gaps)})"
-                  if gaps else "n/a (no teacher gap)")
+                  if gaps else "n/a (no teacher gap)" if have else "-")
         lines.append(f"| distilled, {v} | {len(have)} | {_mean_sd(vals)} | {_mean_sd(gains, '+.2f')} | {closed} |")
     return "\n".join(lines)
 
