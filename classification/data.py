@@ -54,8 +54,8 @@ def readable(root: Path, keys: Sequence[str], what: str, progress: bool = True) 
         try:
             read_image(root / key)
             good.append(key)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            bad.append(key)
+        except Exception:  # noqa: BLE001 - PIL's plugins raise anything on a bad file (seen: ImportError of
+            bad.append(key)  # a half-installed HEIF plugin on a junk .jpg); any failure means "unreadable"
     if bad:
         LOGGER.warning(f"{what}: skipped {len(bad)} unreadable or truncated image(s) of {len(keys)} "
                        f"(first: {root / bad[0]})")

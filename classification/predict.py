@@ -102,7 +102,7 @@ def predict(weights: str, sources: Sequence[str], *, k: int = 5, head: Optional[
             try:
                 batch.append(read_image(p))
                 ok.append(p)
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - PIL plugins raise anything on a bad file (see data.readable)
                 skipped += 1
                 LOGGER.warning(f"{p}: unreadable or truncated image, skipped")
         if not batch:
