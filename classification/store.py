@@ -205,12 +205,7 @@ class TeacherStore:
 
     def lookup(self, keys: Sequence[str]) -> torch.Tensor:
         """Rows for `keys` as (len(keys), D) float32."""
-        try:
-            rows = [self._row_of[k] for k in keys]
-        except KeyError as e:
-            raise UserError(f"image {e.args[0]!r} has no row in teacher store {self.path} (the image folder changed "
-                            f"after embedding?): {_REBUILD}") from None
-        return torch.from_numpy(np.asarray(self._map()[rows], dtype=np.float32)).reshape(len(rows), self.dim)
+        return self.take(torch.tensor(self.rows_of(keys), dtype=torch.int64))
 
     def rows_of(self, keys: Sequence[str]) -> list[int]:
         """Row numbers of `keys`, found once when a dataset is built (a missing key fails there, not mid-epoch)."""
