@@ -139,8 +139,13 @@ def last_feature_layer(model: nn.Module) -> str:
 def checkpoint_dict(model: nn.Module, *, arch: str, classes: Sequence[str], imgsz: int, mean: Sequence[float],
                     std: Sequence[float], epoch: int = -1, metrics: Optional[dict] = None, **extra: Any) -> dict:
     """The plain, weights-only-loadable checkpoint of a classifier (tensors on the CPU)."""
+    from ..deploy.quant import split_state_dict
+
     num_classes = extra.pop("num_classes", len(classes))
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # A QAT student is saved plain, its INT8 ranges beside the weights (None for every other student).
+    state, quant = split_state_dict({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    if quant is not None:
+        extra["quant"] = quant
     return {"format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": int(num_classes), "classes": list(classes),
             "imgsz": int(imgsz), "mean": [float(m) for m in mean], "std": [float(s) for s in std], "model": state,
             "epoch": int(epoch), "metrics": dict(metrics or {}), **extra}
@@ -165,9 +170,21 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def classifier_from_checkpoint(ckpt: dict, *, quantized: bool = True) -> nn.Module:
+    """The model of a checkpoint dict, in eval mode; a QAT checkpoint's INT8 fake quantizers are put back
+    unless `quantized` is False (its weights are plain either way)."""
+    model = build_classifier(ckpt["arch"], ckpt["num_classes"], imgsz=ckpt["imgsz"])
+    model.load_state_dict(ckpt["model"])
+    if quantized and ckpt.get("quant"):
+        from ..deploy.quant import attach_quantizers
+
+        attach_quantizers(model, ckpt["quant"])
+    return model.eval()
+
+
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
     """(model in eval mode, checkpoint metadata without the weights)."""
     ckpt = read_checkpoint(path)
-    model = build_classifier(ckpt["arch"], ckpt["num_classes"], imgsz=ckpt["imgsz"])
-    model.load_state_dict(ckpt.pop("model"))
-    return model.eval(), ckpt
+    model = classifier_from_checkpoint(ckpt)
+    ckpt.pop("model")
+    return model, ckpt

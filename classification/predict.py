@@ -44,7 +44,7 @@ class Predictor:
                                 f"was distilled from")
             self.classes = list(self.head.classes)
         elif "head" in ckpt:
-            self.head = _head_from_checkpoint(ckpt["head"])
+            self.head = head_from_checkpoint(ckpt["head"])
         if self.head is not None:
             self.head.eval().to(self.device)
             if self.head.weight.shape[1] != ckpt["num_classes"]:
@@ -65,7 +65,7 @@ class Predictor:
         return [[(self.classes[j], float(q)) for q, j in zip(pr, ir)] for pr, ir in zip(p.tolist(), i.tolist())]
 
 
-def _head_from_checkpoint(d: dict) -> nn.Module:
+def head_from_checkpoint(d: dict) -> nn.Module:
     from .clip_teacher import LinearHead
 
     return LinearHead(d["weight"], d["bias"], d["scale"], d["classes"])

@@ -224,8 +224,15 @@ def _run_digits(args: argparse.Namespace) -> None:
     logging.getLogger("yolodistill").info(f"digits written: {out}/full, {out}/few, {out}/unlabeled")
 
 
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    from .deploy.cli import add_benchmark, add_export
+
+    add_export(sub, _flag)
+    add_benchmark(sub, _flag)
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_quickstart, _add_train, _add_val, _add_detect, _add_data, _add_classify)
+    _add_quickstart, _add_train, _add_val, _add_detect, _add_data, _add_classify, _add_deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -327,6 +327,30 @@ def model_stats(model: nn.Module, imgsz: int) -> dict:
     return {"params": params, "gflops": gflops}
 
 
+def export_model(model: nn.Module, *, dynamic: bool = False, fuse: bool = True) -> nn.Module:
+    """A copy ready to trace, as yolov5's export.py makes it: FP32, eval, Conv+BN fused, and Detect in export
+    mode, returning one tensor (B, N, 5 + nc) of decoded boxes (xywh pixels, objectness, class scores)."""
+    model = deepcopy(de_parallel(model)).float().eval()
+    if fuse:
+        level = LOGGER.level
+        LOGGER.setLevel(logging.WARNING)  # fuse() prints the model summary
+        try:
+            model.fuse()
+        finally:
+            LOGGER.setLevel(level)
+    for m in model.modules():
+        if isinstance(m, Detect):
+            m.inplace, m.dynamic, m.export = False, dynamic, True
+    return model
+
+
+def export_metadata(model: nn.Module) -> dict:
+    """What yolov5's DetectMultiBackend reads back from an ONNX file's metadata: stride and class names."""
+    names = de_parallel(model).names
+    names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
+    return {"stride": max_stride(model), "names": names}
+
+
 # --------------------------------------------------------------------------- data
 
 def create_train_loader(path, imgsz: int, batch_size: int, stride: int, hyp: dict, *, workers: int, seed: int,

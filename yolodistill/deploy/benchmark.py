@@ -1,0 +1,390 @@
+"""`yolodistill benchmark`: teacher vs student (or any models) on one backend, side by side in one process.
+
+Latency is timed in interleaved rounds (teacher block, student block, teacher block, ...) so that a noisy
+machine slows both alike and the ratio stays honest. Peak memory is measured per model in a fresh
+subprocess (the peak resident set of a process is all one can read on a CPU, and a shared process would
+mix the two models): the growth of the process's peak RSS from just before the model is loaded (ONNX
+session created; for torch, the FP32 weights plus what inference adds) to after the timed runs. On CUDA it
+is the device memory the model holds, read from the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .student import Deployable, load_deployable
+
+LOGGER = logging.getLogger("yolodistill")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+COLUMNS = ("model", "task", "params_M", "GFLOPs", "latency_ms_median", "latency_ms_p90", "throughput_img_s",
+           "peak_memory_MB", "file_MB")
+RATIO_COLUMNS = ("speed_x", "throughput_x", "memory_x", "params_x", "GFLOPs_x", "speed_over_GFLOPs_ratio")
+
+
+@dataclass
+class ModelResult:
+    model: str
+    task: str
+    params_M: float
+    GFLOPs: float
+    latency_ms_median: float = float("nan")
+    latency_ms_p90: float = float("nan")
+    throughput_img_s: float = float("nan")
+    peak_memory_MB: float = float("nan")
+    file_MB: float = float("nan")
+    times_ms: list = field(default_factory=list, repr=False)
+
+
+def gflops(dep: Deployable) -> float:
+    """GFLOPs of one image, counting 2 per multiply-add of convs and matmuls (yolov5's convention, from thop)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        dep.model(dep.example_input(1))
+    return counter.get_total_flops() / 1e9
+
+
+# ---------------------------------------------------------------------------------------------- runners
+def _ort_runner(path: Path, threads: int, batch: int, dep: Deployable) -> Callable[[], object]:
+    from .runtime import ort_session
+
+    session = ort_session(path, threads=threads)
+    inp = session.get_inputs()[0]
+    x = dep.example_input(batch).numpy().astype(np.float16 if "float16" in inp.type else np.float32)
+    return lambda: session.run(None, {inp.name: x})
+
+
+def _torch_runner(dep: Deployable, batch: int, device: torch.device, half: bool) -> Callable[[], object]:
+    model = dep.model.to(device)
+    x = dep.example_input(batch).to(device)
+    if half:
+        model, x = model.half(), x.half()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    @torch.no_grad()
+    def run():
+        y = model(x)
+        sync()
+        return y
+    return run
+
+
+def _trt_runner(engine: Path, batch: int, dep: Deployable) -> Callable[[], object]:
+    from .tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(engine)
+    x = dep.example_input(batch).cuda()
+
+    def run():
+        y = runner.run_torch(x)
+        torch.cuda.synchronize()
+        return y
+    return run
+
+
+def time_side_by_side(runners: Sequence[Callable[[], object]], *, runs: int, warmup: int, rounds: int = 10,
+                      progress: bool = True) -> list[list[float]]:
+    """Milliseconds per call for each runner, measured in `rounds` interleaved blocks of runs / rounds calls."""
+    from tqdm import tqdm
+
+    for run in runners:
+        for _ in range(warmup):
+            run()
+    per_block = max(1, runs // rounds)
+    times: list[list[float]] = [[] for _ in runners]
+    bar = tqdm(total=rounds * per_block * len(runners), desc="timing", unit="run", disable=not progress,
+               bar_format="{l_bar}{bar:10}{r_bar}")
+    for _ in range(rounds):
+        for i, run in enumerate(runners):
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                run()
+                times[i].append((time.perf_counter() - t0) * 1000)
+                bar.update()
+    bar.close()
+    return times
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _status_mb(key: str) -> Optional[float]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _memory_baseline() -> float:
+    """Current RSS after resetting the peak-RSS mark (Linux: write 5 to clear_refs), so the peak read later
+    is this model's, not an import's transient; elsewhere the lifetime peak (an underestimate at worst)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        rss = _status_mb("VmRSS")
+        if rss is not None:
+            return rss
+    except OSError:
+        pass
+    return _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _memory_worker(args: argparse.Namespace) -> dict:
+    """Runs in a fresh process: peak memory one model needs on the CPU (see the module docstring)."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.backend == "onnxruntime":
+        import onnx
+        import onnxruntime  # noqa: F401  (imported before the baseline: its libraries are not the model's)
+        from .runtime import ort_session
+
+        graph_input = onnx.load(args.file).graph.input[0]
+        fp16 = graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:]
+        x = np.random.default_rng(0).random([args.batch, *dims]).astype(np.float16 if fp16 else np.float32)
+        base = _memory_baseline()
+        session = ort_session(args.file, threads=args.threads)
+        for _ in range(args.runs):
+            session.run(None, {graph_input.name: x})
+        return {"peak_memory_MB": _peak_rss_mb() - base}
+    dep = load_deployable(args.file, imgsz=args.imgsz)
+    model, x = dep.model, dep.example_input(args.batch)
+    weights_mb = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**20
+    base = _memory_baseline()
+    with torch.no_grad():
+        for _ in range(args.runs):
+            model(x)
+    return {"peak_memory_MB": weights_mb + _peak_rss_mb() - base}
+
+
+def measure_memory_cpu(backend: str, file: Path, *, batch: int, threads: int, imgsz, runs: int = 3) -> float:
+    cmd = [sys.executable, "-m", "yolodistill.deploy.benchmark", "--memory-worker", "--backend", backend,
+           "--file", str(file), "--batch", str(batch), "--threads", str(threads), "--runs", str(runs)]
+    if imgsz:
+        cmd += ["--imgsz", *[str(s) for s in imgsz]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        LOGGER.warning(f"WARNING: memory of {file.name} not measured: {proc.stderr.strip().splitlines()[-1:]}")
+        return float("nan")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_memory_MB"])
+
+
+def measure_memory_cuda(make_runner: Callable[[], Callable[[], object]]) -> tuple[float, Callable[[], object]]:
+    """Device memory taken by loading and running a model, from the driver's free-memory count."""
+    torch.cuda.synchronize()
+    free0 = torch.cuda.mem_get_info()[0]
+    run = make_runner()
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    return (free0 - torch.cuda.mem_get_info()[0]) / 2**20, run
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntime", imgsz=None, batch: int = 1,
+              runs: int = 200, warmup: int = 20, threads: int = 0, device: str = "cpu", half: bool = False,
+              out: Union[str, Path] = "runs/benchmark", plot: bool = True, memory: bool = True,
+              trust: bool = False) -> dict:
+    """Compare models (the first is the reference, usually the teacher); writes benchmark.csv/.md/.json/.png."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
+    if not weights:
+        raise UserError("--weights: give at least one checkpoint (teacher first, then students)")
+    if runs < 1 or batch < 1:
+        raise UserError("--runs and --batch must be at least 1")
+    cuda = backend == "tensorrt" or (backend == "torch" and device not in ("", "cpu"))
+    if cuda and not torch.cuda.is_available():
+        raise UserError(f"--backend {backend} {'' if backend == 'tensorrt' else '--device ' + device} needs CUDA, "
+                        f"and this machine has none: use --backend onnxruntime or --device cpu")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    deps = [load_deployable(w, imgsz=imgsz, trust=trust) for w in weights]
+    labels = _labels([Path(w) for w in weights])
+    if backend == "torch" and cuda:
+        torch_device = torch.device(device if device.startswith("cuda") else f"cuda:{device}")
+    else:
+        torch_device = torch.device("cpu")
+    if threads and not cuda:
+        torch.set_num_threads(threads)
+
+    results, runners = [], []
+    for label, dep in zip(labels, deps):
+        r = ModelResult(model=label, task=dep.task, params_M=sum(p.numel() for p in dep.model.parameters()) / 1e6,
+                        GFLOPs=gflops(dep))
+        artifact = Path(dep.source)
+        if backend in ("onnxruntime", "tensorrt"):
+            from .onnx_export import export_onnx
+
+            artifact = export_onnx(dep, out / f"{label}.onnx", batch=batch, half=half and backend == "tensorrt").path
+        if backend == "tensorrt":
+            from .tensorrt import build_engine
+
+            artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch)
+        r.file_MB = artifact.stat().st_size / 2**20
+        if backend == "onnxruntime":
+            run = _ort_runner(artifact, threads, batch, dep)
+            if memory:
+                r.peak_memory_MB = measure_memory_cpu(backend, artifact, batch=batch, threads=threads, imgsz=imgsz)
+        elif backend == "tensorrt":
+            r.peak_memory_MB, run = measure_memory_cuda(lambda a=artifact, d=dep: _trt_runner(a, batch, d))
+        elif cuda:
+            r.peak_memory_MB, run = measure_memory_cuda(lambda d=dep: _torch_runner(d, batch, torch_device, half))
+        else:
+            run = _torch_runner(dep, batch, torch_device, False)
+            if memory:
+                r.peak_memory_MB = measure_memory_cpu(backend, artifact, batch=batch, threads=threads, imgsz=imgsz)
+        results.append(r)
+        runners.append(run)
+
+    LOGGER.info(f"Timing {len(runners)} models on {backend} ({_device_name(backend, torch_device)}), batch {batch}, "
+                f"{runs} runs each in interleaved rounds after {warmup} warm-up runs")
+    for r, times in zip(results, time_side_by_side(runners, runs=runs, warmup=warmup)):
+        r.times_ms = times
+        r.latency_ms_median = statistics.median(times)
+        r.latency_ms_p90 = float(np.percentile(times, 90))
+        r.throughput_img_s = batch * 1000 / float(np.mean(times))
+    ratios = [ratio_row(results[0], r) for r in results[1:]]
+    meta = {"backend": backend, "device": _device_name(backend, torch_device), "batch": batch, "runs": runs,
+            "imgsz": list(deps[0].imgsz), "half": half, "threads": threads or "default",
+            "date": time.strftime("%Y-%m-%d %H:%M"), "weights": [str(w) for w in weights]}
+    table = format_table(results, ratios, meta)
+    print(table)
+    _write(out, results, ratios, meta, table)
+    if plot:
+        plot_benchmark(results, meta, out / "benchmark.png")
+    LOGGER.info(f"Results saved to {out}")
+    return {"results": [_public(r) for r in results], "ratios": ratios, "meta": meta, "dir": str(out)}
+
+
+def ratio_row(ref: ModelResult, r: ModelResult) -> dict:
+    """How much faster/smaller `r` is than `ref` (> 1: better), and speed-up as a fraction of the GFLOPs ratio."""
+    def div(a, b):
+        return a / b if b and np.isfinite(a) and np.isfinite(b) else float("nan")
+    row = {"model": f"{r.model} vs {ref.model}",
+           "speed_x": div(ref.latency_ms_median, r.latency_ms_median),
+           "throughput_x": div(r.throughput_img_s, ref.throughput_img_s),
+           "memory_x": div(ref.peak_memory_MB, r.peak_memory_MB),
+           "params_x": div(ref.params_M, r.params_M),
+           "GFLOPs_x": div(ref.GFLOPs, r.GFLOPs)}
+    row["speed_over_GFLOPs_ratio"] = div(row["speed_x"], row["GFLOPs_x"])
+    return row
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """Short unique names: the file stem, or parent folders too when stems repeat (runs/*/weights/best.pt)."""
+    for depth in range(1, 5):
+        labels = ["_".join([*p.parts[-depth - 1:-1][::-1][:depth - 1][::-1], p.stem]) if depth > 1 else p.stem
+                  for p in (pp.resolve() for pp in paths)]
+        labels = [lab.replace("weights_", "") for lab in labels]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}_{p.stem}" for i, p in enumerate(paths)]
+
+
+def _device_name(backend: str, device: torch.device) -> str:
+    if backend == "tensorrt" or device.type == "cuda":
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _public(r: ModelResult) -> dict:
+    d = asdict(r)
+    d.pop("times_ms")
+    return d
+
+
+def format_table(results: Sequence[ModelResult], ratios: Sequence[dict], meta: dict) -> str:
+    head = (f"{'model':<28}{'task':>9}{'params':>9}{'GFLOPs':>8}{'median ms':>11}{'p90 ms':>9}{'img/s':>9}"
+            f"{'peak MB':>9}{'file MB':>9}")
+    lines = [f"{meta['backend']} on {meta['device']}, batch {meta['batch']}, "
+             f"{meta['imgsz'][0]}x{meta['imgsz'][1]}", head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.model[:27]:<28}{r.task:>9}{r.params_M:>8.2f}M{r.GFLOPs:>8.2f}{r.latency_ms_median:>11.2f}"
+                     f"{r.latency_ms_p90:>9.2f}{r.throughput_img_s:>9.1f}{r.peak_memory_MB:>9.1f}{r.file_MB:>9.2f}")
+    for q in ratios:
+        lines.append(f"{q['model']}: {q['speed_x']:.2f}x faster (GFLOPs {q['GFLOPs_x']:.2f}x fewer: speed-up is "
+                     f"{q['speed_over_GFLOPs_ratio']:.0%} of it), {q['throughput_x']:.2f}x throughput, "
+                     f"{q['memory_x']:.2f}x less memory, {q['params_x']:.2f}x fewer params")
+    return "\n".join(lines)
+
+
+def _write(out: Path, results, ratios, meta, table: str) -> None:
+    with open(out / "benchmark.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for r in results:
+            w.writerow({k: v for k, v in _public(r).items() if k in COLUMNS})
+    if ratios:
+        with open(out / "ratios.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["model", *RATIO_COLUMNS])
+            w.writeheader()
+            w.writerows(ratios)
+    (out / "benchmark.json").write_text(json.dumps(
+        {"meta": meta, "results": [asdict(r) for r in results], "ratios": ratios}, indent=1))
+    (out / "benchmark.txt").write_text(table + "\n")
+
+
+def plot_benchmark(results: Sequence[ModelResult], meta: dict, path: Path) -> Path:
+    """Four bar panels (latency with p90 whisker, throughput, peak memory, params and GFLOPs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.model for r in results]
+    colors = ["#4c72b0"] + ["#dd8452", "#55a868", "#c44e52", "#8172b2"] * 4
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    panels = [("latency, ms (median, p90 whisker)", [r.latency_ms_median for r in results],
+               [[0] * len(results), [r.latency_ms_p90 - r.latency_ms_median for r in results]]),
+              ("throughput, images/s", [r.throughput_img_s for r in results], None),
+              ("peak memory, MB", [r.peak_memory_MB for r in results], None),
+              ("GFLOPs per image", [r.GFLOPs for r in results], None)]
+    for ax, (title, values, err) in zip(axes, panels):
+        bars = ax.bar(names, values, yerr=err, color=colors[:len(names)], capsize=4)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+    fig.suptitle(f"{meta['backend']} on {meta['device']}, batch {meta['batch']}, "
+                 f"{meta['imgsz'][0]}x{meta['imgsz'][1]} ({meta['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _worker_main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--memory-worker", action="store_true", required=True)
+    p.add_argument("--backend", required=True)
+    p.add_argument("--file", required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--imgsz", type=int, nargs="*", default=None)
+    args = p.parse_args(argv)
+    print(json.dumps(_memory_worker(args)))
+
+
+if __name__ == "__main__":
+    _worker_main()

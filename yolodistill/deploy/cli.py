@@ -1,0 +1,78 @@
+"""`yolodistill export` and `yolodistill benchmark` (flags in yolov5 export.py's spelling where it has one)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_export(sub: argparse._SubParsersAction, flag) -> None:
+    p = sub.add_parser("export", help="student checkpoint -> ONNX (parity-checked) and a TensorRT engine",
+                       description="Export a detection or classification checkpoint (plain, --qat INT8 or 2:4 "
+                                   "sparse; the checkpoint says which) to ONNX with the TorchScript exporter, check "
+                                   "it with the ONNX checker and against PyTorch through onnxruntime, and "
+                                   "optionally build a TensorRT engine. Files go beside the weights.")
+    flag(p, "--weights", required=True, help="checkpoint: a YOLOv5 detector or a yolodistill classifier")
+    flag(p, "--include", nargs="+", default=["onnx"], help="onnx, engine (engine implies onnx)")
+    flag(p, "--imgsz", "--img", "--img-size", type=int, nargs="+", default=None,
+         help="image size h [w] (default: the size the checkpoint was trained at)")
+    flag(p, "--batch-size", "--batch", type=int, default=1, help="batch size traced (and TensorRT's opt batch)")
+    flag(p, "--dynamic", action="store_true", help="dynamic batch axis")
+    flag(p, "--half", action="store_true", help="FP16 ONNX (and FP16 TensorRT engine)")
+    flag(p, "--int8", action="store_true", help="INT8 engine: Q/DQ nodes of a --qat student (TensorRT 10 and 11)")
+    flag(p, "--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
+    flag(p, "--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    flag(p, "--output", default=None, help="ONNX path (default: the weights path with .onnx)")
+    flag(p, "--tolerance", type=float, nargs=2, metavar=("ATOL", "RTOL"), default=None,
+         help="parity tolerance |ort - torch| <= ATOL + RTOL*|torch| (default by precision: fp32 1e-3 1e-3, "
+              "fp16 2e-2 2e-2, int8 5e-2 5e-2)")
+    flag(p, "--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
+    flag(p, "--max-batch", type=int, default=None, help="TensorRT max batch with --dynamic (default --batch)")
+    flag(p, "--trust-checkpoint", action="store_true", help="full pickle load (only for files you trust)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    include = list(dict.fromkeys(["onnx", *args.include]))
+    export(args.weights, include=include, imgsz=args.imgsz, batch=args.batch_size, dynamic=args.dynamic,
+           half=args.half, int8=args.int8, simplify=args.simplify, opset=args.opset, output=args.output,
+           tolerance=args.tolerance, workspace=args.workspace, max_batch=args.max_batch, trust=args.trust_checkpoint)
+
+
+def add_benchmark(sub: argparse._SubParsersAction, flag) -> None:
+    p = sub.add_parser("benchmark", help="teacher vs student: latency, throughput, memory, params, GFLOPs",
+                       description="Time the models side by side (interleaved rounds) on one backend and print "
+                                   "the table and the ratios (speed x, memory x, params x, GFLOPs x) against the "
+                                   "first; saves benchmark.csv, ratios.csv, benchmark.json and benchmark.png.")
+    flag(p, "--weights", nargs="+", required=True, help="teacher.pt first, then one or more students")
+    flag(p, "--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
+         help="onnxruntime (CPU), torch (CPU or --device 0), tensorrt (needs TensorRT and CUDA)")
+    flag(p, "--imgsz", "--img", "--img-size", type=int, nargs="+", default=None,
+         help="image size h [w] (default: each checkpoint's training size)")
+    flag(p, "--batch-size", "--batch", type=int, default=1, help="images per run")
+    flag(p, "--runs", type=int, default=200, help="timed runs per model")
+    flag(p, "--warmup", type=int, default=20, help="untimed runs first")
+    flag(p, "--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
+    flag(p, "--device", default="cpu", help="torch backend: cpu or a cuda device such as 0")
+    flag(p, "--half", action="store_true", help="FP16 (torch on CUDA, tensorrt)")
+    flag(p, "--project", default="runs/benchmark", help="save to project/name")
+    flag(p, "--name", default="exp", help="save to project/name")
+    flag(p, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    flag(p, "--no-memory", dest="memory", action="store_false", help="skip the per-model memory measurement")
+    flag(p, "--trust-checkpoint", action="store_true", help="full pickle load (only for files you trust)")
+    p.set_defaults(func=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ..classification.trainer import increment_dir
+    from .benchmark import benchmark
+
+    out = increment_dir(Path(args.project) / args.name, args.exist_ok)
+    benchmark(args.weights, backend=args.backend, imgsz=args.imgsz, batch=args.batch_size, runs=args.runs,
+              warmup=args.warmup, threads=args.threads, device=args.device, half=args.half, out=out,
+              memory=args.memory, trust=args.trust_checkpoint)
+    logging.getLogger("yolodistill").debug(out)

@@ -1,0 +1,163 @@
+"""PyTorch -> ONNX for any student: TorchScript exporter (dynamo=False), opset >= 17, ONNX checker, optional
+onnxslim, metadata, and an onnxruntime parity check before the file is put in place.
+
+Why dynamo=False: the dynamo exporter of recent PyTorch drops the fake-quant ops, so a QAT student would
+lose its QuantizeLinear/DequantizeLinear nodes; the TorchScript exporter maps each fake-quant op to a Q/DQ pair.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import secrets
+import time
+import warnings
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .student import INPUT_NAME, Deployable
+
+LOGGER = logging.getLogger("yolodistill")
+MIN_OPSET = 17
+
+# Parity rule, per output element: |onnxruntime - torch| <= atol + rtol * |torch| (numpy.allclose's form).
+# FP32 graphs differ only by kernel summation order. FP16 graphs round every activation to 11 bits. Q/DQ graphs
+# compute the same integer grid as the fake-quant model, but an activation that lands within float error of a
+# rounding boundary can round the other way and move one output by a quantization step, so a handful of elements
+# may stray: at most QDQ_STRAY_FRACTION of them, each still within the looser INT8 bound.
+TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (2e-2, 2e-2), "int8": (5e-2, 5e-2)}
+QDQ_STRAY_FRACTION = 1e-3
+
+
+class ParityError(UserError):
+    """onnxruntime's output of the exported file disagrees with PyTorch's beyond the tolerance."""
+
+
+@dataclass
+class OnnxExport:
+    path: Path
+    max_abs_diff: float
+    outside: int  # elements outside atol + rtol * |ref|
+    elements: int
+    tolerance: tuple[float, float]
+    precision: str  # fp32 | fp16 | int8
+    qdq_nodes: int
+    opset: int
+    seconds: float
+
+    def summary(self) -> str:
+        mb = self.path.stat().st_size / 1e6 if self.path.exists() else float("nan")
+        q = f", {self.qdq_nodes} Q/DQ nodes" if self.qdq_nodes else ""
+        return (f"ONNX {self.precision} opset {self.opset}{q}: {self.path} ({mb:.1f} MB, {self.seconds:.1f}s); "
+                f"parity with PyTorch through onnxruntime: max |diff| {self.max_abs_diff:.3g}, "
+                f"{self.outside}/{self.elements} outside atol {self.tolerance[0]:g} + rtol {self.tolerance[1]:g}")
+
+
+def _writable_tmp(out: Path) -> Path:
+    """A hidden temp path beside `out` (so os.replace is atomic), after checking the folder can be written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out.parent}: {e.strerror}") from None
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a file path ending in .onnx")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write to {out.parent}: permission denied")
+    return out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def count_qdq(model) -> int:
+    return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynamic: bool = False, half: bool = False,
+                simplify: bool = False, opset: int = MIN_OPSET, tolerance: Optional[tuple[float, float]] = None,
+                check_batch: Optional[int] = None) -> OnnxExport:
+    """Export `dep` to `out`; the file appears only once it passed the checker and the parity check."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise UserError(f"--opset {opset}: at least {MIN_OPSET} is needed (LayerNorm and Q/DQ per-channel forms)")
+    if batch < 1:
+        raise UserError("--batch must be at least 1")
+    out = Path(out)
+    tmp = _writable_tmp(out)
+    precision = "int8" if dep.quantized else "fp16" if half else "fp32"
+    t0 = time.perf_counter()
+    model = deepcopy(dep.model)
+    x = dep.example_input(batch)
+    if half:
+        model, x = model.half(), x.half()
+    axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in dep.output_names}} if dynamic else None
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python scalars in yolov5's Detect, by design
+            torch.onnx.export(model, (x,), buf, opset_version=opset, dynamo=False, do_constant_folding=True,
+                              input_names=[INPUT_NAME], output_names=dep.output_names, dynamic_axes=axes)
+        proto = onnx.load_from_string(buf.getvalue())
+        if simplify:
+            proto = _slim(proto)
+        for k, v in {**dep.metadata, "imgsz": list(dep.imgsz), "precision": precision,
+                     "exported_by": "yolodistill"}.items():
+            meta = proto.metadata_props.add()
+            meta.key, meta.value = k, str(v)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        report = _parity(dep, tmp, precision, tolerance, check_batch or (2 if dynamic else batch))
+        report.qdq_nodes, report.opset = count_qdq(proto), opset
+        if report.outside > _allowed(report.elements, precision):
+            raise ParityError(
+                f"parity check failed: onnxruntime differs from PyTorch by up to {report.max_abs_diff:.3g}; "
+                f"{report.outside} of {report.elements} outputs outside atol {report.tolerance[0]:g} + rtol "
+                f"{report.tolerance[1]:g} * |ref| ({precision}); {out} was not written")
+        os.replace(tmp, out)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    except torch.onnx.errors.OnnxExporterError as e:
+        raise UserError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.path, report.seconds = out, time.perf_counter() - t0
+    LOGGER.info(report.summary())
+    return report
+
+
+def _allowed(elements: int, precision: str) -> int:
+    return int(elements * QDQ_STRAY_FRACTION) if precision == "int8" else 0
+
+
+def _slim(proto):
+    try:
+        import onnxslim
+    except ImportError:
+        raise UserError("--simplify needs onnxslim: pip install onnxslim") from None
+    return onnxslim.slim(proto)
+
+
+def _parity(dep: Deployable, path: Path, precision: str, tolerance, batch: int) -> OnnxExport:
+    """Run the file in onnxruntime and the FP32 PyTorch model on the same input; count disagreements."""
+    from .runtime import ort_session
+
+    x = dep.example_input(batch, seed=1)  # not the tracing input: a graph that baked it in would show up here
+    with torch.no_grad():
+        ref = dep.model(x)
+    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).float().numpy()
+    session = ort_session(path)
+    feed = x.numpy().astype(np.float16 if "float16" in session.get_inputs()[0].type else np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
+    if got.shape != ref.shape:
+        raise ParityError(f"parity check failed: onnxruntime output shape {got.shape}, PyTorch {ref.shape}")
+    atol, rtol = tolerance or TOLERANCES[precision]
+    diff = np.abs(got - ref)
+    outside = int((diff > atol + rtol * np.abs(ref)).sum()) + int((~np.isfinite(got)).sum())
+    return OnnxExport(path=path, max_abs_diff=float(np.nanmax(diff)) if diff.size else 0.0, outside=outside,
+                      elements=int(diff.size), tolerance=(atol, rtol), precision=precision, qdq_nodes=0, opset=0,
+                      seconds=0.0)

@@ -1,0 +1,396 @@
+"""TensorRT engines built from ONNX files through the TensorRT Python API, and a runner for them.
+
+TensorRT is an optional extra, imported only inside functions, so this module imports anywhere; where TensorRT or a
+CUDA device is missing, build_engine says which and prints the equivalent trtexec command line instead.
+
+Two TensorRT generations differ in how precision is chosen (NVIDIA's "Migrating from TensorRT 10.x to 11.x"):
+- 10.x, which JetPack 6 on Orin ships: weakly typed networks; FP16 and INT8 are builder flags, and INT8 without
+  Q/DQ nodes in the ONNX is calibrated on sample batches (IInt8EntropyCalibrator2).
+- 11.x: every network is strongly typed; the precision flags and calibrators are gone, so an FP16 engine needs an
+  ONNX with float16 weights and an INT8 engine needs QuantizeLinear/DequantizeLinear nodes (from QAT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TensorRTUnavailable", "tensorrt_status", "trtexec_command", "build_engine", "onnx_has_qdq",
+           "onnx_is_fp16", "TensorRTRunner"]
+
+PathLike = Union[str, os.PathLike]
+Shape = Sequence[int]  # (N, C, H, W)
+
+_INSTALL_HINT = ('pip install "yolodistill[tensorrt]" on an x86 machine with an NVIDIA GPU, '
+                 "or use the TensorRT that JetPack installs on a Jetson")
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# TensorRT DataType member names -> torch dtype names; names, so the table needs neither package at import
+_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
+                 "INT32": "int32", "INT64": "int64", "BOOL": "bool", "FP8": "float8_e4m3fn"}
+
+
+class TensorRTUnavailable(UserError):
+    """TensorRT or a CUDA device is missing here, so engines can be neither built nor run."""
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(True, "TensorRT X.Y.Z, CUDA device NAME") where engines can be built and run, else (False, why not)."""
+    try:
+        import tensorrt as trt
+    except ModuleNotFoundError:
+        return False, f"the `tensorrt` package is not installed ({_INSTALL_HINT})"
+    except (ImportError, OSError) as e:  # installed, but its CUDA libraries do not load
+        return False, f"the `tensorrt` package is installed but cannot be loaded ({e})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, (f"TensorRT {trt.__version__} is installed but there is no CUDA device "
+                       f"(torch.cuda.is_available() is False)")
+    return True, f"TensorRT {trt.__version__}, CUDA device {torch.cuda.get_device_name()}"
+
+
+def trtexec_command(onnx_path: PathLike, engine_path: PathLike, *, half: bool = False, int8: bool = False,
+                    input_name: str = "images", shape: Shape | None = None, min_shape: Shape | None = None,
+                    max_shape: Shape | None = None, workspace_gb: float = 4, trt_major: int | None = None) -> str:
+    """The trtexec command line for the same build; `shape` is the optimal (N, C, H, W), min/max default to it.
+
+    trt_major None means 10, what JetPack 6 ships. TensorRT 11 removed --fp16, --int8, --calib and --best: networks
+    are strongly typed, the precision is what the ONNX carries, and --stronglyTyped (opt-in on 10.x, always on and
+    accepted as a no-op on 11) is the flag that applies. On 10.x, --int8 on an ONNX without Q/DQ nodes and without
+    --calib uses placeholder scales: fine for timing, meaningless for accuracy.
+    """
+    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    if (trt_major or 10) >= 11:
+        args.append("--stronglyTyped")
+    else:
+        args += ["--fp16"] * half + ["--int8"] * int8
+    opt = shape or min_shape or max_shape
+    if opt is not None:
+        for which, dims in (("min", min_shape or opt), ("opt", opt), ("max", max_shape or opt)):
+            args.append(f"--{which}Shapes={input_name}:{'x'.join(str(int(d)) for d in dims)}")
+    args.append(f"--memPoolSize=workspace:{round(workspace_gb * 1024)}M")
+    return shlex.join(args)
+
+
+def onnx_has_qdq(path: PathLike) -> bool:
+    """Whether the ONNX has QuantizeLinear/DequantizeLinear nodes: explicit INT8, built without a calibrator."""
+    return _has_qdq(_load_onnx(path))
+
+
+def onnx_is_fp16(path: PathLike) -> bool:
+    """Whether the ONNX input or weights are float16, which is how TensorRT 11 gets an FP16 engine."""
+    return _is_fp16(_load_onnx(path))
+
+
+def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = False, int8: bool = False,
+                 dynamic: bool = False, batch: int = 1, max_batch: int | None = None, workspace_gb: float = 4,
+                 calibration: Iterable[np.ndarray] | None = None, verbose: bool = False) -> Path:
+    """Build a TensorRT engine from an ONNX file and write it atomically to engine_path, which is returned.
+
+    A dynamic-batch ONNX gets the profile min 1, opt `batch`, max `max_batch or batch`. `calibration` (float32
+    arrays shaped like the input, the opt shape for a dynamic batch) is only for INT8 on TensorRT 10 from an ONNX
+    without Q/DQ nodes; the calibration cache is kept beside the engine as <engine>.calib.
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    model = _load_onnx(onnx_path)
+    if workspace_gb <= 0:
+        raise UserError(f"the TensorRT workspace must be positive, got {workspace_gb} GB")
+    ok, reason = tensorrt_status()
+    if not ok:
+        name, dims = _onnx_input(onnx_path, model)
+        shapes = _profile_shapes(onnx_path, dims, dynamic=dynamic, batch=batch, max_batch=max_batch)
+        line = trtexec_command(onnx_path, engine_path, half=half, int8=int8, input_name=name, workspace_gb=workspace_gb,
+                               **dict(zip(("min_shape", "shape", "max_shape"), shapes or ())))
+        # on 10.x, trtexec --int8 without Q/DQ nodes or a --calib cache uses placeholder scales
+        note = " (its INT8 is for timing only: the ONNX has no Q/DQ nodes)" if int8 and not _has_qdq(model) else ""
+        raise TensorRTUnavailable(f"cannot build a TensorRT engine here: {reason}. The same build with trtexec{note}: "
+                                  f"{line}")
+
+    import tensorrt as trt
+
+    major = int(trt.__version__.split(".")[0])
+    has_qdq, is_fp16 = _has_qdq(model), _is_fp16(model)
+    _check_precision(onnx_path, major, half=half, int8=int8, has_qdq=has_qdq, is_fp16=is_fp16,
+                     calibrated=calibration is not None)
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse_onnx(trt, builder, logger, onnx_path)  # the parser owns the weights until built
+    inp = network.get_input(0)
+    shapes = _profile_shapes(onnx_path, tuple(inp.shape), dynamic=dynamic, batch=batch, max_batch=max_batch)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    profile = builder.create_optimization_profile() if shapes else None
+    if profile is not None:
+        profile.set_shape(inp.name, *shapes)
+        config.add_optimization_profile(profile)
+    calibrator = None
+    if major < 11:  # weak typing: the precision comes from builder flags
+        if half or is_fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if int8 or has_qdq:  # weakly typed 10.x runs Q/DQ nodes in INT8 only with the INT8 flag on
+            config.set_flag(trt.BuilderFlag.INT8)
+        if int8 and not has_qdq:
+            calibrator = _entropy_calibrator(trt, calibration, shapes[1] if shapes else tuple(inp.shape),
+                                             _torch_dtype(inp.dtype), onnx_path,
+                                             engine_path.with_name(engine_path.name + ".calib"))
+            config.int8_calibrator = calibrator
+            if profile is not None:
+                config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None and calibrator.error:
+        raise UserError(calibrator.error)
+    if serialized is None:
+        raise UserError(f"TensorRT could not build an engine from {onnx_path}: its log above says why "
+                        f"(verbose=True shows more)")
+    _write_bytes_atomic(engine_path, serialized, what="TensorRT engine")
+    return engine_path
+
+
+def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """The network parsed from the ONNX file, and its parser, which must live as long as the network."""
+    # 0: explicit batch is the only mode since 10.0 and strong typing the only one since 11.0 (where the
+    # STRONGLY_TYPED creation flag is deprecated and ignored), so each version gets its mode with no flag.
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external weights resolve beside it
+        errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+        raise UserError(f"TensorRT cannot parse {onnx_path}: {errors or 'no reason given'}")
+    if network.num_inputs != 1:
+        raise UserError(f"{onnx_path} has {network.num_inputs} inputs; an engine here takes one image batch")
+    return network, parser
+
+
+def _check_precision(onnx_path: PathLike, trt_major: int, *, half: bool, int8: bool, has_qdq: bool, is_fp16: bool,
+                    calibrated: bool) -> None:
+    """Refuse, before a long build, a precision that this TensorRT cannot get from this ONNX."""
+    if trt_major >= 11:
+        if half and not is_fp16:
+            raise UserError(f"TensorRT {trt_major} has no FP16 builder flag (networks are strongly typed since 11.0) "
+                            f"and {onnx_path} is float32: export the ONNX with --half")
+        if int8 and not has_qdq:
+            raise UserError(f"TensorRT {trt_major} has no INT8 calibration (removed in 11.0) and {onnx_path} has no "
+                            f"QuantizeLinear/DequantizeLinear nodes: train with --qat and export that checkpoint")
+    elif int8 and not has_qdq and not calibrated:
+        raise UserError(f"INT8 from {onnx_path}, which has no QuantizeLinear/DequantizeLinear nodes, needs calibration "
+                        f"images; pass some, or train with --qat so the ONNX carries its own INT8 ranges")
+
+
+class TensorRTRunner:
+    """Runs a serialized engine with torch CUDA tensors as its input and output buffers (no pycuda)."""
+
+    def __init__(self, engine_path: PathLike):
+        engine_path = Path(engine_path)
+        ok, reason = tensorrt_status()
+        if not ok:
+            raise TensorRTUnavailable(f"cannot run TensorRT engine {engine_path} here: {reason}")
+        import tensorrt as trt
+
+        try:
+            data = engine_path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read TensorRT engine {engine_path}: {e.strerror or e}") from e
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)  # kept: the engine must not outlive its runtime
+        self.engine = self._runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise UserError(f"{engine_path} is not an engine this TensorRT ({trt.__version__}) can load: engines "
+                            f"only run on the TensorRT version and GPU model that built them, so rebuild it here")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise UserError(f"{engine_path} has {len(inputs)} inputs; TensorRTRunner feeds one image batch")
+        self.input_name = inputs[0]
+        self.output_names = [n for n in names if n != self.input_name]
+        self.dtypes = {n: _torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
+
+    def run_torch(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs as CUDA tensors, enqueued on torch's current stream and not waited for: what timing wants."""
+        import torch
+
+        x = x.to(device="cuda", dtype=self.dtypes[self.input_name]).contiguous()
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise UserError(f"input shape {tuple(x.shape)} is outside what this engine was built for "
+                            f"({tuple(self.engine.get_tensor_shape(self.input_name))}, -1 = any in its profile)")
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        outputs = []
+        for name in self.output_names:
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs.append(out)
+        # x and the outputs come from torch's caching allocator on this same stream, so memory freed after
+        # return is not reused before the engine's kernels finish
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT failed to enqueue the engine")
+        return outputs
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+        """Outputs as numpy arrays for an (N, C, H, W) numpy array or tensor."""
+        import torch
+
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        outputs = self.run_torch(x)  # .cpu() below waits for the stream
+        return [(o.float() if o.dtype == torch.bfloat16 else o).cpu().numpy() for o in outputs]
+
+
+def _torch_dtype(trt_dtype: Any) -> Any:
+    """The torch dtype for a TensorRT DataType (matched by member name, e.g. HALF -> torch.float16)."""
+    import torch
+
+    name = trt_dtype.name
+    if name not in _TORCH_DTYPES:
+        raise UserError(f"TensorRT tensors of type {name} have no torch equivalent here")
+    return getattr(torch, _TORCH_DTYPES[name])
+
+
+def _entropy_calibrator(trt: Any, batches: Iterable[np.ndarray], shape: Shape, dtype: torch.dtype, onnx_path: Path,
+                        cache: Path) -> Any:
+    """A TensorRT 10 IInt8EntropyCalibrator2 feeding `batches` through a torch CUDA buffer of the input's dtype,
+    with its cache beside the engine.
+
+    TensorRT calls back into it and swallows Python exceptions, so a bad batch ends calibration and is left in
+    `.error` for build_engine to raise.
+    """
+    import torch
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches, self.error, self.device_batch = iter(batches), "", None
+
+        def get_batch_size(self) -> int:
+            return int(shape[0])
+
+        def get_batch(self, names: list) -> list[int] | None:
+            arr = next(self.batches, None)
+            if arr is None:
+                return None
+            if tuple(arr.shape) != tuple(shape):
+                self.error = f"calibration batch of shape {tuple(arr.shape)}; the engine input needs {tuple(shape)}"
+                return None
+            # kept on self: TensorRT reads the buffer after this returns; a blocking copy, done before it does
+            self.device_batch = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to("cuda", dtype)
+            return [self.device_batch.data_ptr()]
+
+        def read_calibration_cache(self) -> bytes | None:
+            # a cache older than the ONNX belongs to an earlier export: recalibrate instead
+            with contextlib.suppress(OSError):
+                if cache.stat().st_mtime >= onnx_path.stat().st_mtime:
+                    return cache.read_bytes()
+            return None
+
+        def write_calibration_cache(self, data: Any) -> None:
+            # the cache only saves time; an unwritable folder is reported when the engine is written
+            with contextlib.suppress(UserError):
+                _write_bytes_atomic(cache, data, what="calibration cache")
+
+    return EntropyCalibrator()
+
+
+def _profile_shapes(onnx_path: Path, dims: Shape, *, dynamic: bool, batch: int,
+                    max_batch: int | None) -> tuple[Shape, Shape, Shape] | None:
+    """(min, opt, max) input shapes for a dynamic-batch ONNX, None for a fixed-shape one; -1 marks a dynamic dim."""
+    dims = tuple(int(d) for d in dims)
+    if len(dims) != 4:
+        raise UserError(f"{onnx_path} takes input of shape {dims}; an image batch (N, C, H, W) was expected")
+    if any(d < 0 for d in dims[1:]):
+        raise UserError(f"{onnx_path} has a dynamic image size {dims}; export it with a fixed --imgsz "
+                        f"(only the batch may be dynamic)")
+    if dims[0] >= 0:
+        if dynamic:
+            raise UserError(f"{onnx_path} has a fixed batch of {dims[0]}; export it with --dynamic "
+                            f"for a dynamic-batch engine")
+        return None
+    top = max_batch or batch
+    if not 1 <= batch <= top:
+        raise UserError(f"the batch sizes must satisfy 1 <= batch ({batch}) <= max batch ({top})")
+    return (1, *dims[1:]), (batch, *dims[1:]), (top, *dims[1:])
+
+
+def _load_onnx(path: PathLike) -> Any:
+    """The ONNX model without its external weight files: the checks here need only its structure and dtypes."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise UserError(f"ONNX file not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read ONNX file {path}: {e.strerror or e}") from e
+    except (DecodeError, ValueError) as e:
+        raise UserError(f"{path} is not an ONNX file ({e})") from e
+
+
+def _onnx_input(path: Path, model: Any) -> tuple[str, tuple[int, ...]]:
+    """Name and dims (-1 where dynamic) of the ONNX model's one real input (initializers listed as inputs skipped)."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in weights]
+    if len(inputs) != 1:
+        raise UserError(f"{path} has {len(inputs)} inputs; an engine here takes one image batch")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return inputs[0].name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+
+
+def _graphs(model: Any) -> Iterable[Any]:
+    """The main graph, every subgraph (If/Loop bodies) and every function body: nodes hide in all of them."""
+    import onnx
+
+    stack = [model.graph, *model.functions]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                stack += [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+
+
+def _has_qdq(model: Any) -> bool:
+    return any(node.op_type in _QDQ_OPS for graph in _graphs(model) for node in graph.node)
+
+
+def _is_fp16(model: Any) -> bool:
+    import onnx
+
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(v.type.tensor_type.elem_type == fp16 for v in model.graph.input):
+        return True
+    for graph in _graphs(model):
+        if any(t.data_type == fp16 for t in getattr(graph, "initializer", ())):
+            return True
+        # torch's exporter sometimes leaves weights as Constant nodes rather than initializers
+        if any(a.name == "value" and a.t.data_type == fp16 for n in graph.node if n.op_type == "Constant"
+               for a in n.attribute):
+            return True
+    return False
+
+
+def _write_bytes_atomic(path: Path, data: Any, *, what: str) -> None:
+    """Write `data` via a synced temp file renamed over `path`: readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # an interrupt too: no stray temp file, and a previous file stays as it was
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from e
