@@ -36,6 +36,11 @@ def _common_training(p: argparse.ArgumentParser, flag, *, model_default: str) ->
     flag(t, "--name", default="exp", help="save to project/name")
     flag(t, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     flag(t, "--seed", type=int, default=0, help="random seed")
+    c = p.add_argument_group("deployment fine-tuning (from a trained student, a few epochs, low --lr0)")
+    flag(c, "--weights", default="", help="start from this classifier checkpoint (its model replaces --model)")
+    flag(c, "--qat", action="store_true", help="INT8 quantization-aware training; `export` then writes Q/DQ nodes")
+    flag(c, "--qat-calib-images", type=int, default=512, help="training images calibrating the INT8 ranges")
+    flag(c, "--sparsity", default="", choices=["", "2:4"], help="2:4 structured sparsity with fixed masks")
 
 
 def _clip_flags(g, flag, *, required: bool = True) -> None:

@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from ..deploy.finetune import Compression
 from ..errors import UserError
 from ..run_logger import RunLogger, plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, list_images, readable, split_folders
 from .losses import embedding_cosine, embedding_mse, hinton_loss, kd_kl_loss, soft_targets
-from .models import build_classifier, default_normalisation, last_feature_layer, save_classifier
+from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, last_feature_layer,
+                     read_checkpoint, save_classifier)
 
 LOGGER = logging.getLogger("yolodistill")
 ACC_COLUMNS = ("metrics/accuracy_top1", "metrics/accuracy_top5", "val/loss")  # yolov5 classify's names
@@ -68,6 +70,11 @@ class ClassifyOptions:
     head: str = ""  # head file from `classify text-embed` or `classify probe`
     loss: str = "cosine"  # cosine | mse | kl
     val: str = ""  # labeled folder <class>/<image> to measure accuracy through the head
+    # deployment fine-tuning of a trained student (--weights), the teacher still distilling
+    weights: str = ""  # start from this classifier checkpoint (its arch replaces --model)
+    qat: bool = False
+    qat_calib_images: int = 512
+    sparsity: str = ""
 
 
 def select_device(device: str) -> torch.device:
@@ -118,6 +125,11 @@ class ClassifyTrainer:
         seed_everything(o.seed)
         self.build_data()
         self.build_model()
+        self.compression = Compression(o.qat, o.sparsity)
+        if self.compression.enabled:
+            n_batches = max(1, math.ceil(o.qat_calib_images / o.batch_size))
+            calibration = (b[0].to(self.device) for b, _ in zip(self.train_loader, range(n_batches)))
+            self.compression.prepare(self.model, calibration=calibration, forward=self.model)
         self.build_extras()
         params = [p for p in list(self.model.parameters()) + list(self.extra_trainable.parameters()) if p.requires_grad]
         opt_cls = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}.get(o.optimizer)
@@ -170,8 +182,24 @@ class ClassifyTrainer:
 
     def build_model(self) -> None:
         o = self.opts
-        self.model = build_classifier(o.model, self.num_outputs(), imgsz=o.imgsz, pretrained=o.pretrained or None)
+        if o.weights:
+            self.model = self.model_from_weights(o.weights)
+        else:
+            self.model = build_classifier(o.model, self.num_outputs(), imgsz=o.imgsz,
+                                          pretrained=o.pretrained or None)
         self.model.to(self.device)
+
+    def model_from_weights(self, path: str) -> nn.Module:
+        """A trained student to fine-tune (e.g. with --qat): same outputs as this run, arch from the file."""
+        ckpt = read_checkpoint(path)
+        if ckpt.get("quant"):
+            raise UserError(f"{path} is already quantization-aware trained; start from the FP32 student")
+        if ckpt["num_classes"] != self.num_outputs():
+            raise UserError(f"{path} has {ckpt['num_classes']} outputs, this run needs {self.num_outputs()}")
+        if ckpt["arch"] != self.opts.model:
+            LOGGER.info(f"--weights {path}: model {ckpt['arch']} (not --model {self.opts.model})")
+            self.opts.model = ckpt["arch"]
+        return classifier_from_checkpoint(ckpt)
 
     def build_extras(self) -> None:
         """Teachers, adapters: nothing for plain training."""
@@ -208,6 +236,7 @@ class ClassifyTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.compression.after_step()
             self.scheduler.step()
             n_batches += 1
             for n, v in terms.items():
@@ -234,7 +263,9 @@ class ClassifyTrainer:
         return dict(arch=self.opts.model, classes=self.classes, imgsz=self.opts.imgsz, mean=self.mean, std=self.std)
 
     def save(self, path: Path, epoch: int, metrics: dict) -> None:
-        save_classifier(path, self.model, epoch=epoch, metrics=metrics, **self.checkpoint_meta())
+        # A QAT student is saved plain with its INT8 ranges beside (checkpoint_dict splits them off).
+        extra = {"sparsity": self.compression.sparsity} if self.compression.sparsity else {}
+        save_classifier(path, self.model, epoch=epoch, metrics=metrics, **self.checkpoint_meta(), **extra)
 
     def run(self) -> dict:
         """Train all epochs; returns {"save_dir", "best", "last", "epoch_seconds", best metrics}."""
@@ -267,7 +298,8 @@ class ClassifyTrainer:
                 "epoch_seconds": epoch_seconds, **best_metrics}
 
     def cleanup(self) -> None:
-        """Remove hooks; nothing for plain training."""
+        """Remove hooks (the sparsity masks' gradient hooks for plain training)."""
+        self.compression.remove()
 
 
 class KDTrainer(ClassifyTrainer):
@@ -363,6 +395,7 @@ class KDTrainer(ClassifyTrainer):
         return meta
 
     def cleanup(self) -> None:
+        super().cleanup()
         if getattr(self, "features", None) is not None:
             self.features.remove()
 

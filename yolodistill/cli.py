@@ -86,6 +86,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(d, "--feature-loss", default=DEFAULT_FEATURE_LOSS, help="feature loss name from the registry")
     _flag(d, "--trust-checkpoint", action="store_true",
           help="load checkpoints with full pickle (runs code in the file): only for files you trust")
+    c = p.add_argument_group("deployment fine-tuning (from a trained student: --weights best.pt, a few epochs, "
+                             "low lr; the teacher keeps distilling)")
+    _flag(c, "--qat", action="store_true", help="INT8 quantization-aware training; `export` then writes Q/DQ nodes")
+    _flag(c, "--qat-calib-images", type=int, default=512, help="training images calibrating the INT8 ranges")
+    _flag(c, "--sparsity", default="", choices=["", "2:4"], help="2:4 structured sparsity with fixed masks")
     p.set_defaults(func=_run_train)
 
 

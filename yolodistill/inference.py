@@ -13,6 +13,24 @@ from .run_logger import METRIC_COLUMNS
 LOGGER = logging.getLogger("yolodistill")
 
 
+def load_detector(weights: str | Path, *, trust: bool = False):
+    """The FP32 detector of a checkpoint, with its INT8 fake quantizers back on after --qat (so val scores what
+    deploys); an .onnx file runs through onnxruntime instead."""
+    if str(weights).endswith(".onnx"):
+        from .deploy.runtime import OnnxDetector
+
+        if not Path(weights).is_file():
+            raise UserError(f"{weights} not found")
+        return OnnxDetector(weights)
+    ckpt = yb.load_detection_checkpoint(weights, trust=trust)
+    model = yb.checkpoint_model(ckpt)
+    if ckpt.get("quant"):
+        from .deploy.quant import attach_quantizers
+
+        attach_quantizers(model, ckpt["quant"])
+    return model
+
+
 def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, device: str = "", task: str = "val",
         conf_thres: float = 0.001, iou_thres: float = 0.6, workers: int = 8, project: str = "runs/val",
         name: str = "exp", exist_ok: bool = False, verbose: bool = False, single_cls: bool = False,
@@ -22,18 +40,23 @@ def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, devi
     if task not in data_dict:
         raise UserError(f"dataset yaml {data} has no '{task}' split")
     dev = yb.select_device(device, batch_size=batch_size)
-    model = yb.load_model(weights, trust=trust).to(dev).eval()
+    model = load_detector(weights, trust=trust).to(dev).eval()
+    exported = str(weights).endswith(".onnx")
     nc = 1 if single_cls else int(data_dict["nc"])
-    if not single_cls and yb.num_classes(model) != nc:
-        raise UserError(f"{weights} has {yb.num_classes(model)} classes but {data} has {nc}: "
+    model_nc = len(model.names) if exported else yb.num_classes(model)
+    if not single_cls and model_nc != nc:
+        raise UserError(f"{weights} has {model_nc} classes but {data} has {nc}: "
                         f"pass the dataset the model was trained on")
     stride = yb.max_stride(model)
     size = yb.check_img_size(imgsz, stride)
+    if exported and model.input_hw and model.input_hw != (size, size):
+        raise UserError(f"{weights} was exported for {model.input_hw[0]}x{model.input_hw[1]} images: "
+                        f"pass --imgsz {model.input_hw[0]}")
     loader = yb.create_val_loader(data_dict[task], size, batch_size, stride, None, workers=workers,
-                                  single_cls=single_cls)
+                                  single_cls=single_cls, square=exported)
     save_dir = Path(yb.increment_path(Path(project) / name, exist_ok=exist_ok))
     metrics, _ = yb.validate(model, data_dict, loader, imgsz=size, batch_size=batch_size, save_dir=save_dir,
-                             half=dev.type != "cpu", single_cls=single_cls, verbose=verbose,
+                             half=dev.type != "cpu" and not exported, single_cls=single_cls, verbose=verbose,
                              conf_thres=conf_thres, iou_thres=iou_thres)
     LOGGER.info(f"Results saved to {save_dir}")
     return {"save_dir": str(save_dir), **dict(zip(METRIC_COLUMNS[:4], metrics[:4]))}

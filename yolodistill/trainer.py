@@ -30,8 +30,11 @@ from . import __version__
 from . import yolo_backend as yb
 from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
+from .deploy.finetune import Compression
+from .deploy.quant import load_plain_state_dict
 from .distiller import TASK_TERMS, Distiller, loss_names
 from .errors import UserError
+from .inference import load_detector
 from .run_logger import METRIC_COLUMNS, RunLogger, plot_results
 from .teacher import FrozenTeacher, load_teacher
 
@@ -88,6 +91,10 @@ class TrainOptions:
     d_layers: Optional[list] = None
     feature_loss: str = DistillConfig.feature_loss
     trust_checkpoint: bool = False
+    # deployment fine-tuning (usually from a distilled student, with the teacher still distilling)
+    qat: bool = False  # INT8 fake quantization; the checkpoint gets a `quant` entry, export gives Q/DQ nodes
+    qat_calib_images: int = 512  # training images that calibrate the activation ranges
+    sparsity: str = ""  # "2:4": fixed magnitude masks, re-applied after every optimizer step
     # filled in by the trainer, kept for --resume
     save_dir: str = ""
     hyp_dict: Optional[dict] = None
@@ -216,8 +223,29 @@ class DistillTrainer:
             yb.autoanchor(self.dataset, self.student, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
         self.student.half().float()  # pre-reduce anchor precision, as train.py
 
+    def _setup_compression(self) -> None:
+        """--sparsity / --qat: prune and quantize the student before the EMA copy and the hooks exist."""
+        opt = self.opt
+        self.compression = Compression(opt.qat, opt.sparsity)
+        if not self.compression.enabled:
+            return
+        if not opt.weights:
+            LOGGER.warning("WARNING: --qat/--sparsity from random weights; they are meant to fine-tune a trained "
+                           "(distilled) student: pass --weights student.pt")
+        n_batches = max(1, math.ceil(opt.qat_calib_images / opt.batch_size))
+
+        def batches():
+            for i, (imgs, *_rest) in enumerate(self.train_loader):
+                if i >= n_batches:
+                    break
+                yield imgs.to(self.device, non_blocking=True).float() / 255
+
+        quant = (self.resume_ckpt or {}).get("quant")
+        self.compression.prepare(self.student, calibration=batches(), forward=self.student, quant_state=quant)
+
     def _setup_training(self) -> None:
         opt = self.opt
+        self._setup_compression()
         self.scaled_hyp = yb.prepare_for_loss(self.student, self.hyp, self.nc, self.imgsz, self.class_names,
                                               self.dataset.labels, opt.label_smoothing)
         self.compute_loss = yb.ComputeLoss(self.student)
@@ -254,7 +282,7 @@ class DistillTrainer:
     def _restore(self, ckpt: dict) -> None:
         """Put EMA, optimizer, adapters, epoch and best fitness back from a last.pt."""
         if ckpt.get("ema") is not None:
-            self.ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
+            load_plain_state_dict(self.ema.ema, ckpt["ema"].float().state_dict())
             self.ema.updates = ckpt.get("updates", 0)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         distill_state = ckpt.get("distill") or {}
@@ -296,6 +324,7 @@ class DistillTrainer:
         finally:
             if self.distiller:
                 self.distiller.remove()
+            self.compression.remove()
             self.run_logger.close()
         return results
 
@@ -381,6 +410,7 @@ class DistillTrainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad()
+            self.compression.after_step()
             self.ema.update(self.student)
             self.last_opt_step = ni
         return items
@@ -433,18 +463,20 @@ class DistillTrainer:
     def _checkpoint(self, epoch: int, with_training_state: bool) -> dict:
         """yolov5's checkpoint keys; the student copy is taken with its hooks removed."""
         with self.distiller.student_detached() if self.distiller else nullcontext():
-            model = deepcopy(yb.de_parallel(self.student)).half()
+            model, _ = self.compression.plain_copy(yb.de_parallel(self.student))
+        ema, compression = self.compression.plain_copy(self.ema.ema)  # `quant` ranges: of the EMA, as validated
         ckpt = {
             "epoch": epoch,
             "best_fitness": self.best_fitness,
-            "model": model,
-            "ema": deepcopy(self.ema.ema).half(),
+            "model": model.half(),
+            "ema": ema.half(),
             "updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict() if with_training_state else None,
             "opt": self._opt_dict(),
             "date": datetime.now().isoformat(),
             "yolov5pip_version": yb.YOLOV5_VERSION,
             "yolodistill_version": __version__,
+            **compression,
         }
         if with_training_state and self.distiller is not None:
             ckpt["distill"] = {"adapters": self.distiller.adapters.state_dict(), "config": self.config.to_dict()}
@@ -467,7 +499,7 @@ class DistillTrainer:
         results = dict(zip(METRIC_COLUMNS, (0.0,) * len(METRIC_COLUMNS)))
         if final.exists():
             LOGGER.info(f"\nValidating {final}...")
-            model = yb.load_model(final).to(self.device)
+            model = load_detector(final).to(self.device)  # with its INT8 quantizers after --qat
             metrics, _ = self._validate(model, verbose=True)
             results = dict(zip(METRIC_COLUMNS, metrics))
         if not self.opt.noplots:

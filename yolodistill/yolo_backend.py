@@ -363,10 +363,11 @@ def create_train_loader(path, imgsz: int, batch_size: int, stride: int, hyp: dic
 
 
 def create_val_loader(path, imgsz: int, batch_size: int, stride: int, hyp: Optional[dict], *, workers: int,
-                      single_cls: bool = False, cache: Optional[str] = None):
-    """yolov5's rectangular validation dataloader (as train.py builds it)."""
-    return _create_loader(path, imgsz, batch_size, stride, single_cls, hyp=hyp, cache=cache, rect=True,
-                          workers=workers, pad=0.5, prefix="val: ")[0]
+                      single_cls: bool = False, cache: Optional[str] = None, square: bool = False):
+    """yolov5's rectangular validation dataloader (as train.py builds it); `square` pads every image to
+    imgsz x imgsz, as yolov5's val does for exported models with a fixed input size."""
+    return _create_loader(path, imgsz, batch_size, stride, single_cls, hyp=hyp, cache=cache, rect=not square,
+                          workers=workers, pad=0.0 if square else 0.5, prefix="val: ")[0]
 
 
 def _create_loader(path, *args, **kwargs):

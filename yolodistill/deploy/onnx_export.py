@@ -100,6 +100,7 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings about Python scalars in yolov5's Detect, by design
+            model(x)  # a dry run, as yolov5's export: Detect caches its grids, which then trace as constants
             torch.onnx.export(model, (x,), buf, opset_version=opset, dynamo=False, do_constant_folding=True,
                               input_names=[INPUT_NAME], output_names=dep.output_names, dynamic_axes=axes)
         proto = onnx.load_from_string(buf.getvalue())

@@ -29,7 +29,7 @@ from torch import nn
 
 __all__ = ["QUANT_FORMAT", "FakeQuantizer", "QuantConv2d", "QuantLinear", "quantize_model", "calibrate",
            "quant_state", "attach_quantizers", "strip_quantizers", "is_quantized", "split_state_dict",
-           "refresh_weight_ranges"]
+           "refresh_weight_ranges", "load_plain_state_dict"]
 
 QUANT_FORMAT = "yolodistill-int8/1"
 _QMIN, _QMAX = -128, 127
@@ -64,15 +64,20 @@ class FakeQuantizer(nn.Module):
         if self.dynamic and not torch.onnx.is_in_onnx_export():
             self.amax.copy_(self._observed(x))
         scale = (self.amax.float() / _BOUND).clamp(min=1e-8)  # an all-zero channel (pruned) still gets a scale
+        if torch.onnx.is_in_onnx_export():
+            # A Python-made tensor traces as a Constant: TensorRT needs Q/DQ scales that are constants, and the
+            # exporter would otherwise keep the Div/Clip above as graph nodes.
+            scale = torch.tensor(scale.tolist(), dtype=torch.float32, device=x.device)
         dtype = x.dtype
-        x = x.float()  # the fake-quant kernels take FP32 (AMP and val's .half() hand us FP16)
+        if dtype != torch.float32:
+            x = x.float()  # the fake-quant kernels take FP32 (AMP and val's .half() hand us FP16)
         if self.axis is None:
             y = torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros((), dtype=torch.int32, device=x.device),
                                                       _QMIN, _QMAX)
         else:
             zero = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
             y = torch.fake_quantize_per_channel_affine(x, scale, zero, self.axis, _QMIN, _QMAX)
-        return y.to(dtype)
+        return y if y.dtype == dtype else y.to(dtype)
 
     def extra_repr(self) -> str:
         kind = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
@@ -228,3 +233,12 @@ def split_state_dict(state_dict: dict) -> tuple[dict, Optional[dict]]:
             layers[name] = {"input": v.detach().float().cpu().clone(),
                             "weight": weight.abs().reshape(weight.shape[0], -1).amax(dim=1)}
     return plain, {"format": QUANT_FORMAT, "layers": layers}
+
+
+def load_plain_state_dict(model: nn.Module, state_dict: dict) -> None:
+    """Load a plain model's weights into a quantized twin: only the quantizer ranges may be missing."""
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not any(q in k for q in _QUANTIZER_KEYS)]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"state dict does not fit the model: missing {missing[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]}")

@@ -103,7 +103,7 @@ def prune_2to4(model: nn.Module, skip: Iterable[str] = ()) -> SparsityMasks:
 
 def violations_2to4(weight: torch.Tensor | np.ndarray) -> int:
     """Groups of 4 input weights holding fewer than 2 zeros (0 means the tensor is 2:4 sparse)."""
-    w = torch.as_tensor(np.asarray(weight)) if isinstance(weight, np.ndarray) else weight.detach()
+    w = torch.from_numpy(np.array(weight)) if isinstance(weight, np.ndarray) else weight.detach()
     if w.dim() not in (2, 4) or w.shape[1] % _GROUP:
         raise ValueError(f"weight of shape {tuple(w.shape)} has no 2:4 groups")
     return int(((_grouped(w) == 0).sum(dim=1) < _GROUP - _KEEP).sum())
@@ -123,7 +123,7 @@ def _onnx_weights(path: str) -> Iterator[tuple[str, np.ndarray]]:
         name = node.input[1]
         # A Q/DQ model feeds the weight through DequantizeLinear(QuantizeLinear(W)): zeros stay zeros.
         while name not in inits and name in producers and producers[name].op_type in (
-                "DequantizeLinear", "QuantizeLinear", "Identity", "Transpose"):
+                "DequantizeLinear", "QuantizeLinear", "Identity", "Transpose", "Cast"):
             name = producers[name].input[0]
         if name in inits:
             w = numpy_helper.to_array(inits[name])
