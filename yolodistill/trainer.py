@@ -35,6 +35,7 @@ from .deploy.quant import load_plain_state_dict
 from .distiller import TASK_TERMS, Distiller, loss_names
 from .errors import UserError
 from .inference import load_detector
+from .paths import cfg_path
 from .run_logger import METRIC_COLUMNS, RunLogger, plot_results
 from .teacher import FrozenTeacher, load_teacher
 
@@ -171,6 +172,9 @@ class DistillTrainer:
     def _setup_hyp_and_data(self) -> None:
         opt = self.opt
         if opt.hyp_dict is None:
+            if not opt.hyp and (opt.qat or opt.sparsity):
+                opt.hyp = str(cfg_path("hyp.finetune.yaml"))
+                LOGGER.info(f"--qat/--sparsity fine-tune: hyperparameters from {opt.hyp} (low lr, no warmup)")
             opt.hyp_dict = yb.load_hyp(opt.hyp)
         self.hyp = dict(opt.hyp_dict)
         if not opt.data:

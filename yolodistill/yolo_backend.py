@@ -486,5 +486,8 @@ def lr_lambda(epochs: int, lrf: float, cos_lr: bool):
 
 
 def warmup_iterations(hyp: dict, batches_per_epoch: int) -> int:
-    """train.py's warmup length: max(warmup_epochs of batches, 100)."""
+    """train.py's warmup length: max(warmup_epochs of batches, 100); none at all for warmup_epochs 0 (a
+    fine-tune), where train.py would still warm up for 100 batches."""
+    if hyp["warmup_epochs"] <= 0:
+        return -1
     return max(round(hyp["warmup_epochs"] * batches_per_epoch), 100)

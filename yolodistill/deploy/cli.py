@@ -24,8 +24,8 @@ def add_export(sub: argparse._SubParsersAction, flag) -> None:
     flag(p, "--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     flag(p, "--output", default=None, help="ONNX path (default: the weights path with .onnx)")
     flag(p, "--tolerance", type=float, nargs=2, metavar=("ATOL", "RTOL"), default=None,
-         help="parity tolerance |ort - torch| <= ATOL + RTOL*|torch| (default by precision: fp32 1e-3 1e-3, "
-              "fp16 2e-2 2e-2, int8 5e-2 5e-2)")
+         help="parity: every |ort - torch| <= ATOL + RTOL*|torch| (defaults fp32 1e-3 1e-3, fp16 2e-2 2e-2); "
+              "for a Q/DQ (QAT) model mean |ort - torch| <= RTOL * mean |torch| (default 0.05)")
     flag(p, "--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
     flag(p, "--max-batch", type=int, default=None, help="TensorRT max batch with --dynamic (default --batch)")
     flag(p, "--trust-checkpoint", action="store_true", help="full pickle load (only for files you trust)")

@@ -1,0 +1,113 @@
+"""Does INT8 keep the distilled student's accuracy? FP32 vs post-training INT8 vs QAT INT8, all scored as
+ONNX files through onnxruntime, over the seeds of a kd_gain / quickstart run.
+
+    python benchmarks/qat_int8.py --runs runs/kd_gain --seeds 0 1 2 --epochs 5
+
+For each seed folder (teacher/, distilled/, data/ as `yolodistill quickstart` leaves them):
+  fp32  the distilled student exported to ONNX
+  ptq   the same student with INT8 ranges calibrated on 512 training images, no training (Q/DQ ONNX)
+  qat   `yolodistill train --weights distilled.pt --qat` for --epochs epochs with the teacher still distilling
+        (output + pkd features, as the student was trained), exported to a Q/DQ ONNX
+Each ONNX file is validated with `yolodistill val --weights file.onnx` (square 128 px letterbox, as yolov5
+validates exported models). Results go to OUT/qat_int8.json (resumable) and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from yolodistill import yolo_backend as yb
+from yolodistill.checkpoint import save_checkpoint_atomic
+from yolodistill.deploy import quant as q
+from yolodistill.deploy.export import export
+from yolodistill.inference import val
+from yolodistill.trainer import DistillTrainer, TrainOptions
+
+MAP, MAP50 = "metrics/mAP_0.5:0.95", "metrics/mAP_0.5"
+
+
+def onnx_map(weights: Path, data: str, imgsz: int, out: Path) -> dict:
+    onnx_path = Path(export(weights, imgsz=[imgsz], output=str(out / f"{weights.parent.parent.name}.onnx"))["onnx"])
+    r = val(str(onnx_path), data, imgsz=imgsz, batch_size=32, workers=2, project=str(out / "val"), name="v")
+    return {"mAP50-95": r[MAP], "mAP50": r[MAP50], "onnx": str(onnx_path)}
+
+
+def ptq_checkpoint(student: Path, data: dict, imgsz: int, out: Path, images: int = 512, batch: int = 32) -> Path:
+    """The student with INT8 ranges calibrated on training images (no augmentation) and no training."""
+    ckpt = yb.load_detection_checkpoint(student)
+    model = yb.checkpoint_model(ckpt).eval()
+    q.quantize_model(model)
+    loader = yb.create_val_loader(data["train"], imgsz, batch, yb.max_stride(model), None, workers=2)
+    n = math.ceil(images / batch)
+    q.calibrate(model, (b[0].float() / 255 for b, _ in zip(loader, range(n))), model)
+    state = q.strip_quantizers(model)
+    path = out / "ptq" / "weights" / "best.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint_atomic({"model": model.half(), "quant": state, "opt": ckpt.get("opt"), "epoch": -1}, path)
+    return path
+
+
+def qat_checkpoint(seed_dir: Path, out: Path, epochs: int, device: str) -> Path:
+    opt = yb.load_yolov5_checkpoint(seed_dir / "distilled" / "weights" / "best.pt")["opt"]
+    run = DistillTrainer(TrainOptions(
+        data=opt["data"], weights=str(seed_dir / "distilled" / "weights" / "best.pt"), imgsz=opt["imgsz"],
+        batch_size=opt["batch_size"], epochs=epochs, optimizer=opt["optimizer"], t_weights=opt["t_weights"],
+        d_feature=opt["d_feature"], d_output=opt["d_output"], f_weight=opt["f_weight"],
+        feature_loss=opt["feature_loss"], qat=True, device=device, workers=2, project=str(out), name="qat",
+        exist_ok=True, noautoanchor=True, seed=opt["seed"])).run()
+    return Path(run["best"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/kd_gain", help="folder with seed0/, seed1/, ... from kd_gain.py")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=5, help="QAT fine-tuning epochs")
+    p.add_argument("--out", default="runs/qat_int8")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "qat_int8.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for seed in args.seeds:
+        key = f"seed{seed}"
+        if key in results:
+            continue
+        seed_dir = Path(args.runs) / key
+        student = seed_dir / "distilled" / "weights" / "best.pt"
+        opt = yb.load_yolov5_checkpoint(student)["opt"]
+        data, imgsz = opt["data"], int(opt["imgsz"])
+        work = out / key
+        row = {"fp32": onnx_map(student, data, imgsz, work / "fp32"),
+               "ptq": onnx_map(ptq_checkpoint(student, yb.load_data_yaml(data), imgsz, work), data, imgsz,
+                               work / "ptq_onnx")}
+        row["qat"] = onnx_map(qat_checkpoint(seed_dir, work, args.epochs, args.device), data, imgsz, work / "qat_onnx")
+        row["epochs"] = args.epochs
+        results[key] = row
+        store.write_text(json.dumps(results, indent=1))
+    print(f"\nINT8 vs FP32 distilled yolov5n, mAP50-95 through onnxruntime ({date.today()}, QAT {args.epochs} epochs)")
+    print(f"{'seed':<8}{'fp32':>9}{'ptq':>9}{'qat':>9}{'ptq-fp32':>10}{'qat-fp32':>10}")
+    for key, row in results.items():
+        f, pt, qa = (row[k]["mAP50-95"] for k in ("fp32", "ptq", "qat"))
+        print(f"{key:<8}{f:>9.4f}{pt:>9.4f}{qa:>9.4f}{(pt - f) * 100:>+10.2f}{(qa - f) * 100:>+10.2f}")
+    deltas = {k: [(r[k]["mAP50-95"] - r["fp32"]["mAP50-95"]) * 100 for r in results.values()] for k in ("ptq", "qat")}
+    for k, d in deltas.items():
+        sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
+        print(f"{k} - fp32: {statistics.mean(d):+.2f}{sd} points (mAP50-95)")
+
+
+if __name__ == "__main__":
+    main()
