@@ -21,6 +21,10 @@ def test_quickstart_fast_then_rerun_reuses_teacher(tmp_path, caplog):
     assert (out / "map_per_epoch.png").stat().st_size > 0
     assert "quickstart finished in" in table and "teacher" in table.splitlines()[-1]  # minutes per stage
     assert (out / "distilled" / "results.csv").read_text().count("distill/feature") == 1
+    # it ends by deploying: the distilled student's ONNX file and the teacher-vs-student benchmark
+    assert (out / "distilled" / "weights" / "best.onnx").stat().st_size > 100_000
+    assert (out / "benchmark" / "benchmark.png").stat().st_size > 0
+    assert "faster (GFLOPs" in table and "onnxruntime on CPU" in table
 
     # A rerun reuses the finished teacher ...
     caplog.clear()

@@ -210,12 +210,32 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},
                               out / "map_per_epoch.png")
     lap("table and plot")
+    deploy = deploy_student(out, teacher, Path(runs[f"student {student_label} distilled"]["best"]), fast=fast)
+    lap("export and benchmark")
     minutes = (time.time() - t0) / 60
     timing = f"quickstart finished in {minutes:.1f} min (" + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ")"
-    (out / "summary.txt").write_text(f"{table}\n\n{timing}\n")
-    LOGGER.info(f"\n{table}\n\nplot: {plot}\ntable: {out / 'summary.txt'}\n{timing}")
+    (out / "summary.txt").write_text(f"{table}\n\n{deploy['table']}\n\n{timing}\n")
+    LOGGER.info(f"\n{table}\n\n{deploy['table']}\n\nplot: {plot}\nbenchmark plot: {deploy['plot']}\n"
+                f"student ONNX: {deploy['onnx']}\ntable: {out / 'summary.txt'}\n{timing}")
     # Rows in the order teacher, student alone, student distilled (what benchmarks/kd_gain.py reads).
-    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt"), "minutes": minutes, "stages": stages}
+    return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt"), "minutes": minutes, "stages": stages,
+            "onnx": deploy["onnx"], "ratios": deploy["ratios"]}
+
+
+def deploy_student(out: Path, teacher: Path, student: Path, *, fast: bool = False) -> dict:
+    """The deployment step: the distilled student to a parity-checked ONNX file, then teacher vs student on
+    onnxruntime (CPU), side by side: latency, throughput, memory, params, GFLOPs and their ratios."""
+    from .deploy.benchmark import benchmark
+    from .deploy.export import export
+
+    onnx = export(student)["onnx"]
+    bench_dir = out / "benchmark"
+    if bench_dir.exists():
+        shutil.rmtree(bench_dir)
+    bench = benchmark([teacher, student], backend="onnxruntime", runs=40 if fast else 200, warmup=5 if fast else 20,
+                      out=bench_dir, show=False)
+    table = (bench_dir / "benchmark.txt").read_text().strip()
+    return {"onnx": onnx, "ratios": bench["ratios"], "table": table, "plot": str(bench_dir / "benchmark.png")}
 
 
 def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:

@@ -204,7 +204,7 @@ def measure_memory_cuda(make_runner: Callable[[], Callable[[], object]]) -> tupl
 def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntime", imgsz=None, batch: int = 1,
               runs: int = 200, warmup: int = 20, threads: int = 0, device: str = "cpu", half: bool = False,
               out: Union[str, Path] = "runs/benchmark", plot: bool = True, memory: bool = True,
-              trust: bool = False) -> dict:
+              trust: bool = False, show: bool = True) -> dict:
     """Compare models (the first is the reference, usually the teacher); writes benchmark.csv/.md/.json/.png."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
@@ -239,7 +239,8 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
         if backend == "tensorrt":
             from .tensorrt import build_engine
 
-            artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch)
+            artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch,
+                                    sparse=dep.sparsity is not None)
         r.file_MB = artifact.stat().st_size / 2**20
         if backend == "onnxruntime":
             run = _ort_runner(artifact, threads, batch, dep)
@@ -268,7 +269,8 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
             "imgsz": list(deps[0].imgsz), "half": half, "threads": threads or "default",
             "date": time.strftime("%Y-%m-%d %H:%M"), "weights": [str(w) for w in weights]}
     table = format_table(results, ratios, meta)
-    print(table)
+    if show:
+        print(table)
     _write(out, results, ratios, meta, table)
     if plot:
         plot_benchmark(results, meta, out / "benchmark.png")
@@ -291,13 +293,14 @@ def ratio_row(ref: ModelResult, r: ModelResult) -> dict:
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
-    """Short unique names: the file stem, or parent folders too when stems repeat (runs/*/weights/best.pt)."""
-    for depth in range(1, 5):
-        labels = ["_".join([*p.parts[-depth - 1:-1][::-1][:depth - 1][::-1], p.stem]) if depth > 1 else p.stem
-                  for p in (pp.resolve() for pp in paths)]
-        labels = [lab.replace("weights_", "") for lab in labels]
-        if len(set(labels)) == len(labels):
-            return labels
+    """Short unique names: the file stem, or run folder + stem when stems repeat (runs/*/weights/best.pt)."""
+    labels = [p.stem for p in paths]
+    if len(set(labels)) == len(labels):
+        return labels
+    runs = [p.resolve().parent.parent if p.resolve().parent.name == "weights" else p.resolve().parent for p in paths]
+    labels = [f"{r.name}_{p.stem}" for r, p in zip(runs, paths)]
+    if len(set(labels)) == len(labels):
+        return labels
     return [f"{i}_{p.stem}" for i, p in enumerate(paths)]
 
 

@@ -19,7 +19,7 @@ def add_export(sub: argparse._SubParsersAction, flag) -> None:
     flag(p, "--batch-size", "--batch", type=int, default=1, help="batch size traced (and TensorRT's opt batch)")
     flag(p, "--dynamic", action="store_true", help="dynamic batch axis")
     flag(p, "--half", action="store_true", help="FP16 ONNX (and FP16 TensorRT engine)")
-    flag(p, "--int8", action="store_true", help="INT8 engine: Q/DQ nodes of a --qat student (TensorRT 10 and 11)")
+    flag(p, "--int8", action="store_true", help="INT8 engine (implied for a --qat student, whose Q/DQ nodes carry the ranges)")
     flag(p, "--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
     flag(p, "--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     flag(p, "--output", default=None, help="ONNX path (default: the weights path with .onnx)")

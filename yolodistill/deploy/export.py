@@ -29,8 +29,9 @@ def export(weights: Union[str, Path], *, include: Sequence[str] = ("onnx",), img
     dep = load_deployable(weights, imgsz=imgsz, dynamic=dynamic, trust=trust)
     LOGGER.info(f"Exporting {dep.describe()}")
     if int8 and not dep.quantized:
-        LOGGER.warning("WARNING: --int8 on a student without QAT: TensorRT 10 will calibrate it on the images given "
-                       "with --calib; TensorRT 11 needs Q/DQ nodes (train with --qat)")
+        # One INT8 path for TensorRT 10 and 11 alike: the Q/DQ nodes of a QAT student (11 has no calibrators).
+        raise UserError(f"--int8 needs a quantization-aware trained student ({weights} has no INT8 ranges): "
+                        f"fine-tune it with `yolodistill train --weights {weights} --qat ...` first")
     onnx_path = Path(output) if output else weights.with_suffix(".onnx")
     report = export_onnx(dep, onnx_path, batch=batch, dynamic=dynamic, half=half, simplify=simplify, opset=opset,
                          tolerance=tuple(tolerance) if tolerance else None)
@@ -52,8 +53,8 @@ def _engine(onnx_path: Path, dep, *, batch: int, dynamic: bool, half: bool, int8
         shape = (batch, 3, *dep.imgsz)
         kw = dict(min_shape=(1, 3, *dep.imgsz), max_shape=((max_batch or batch), 3, *dep.imgsz)) if dynamic else {}
         line = trt.trtexec_command(onnx_path, engine_path, half=half, int8=int8, input_name=INPUT_NAME, shape=shape,
-                                   workspace_gb=workspace, **kw)
+                                   workspace_gb=workspace, sparse=dep.sparsity is not None, **kw)
         raise trt.TensorRTUnavailable(f"cannot build a TensorRT engine here ({reason}); {onnx_path} is written: "
                                       f"build the engine on the target (a Jetson) with: {line}")
     return trt.build_engine(onnx_path, engine_path, half=half, int8=int8, dynamic=dynamic, batch=batch,
-                            max_batch=max_batch, workspace_gb=workspace)
+                            max_batch=max_batch, workspace_gb=workspace, sparse=dep.sparsity is not None)

@@ -63,7 +63,8 @@ def tensorrt_status() -> tuple[bool, str]:
 
 def trtexec_command(onnx_path: PathLike, engine_path: PathLike, *, half: bool = False, int8: bool = False,
                     input_name: str = "images", shape: Shape | None = None, min_shape: Shape | None = None,
-                    max_shape: Shape | None = None, workspace_gb: float = 4, trt_major: int | None = None) -> str:
+                    max_shape: Shape | None = None, workspace_gb: float = 4, trt_major: int | None = None,
+                    sparse: bool = False) -> str:
     """The trtexec command line for the same build; `shape` is the optimal (N, C, H, W), min/max default to it.
 
     trt_major None means 10, what JetPack 6 ships. TensorRT 11 removed --fp16, --int8, --calib and --best: networks
@@ -81,6 +82,8 @@ def trtexec_command(onnx_path: PathLike, engine_path: PathLike, *, half: bool = 
         for which, dims in (("min", min_shape or opt), ("opt", opt), ("max", max_shape or opt)):
             args.append(f"--{which}Shapes={input_name}:{'x'.join(str(int(d)) for d in dims)}")
     args.append(f"--memPoolSize=workspace:{round(workspace_gb * 1024)}M")
+    if sparse:  # let the builder pick 2:4 sparse kernels for weights that have the pattern
+        args.append("--sparsity=enable")
     return shlex.join(args)
 
 
@@ -96,7 +99,7 @@ def onnx_is_fp16(path: PathLike) -> bool:
 
 def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = False, int8: bool = False,
                  dynamic: bool = False, batch: int = 1, max_batch: int | None = None, workspace_gb: float = 4,
-                 calibration: Iterable[np.ndarray] | None = None, verbose: bool = False) -> Path:
+                 calibration: Iterable[np.ndarray] | None = None, verbose: bool = False, sparse: bool = False) -> Path:
     """Build a TensorRT engine from an ONNX file and write it atomically to engine_path, which is returned.
 
     A dynamic-batch ONNX gets the profile min 1, opt `batch`, max `max_batch or batch`. `calibration` (float32
@@ -112,7 +115,7 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = Fal
         name, dims = _onnx_input(onnx_path, model)
         shapes = _profile_shapes(onnx_path, dims, dynamic=dynamic, batch=batch, max_batch=max_batch)
         line = trtexec_command(onnx_path, engine_path, half=half, int8=int8, input_name=name, workspace_gb=workspace_gb,
-                               **dict(zip(("min_shape", "shape", "max_shape"), shapes or ())))
+                               sparse=sparse, **dict(zip(("min_shape", "shape", "max_shape"), shapes or ())))
         # on 10.x, trtexec --int8 without Q/DQ nodes or a --calib cache uses placeholder scales
         note = " (its INT8 is for timing only: the ONNX has no Q/DQ nodes)" if int8 and not _has_qdq(model) else ""
         raise TensorRTUnavailable(f"cannot build a TensorRT engine here: {reason}. The same build with trtexec{note}: "
@@ -135,6 +138,8 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = Fal
     if profile is not None:
         profile.set_shape(inp.name, *shapes)
         config.add_optimization_profile(profile)
+    if sparse and hasattr(trt.BuilderFlag, "SPARSE_WEIGHTS"):  # 2:4 sparse kernels where the weights allow
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     calibrator = None
     if major < 11:  # weak typing: the precision comes from builder flags
         if half or is_fp16:
