@@ -8,6 +8,8 @@ For each seed folder (teacher/, distilled/, data/ as `yolodistill quickstart` le
   ptq   the same student with INT8 ranges calibrated on 512 training images, no training (Q/DQ ONNX)
   qat   `yolodistill train --weights distilled.pt --qat` for --epochs epochs with the teacher still distilling
         (output + pkd features, as the student was trained), exported to a Q/DQ ONNX
+  ft32  the control: the same fine-tune without --qat (FP32), so that what QAT gains from the extra epochs of
+        distillation is not mistaken for INT8 being free
 Each ONNX file is validated with `yolodistill val --weights file.onnx` (square 128 px letterbox, as yolov5
 validates exported models). Results go to OUT/qat_int8.json (resumable) and a table on stdout.
 """
@@ -29,6 +31,7 @@ from yolodistill.checkpoint import save_checkpoint_atomic
 from yolodistill.deploy import quant as q
 from yolodistill.deploy.export import export
 from yolodistill.inference import val
+from yolodistill.paths import cfg_path
 from yolodistill.trainer import DistillTrainer, TrainOptions
 
 MAP, MAP50 = "metrics/mAP_0.5:0.95", "metrics/mAP_0.5"
@@ -55,14 +58,15 @@ def ptq_checkpoint(student: Path, data: dict, imgsz: int, out: Path, images: int
     return path
 
 
-def qat_checkpoint(seed_dir: Path, out: Path, epochs: int, device: str) -> Path:
+def finetuned_checkpoint(seed_dir: Path, out: Path, epochs: int, device: str, qat: bool) -> Path:
     opt = yb.load_yolov5_checkpoint(seed_dir / "distilled" / "weights" / "best.pt")["opt"]
     run = DistillTrainer(TrainOptions(
         data=opt["data"], weights=str(seed_dir / "distilled" / "weights" / "best.pt"), imgsz=opt["imgsz"],
         batch_size=opt["batch_size"], epochs=epochs, optimizer=opt["optimizer"], t_weights=opt["t_weights"],
         d_feature=opt["d_feature"], d_output=opt["d_output"], f_weight=opt["f_weight"],
-        feature_loss=opt["feature_loss"], qat=True, device=device, workers=2, project=str(out), name="qat",
-        exist_ok=True, noautoanchor=True, seed=opt["seed"])).run()
+        feature_loss=opt["feature_loss"], qat=qat, device=device, workers=2, project=str(out),
+        name="qat" if qat else "ft32", exist_ok=True, noautoanchor=True, seed=opt["seed"],
+        hyp="" if qat else str(cfg_path("hyp.finetune.yaml")))).run()
     return Path(run["best"])
 
 
@@ -84,29 +88,32 @@ def main() -> None:
     results = json.loads(store.read_text()) if store.exists() else {}
     for seed in args.seeds:
         key = f"seed{seed}"
-        if key in results:
-            continue
         seed_dir = Path(args.runs) / key
         student = seed_dir / "distilled" / "weights" / "best.pt"
         opt = yb.load_yolov5_checkpoint(student)["opt"]
         data, imgsz = opt["data"], int(opt["imgsz"])
         work = out / key
-        row = {"fp32": onnx_map(student, data, imgsz, work / "fp32"),
-               "ptq": onnx_map(ptq_checkpoint(student, yb.load_data_yaml(data), imgsz, work), data, imgsz,
-                               work / "ptq_onnx")}
-        row["qat"] = onnx_map(qat_checkpoint(seed_dir, work, args.epochs, args.device), data, imgsz, work / "qat_onnx")
-        row["epochs"] = args.epochs
-        results[key] = row
-        store.write_text(json.dumps(results, indent=1))
+        variants = {
+            "fp32": lambda: student,
+            "ptq": lambda: ptq_checkpoint(student, yb.load_data_yaml(data), imgsz, work),
+            "qat": lambda: finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=True),
+            "ft32": lambda: finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=False),
+        }
+        row = results.setdefault(key, {"epochs": args.epochs})
+        for name, make in variants.items():
+            if name not in row:  # resumable, variant by variant
+                row[name] = onnx_map(make(), data, imgsz, work / f"{name}_onnx")
+                store.write_text(json.dumps(results, indent=1))
     print(f"\nINT8 vs FP32 distilled yolov5n, mAP50-95 through onnxruntime ({date.today()}, QAT {args.epochs} epochs)")
-    print(f"{'seed':<8}{'fp32':>9}{'ptq':>9}{'qat':>9}{'ptq-fp32':>10}{'qat-fp32':>10}")
+    print(f"{'seed':<8}{'fp32':>9}{'ptq':>9}{'qat':>9}{'ft32':>9}{'ptq-fp32':>10}{'qat-fp32':>10}{'qat-ft32':>10}")
     for key, row in results.items():
-        f, pt, qa = (row[k]["mAP50-95"] for k in ("fp32", "ptq", "qat"))
-        print(f"{key:<8}{f:>9.4f}{pt:>9.4f}{qa:>9.4f}{(pt - f) * 100:>+10.2f}{(qa - f) * 100:>+10.2f}")
-    deltas = {k: [(r[k]["mAP50-95"] - r["fp32"]["mAP50-95"]) * 100 for r in results.values()] for k in ("ptq", "qat")}
-    for k, d in deltas.items():
+        f, pt, qa, ft = (row[k]["mAP50-95"] for k in ("fp32", "ptq", "qat", "ft32"))
+        print(f"{key:<8}{f:>9.4f}{pt:>9.4f}{qa:>9.4f}{ft:>9.4f}{(pt - f) * 100:>+10.2f}{(qa - f) * 100:>+10.2f}"
+              f"{(qa - ft) * 100:>+10.2f}")
+    for a, b in (("ptq", "fp32"), ("qat", "fp32"), ("qat", "ft32")):
+        d = [(r[a]["mAP50-95"] - r[b]["mAP50-95"]) * 100 for r in results.values()]
         sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
-        print(f"{k} - fp32: {statistics.mean(d):+.2f}{sd} points (mAP50-95)")
+        print(f"{a} - {b}: {statistics.mean(d):+.2f}{sd} points (mAP50-95)")
 
 
 if __name__ == "__main__":

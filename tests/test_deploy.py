@@ -21,13 +21,15 @@ from yolodistill.cli import main
 from yolodistill.deploy import quant as q
 from yolodistill.deploy.benchmark import COLUMNS, RATIO_COLUMNS, ModelResult, gflops, ratio_row, time_side_by_side
 from yolodistill.deploy.onnx_export import TOLERANCES
-from yolodistill.deploy.sparsity import SparsityMasks, magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
+from yolodistill.deploy.sparsity import magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
 from yolodistill.deploy.student import CLASSIFY, DETECT, Deployable
+from yolodistill.deploy.tensorrt import tensorrt_status
 
 from .conftest import CLASSIFY_IMGSZ, IMGSZ, SHAPES, one_torch_thread
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_BOXES = 3 * sum((IMGSZ // s) ** 2 for s in (8, 16, 32))  # yolov5 at 64 px: 3 anchors on 8x8, 4x4, 2x2 grids
+TRT_OK = tensorrt_status()[0]  # where TensorRT builds engines, `--include engine` succeeds instead of failing
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -215,7 +217,7 @@ def constant_names(proto) -> set[str]:
 
 
 @pytest.mark.slow
-def test_qat_detector_trains_exports_qdq_and_validates(teacher_weights, tiny_data, tmp_path):
+def test_qat_detector_trains_exports_qdq_and_validates(teacher_weights, tiny_data, tmp_path, capsys):
     assert run("train", "--weights", teacher_weights, "--t_weights", teacher_weights, "--d_output", "--qat",
                "--data", tiny_data, "--imgsz", IMGSZ, "--epochs", "1", "--batch-size", "8", "--workers", "0",
                "--device", "cpu", "--noplots", "--noautoanchor", "--qat-calib-images", "16",
@@ -246,9 +248,20 @@ def test_qat_detector_trains_exports_qdq_and_validates(teacher_weights, tiny_dat
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(10)).numpy()
     out = ort_run(path, x)
     assert out.shape == (1, N_BOXES, 7) and np.isfinite(out).all()
+    if not TRT_OK:  # a QAT student's engine is INT8 without asking
+        line = one_line_error(capsys, "export", "--weights", best, "--include", "engine", "--output",
+                              tmp_path / "engine" / "best.onnx")
+        assert "trtexec --onnx=" in line and "--int8" in line
 
     assert run("val", "--weights", path, "--data", tiny_data, "--imgsz", IMGSZ, "--workers", "0",
                "--device", "cpu", "--project", tmp_path, "--name", "v") == 0
+
+
+def test_int8_without_qat_is_refused(teacher_weights, tmp_path, capsys):
+    weights = copy_weights(teacher_weights, tmp_path)
+    line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ, "--int8")
+    assert "--int8 needs a quantization-aware trained student" in line and "--qat" in line
+    assert leftovers(tmp_path) == []
 
 
 # ---- 3. 2:4 sparsity -----------------------------------------------------------------------------------------------
@@ -347,7 +360,6 @@ def test_sparsity_masks_apply_zeroes_what_an_update_brought_back():
     masks.apply()
     assert violations_2to4(model.fc.weight) == 0
     masks.remove()
-    assert isinstance(masks, SparsityMasks)
 
 
 def test_violations_2to4_counts_a_broken_group():
@@ -377,7 +389,7 @@ def test_sparsity_pattern_other_than_2to4_is_a_user_error():
 
 
 @pytest.mark.slow
-def test_sparse_classifier_distill_then_export(shapes_data, shape_teachers, tmp_path):
+def test_sparse_classifier_distill_then_export(shapes_data, shape_teachers, tmp_path, capsys):
     from yolodistill.classification.models import read_checkpoint
 
     teacher = shape_teachers[0]
@@ -396,6 +408,9 @@ def test_sparse_classifier_distill_then_export(shapes_data, shape_teachers, tmp_
     report = onnx_2to4_report(str(best.with_suffix(".onnx")))
     assert report["violations"] == 0
     assert len(report["sparse_layers"]) == len(sparse) and report["checked"] == len(sparse)
+    if not TRT_OK:  # the trtexec line for the target asks for 2:4 sparse kernels
+        line = one_line_error(capsys, "export", "--weights", best, "--include", "engine")
+        assert "trtexec --onnx=" in line and "--sparsity=enable" in line
 
 
 def test_onnx_2to4_report_flags_a_dense_layer(tmp_path):
@@ -605,17 +620,18 @@ def test_benchmark_teacher_vs_student_onnxruntime(teacher_weights, tmp_path, cap
 def test_benchmark_torch_backend(teacher_weights, tmp_path, capsys):
     student = save_yolov5n(tmp_path / "yolov5n.pt")
     assert run("benchmark", "--weights", teacher_weights, student, "--backend", "torch", "--runs", "6",
-               "--warmup", "1", "--imgsz", IMGSZ, "--no-memory", "--project", tmp_path, "--name", "b") == 0
-    check_benchmark_dir(tmp_path / "b", 2, DETECT, memory=False)
+               "--warmup", "1", "--imgsz", IMGSZ, "--project", tmp_path, "--name", "b") == 0
+    check_benchmark_dir(tmp_path / "b", 2, DETECT)
     assert not list((tmp_path / "b").glob("*.onnx"))  # torch times the checkpoints themselves
     assert "torch on CPU" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_benchmark_classifiers(shape_teachers, tmp_path, capsys):
-    assert run("benchmark", "--weights", *shape_teachers, "--runs", "6", "--warmup", "1",
+    assert run("benchmark", "--weights", *shape_teachers, "--runs", "6", "--warmup", "1", "--no-memory",
                "--project", tmp_path, "--name", "c") == 0
-    rows = check_benchmark_dir(tmp_path / "c", 2, CLASSIFY)
+    rows = check_benchmark_dir(tmp_path / "c", 2, CLASSIFY, memory=False)
+    assert [r["model"] for r in rows] == ["cnn_best", "cnn_small_best"]  # both best.pt: the run folder tells
     assert float(rows[0]["params_M"]) > float(rows[1]["params_M"])  # cnn vs cnn_small
     assert f"{CLASSIFY_IMGSZ}x{CLASSIFY_IMGSZ}" in capsys.readouterr().out
 
@@ -651,6 +667,12 @@ def test_time_side_by_side_interleaves_and_counts():
     assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 3
 
 
+@pytest.mark.parametrize("runs", [6, 15])
+def test_time_side_by_side_times_the_runs_asked_for(runs):
+    times = time_side_by_side([lambda: None, lambda: None], runs=runs, warmup=0, progress=False)
+    assert [len(t) for t in times] == [runs, runs]
+
+
 def test_gflops_counts_two_per_multiply_add():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
     dep = Deployable(model=model.eval(), task=CLASSIFY, imgsz=(6, 6), source=Path("m.pt"), output_names=["logits"],
@@ -684,15 +706,14 @@ def test_bad_checkpoint(kind, command, capsys, teacher_weights, tmp_path):
 
 
 def test_engine_without_tensorrt_writes_the_onnx_and_prints_trtexec(teacher_weights, tmp_path, capsys):
-    from yolodistill.deploy.tensorrt import tensorrt_status
-
-    if tensorrt_status()[0]:
+    if TRT_OK:
         pytest.skip("TensorRT can build engines here")
     weights = copy_weights(teacher_weights, tmp_path)
     line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ, "--include", "engine")
     onnx_path = tmp_path / "student.onnx"
     assert f"trtexec --onnx={onnx_path} --saveEngine={tmp_path / 'student.engine'}" in line
     assert f"--optShapes=images:1x3x{IMGSZ}x{IMGSZ}" in line
+    assert "--int8" not in line and "--sparsity" not in line  # a plain FP32 student
     assert onnx_path.is_file() and leftovers(tmp_path) == ["student.onnx"]
     assert not (tmp_path / "student.engine").exists()
     onnx.checker.check_model(onnx.load(str(onnx_path)))
@@ -705,7 +726,8 @@ def test_output_that_cannot_be_written(teacher_weights, tmp_path, capsys):
                           "--output", tmp_path / "blocker" / "sub" / "m.onnx")
     assert "cannot create" in line and "blocker" in line
     (tmp_path / "folder.onnx").mkdir()
-    line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ, "--output", tmp_path / "folder.onnx")
+    line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ,
+                          "--output", tmp_path / "folder.onnx")
     assert "is a folder" in line
     assert leftovers(tmp_path) == ["folder.onnx"] and not any((tmp_path / "folder.onnx").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder.onnx", "student.pt"]
@@ -754,6 +776,20 @@ def test_unknown_include_format(teacher_weights, tmp_path, capsys):
     line = one_line_error(capsys, "export", "--weights", weights, "--include", "tflite")
     assert "--include tflite" in line and "onnx" in line and "engine" in line
     assert leftovers(tmp_path) == []
+
+
+def test_val_of_an_onnx_file_that_does_not_fit(teacher_weights, shape_teachers, tiny_data, tmp_path, capsys):
+    weights = copy_weights(teacher_weights, tmp_path)
+    assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
+    common = ["--data", tiny_data, "--workers", "0", "--device", "cpu", "--project", tmp_path, "--name", "v"]
+    line = one_line_error(capsys, "val", "--weights", tmp_path / "student.onnx", "--imgsz", 2 * IMGSZ, *common)
+    assert f"exported for {IMGSZ}x{IMGSZ} images: pass --imgsz {IMGSZ}" in line
+    classifier = copy_weights(shape_teachers[1], tmp_path, "classifier.pt")
+    assert run("export", "--weights", classifier) == 0
+    line = one_line_error(capsys, "val", "--weights", tmp_path / "classifier.onnx", "--imgsz", IMGSZ, *common)
+    assert "is not a detector" in line
+    line = one_line_error(capsys, "val", "--weights", tmp_path / "nope.onnx", "--imgsz", IMGSZ, *common)
+    assert "nope.onnx not found" in line
 
 
 def test_imgsz_not_a_multiple_of_the_stride(teacher_weights, tmp_path, capsys):

@@ -20,6 +20,8 @@ _PUBLIC = {
     "val": "inference",
     "detect": "inference",
     "UserError": "errors",
+    "export": "deploy.export",
+    "benchmark": "deploy.benchmark",
 }
 __all__ = ["__version__", *_PUBLIC]
 

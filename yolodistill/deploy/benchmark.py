@@ -100,19 +100,20 @@ def _trt_runner(engine: Path, batch: int, dep: Deployable) -> Callable[[], objec
 
 def time_side_by_side(runners: Sequence[Callable[[], object]], *, runs: int, warmup: int, rounds: int = 10,
                       progress: bool = True) -> list[list[float]]:
-    """Milliseconds per call for each runner, measured in `rounds` interleaved blocks of runs / rounds calls."""
+    """Milliseconds per call for each runner: `runs` calls each, in `rounds` interleaved blocks."""
     from tqdm import tqdm
 
     for run in runners:
         for _ in range(warmup):
             run()
-    per_block = max(1, runs // rounds)
+    rounds = max(1, min(rounds, runs))
+    blocks = [runs // rounds + (r < runs % rounds) for r in range(rounds)]  # exactly `runs` calls in all
     times: list[list[float]] = [[] for _ in runners]
-    bar = tqdm(total=rounds * per_block * len(runners), desc="timing", unit="run", disable=not progress,
+    bar = tqdm(total=runs * len(runners), desc="timing", unit="run", disable=not progress,
                bar_format="{l_bar}{bar:10}{r_bar}")
-    for _ in range(rounds):
+    for block in blocks:
         for i, run in enumerate(runners):
-            for _ in range(per_block):
+            for _ in range(block):
                 t0 = time.perf_counter()
                 run()
                 times[i].append((time.perf_counter() - t0) * 1000)
