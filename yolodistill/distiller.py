@@ -58,6 +58,31 @@ def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
                         "cfg to inherit the teacher's anchors, or use a teacher trained with the same ones)")
 
 
+class StudentWithAdapters(nn.Module):
+    """The student and its adapters as one module: what the optimizer trains and, under torch.distributed,
+    what DistributedDataParallel wraps, so the adapters' gradients are averaged over the ranks with the
+    student's. forward() runs the student and maps each recorded student feature to its teacher's shape."""
+
+    def __init__(self, student: nn.Module, adapters: nn.ModuleDict, pairs: Sequence[LayerPair],
+                 recorder: FeatureRecorder | None):
+        super().__init__()
+        self.student, self.adapters = student, adapters  # parameter names student.*, adapters.*
+        self.pairs, self.recorder = tuple(pairs), recorder
+
+    def forward(self, imgs: torch.Tensor, sizes: dict | None = None):
+        """(student raw outputs, {adapter key: adapted student feature (B, Ct, Ht, Wt)}); `sizes` are the
+        teacher features' (Ht, Wt) by teacher layer name."""
+        raw = self.student(imgs)
+        if self.recorder is None or not self.pairs:
+            return raw, {}
+        s_feats = self.recorder.pop()
+        adapted = {}
+        for p in self.pairs:
+            key = adapter_key(p.student, p.teacher)
+            adapted[key] = self.adapters[key](s_feats[p.student], size=(sizes or {}).get(p.teacher))
+        return raw, adapted
+
+
 class Distiller:
     """Computes the distillation terms of one batch; owns the hooks and the adapters."""
 
@@ -70,7 +95,6 @@ class Distiller:
         self.adapters = nn.ModuleDict()
         self.feature_loss: nn.Module | None = None
         self._student_rec = self._teacher_rec = None
-        self._teacher_out = None  # (imgs, teacher raw outputs) of the batch forward_student last saw
         if config.output:
             check_output_compatible(student, teacher.model)
         if config.feature:
@@ -85,6 +109,9 @@ class Distiller:
             self.adapters = build_adapters(s_shapes, t_shapes, [(p.student, p.teacher) for p in self.pairs])
             self.adapters.to(device)
             self.feature_loss = build_feature_loss(config.feature_loss, **config.feature_loss_kwargs)
+        self.module = StudentWithAdapters(student, self.adapters, self.pairs, self._student_rec)
+        self.forward_module: nn.Module = self.module  # the DistributedDataParallel wrapper under torchrun
+        self._step = None  # (imgs, teacher raw, teacher features, adapted student features) of the last batch
 
     # ------------------------------------------------------------------ hooks
     def attach(self) -> "Distiller":
@@ -105,8 +132,8 @@ class Distiller:
         return nullcontext() if self._student_rec is None else self._student_rec.detached()
 
     def trainable(self) -> nn.Module:
-        """Student and adapters as one module, for the optimizer (both learn) and gradient clipping."""
-        return nn.ModuleDict({"student": self.student, "adapters": self.adapters})
+        """Student and adapters as one module, for the optimizer (both learn), gradient clipping and DDP."""
+        return self.module
 
     # ------------------------------------------------------------------ losses
     def forward_student(self, imgs: torch.Tensor) -> list[torch.Tensor]:
@@ -116,28 +143,40 @@ class Distiller:
         student's live autograd graph for memory: measured on CPU, 73 ms first against 102 ms
         after (benchmarks/step_profile.py). `terms()` then reuses its outputs for the same batch.
         """
-        self._teacher_out = (imgs, self.teacher(imgs)) if self.config.enabled else None
-        return self.student(imgs)
+        teacher_raw = self.teacher(imgs) if self.config.enabled else None
+        t_feats = self._teacher_rec.pop() if self._teacher_rec is not None else {}
+        raw, adapted = self.forward_module(imgs, {k: tuple(v.shape[-2:]) for k, v in t_feats.items()})
+        self._step = (imgs, teacher_raw, t_feats, adapted)
+        return raw
 
-    def _teacher_raw(self, imgs: torch.Tensor) -> list[torch.Tensor]:
-        cached, self._teacher_out = self._teacher_out, None
-        return cached[1] if cached is not None and cached[0] is imgs else self.teacher(imgs)
+    def _batch(self, imgs: torch.Tensor):
+        """Teacher outputs, teacher features and adapted student features of `imgs`: those forward_student
+        saved, or (a student run some other way) computed now from the student's recorded features."""
+        step, self._step = self._step, None
+        if step is not None and step[0] is imgs:
+            return step[1:]
+        teacher_raw = self.teacher(imgs) if self.config.enabled else None
+        if not self.config.feature:
+            return teacher_raw, {}, {}
+        t_feats = self._teacher_rec.pop()
+        if step is not None:  # forward_student already took (and adapted) the student's features
+            return teacher_raw, t_feats, step[3]
+        s_feats = self._student_rec.pop()
+        adapted = {adapter_key(p.student, p.teacher): self.adapters[adapter_key(p.student, p.teacher)](
+            s_feats[p.student], size=t_feats[p.teacher].shape[-2:]) for p in self.pairs}
+        return teacher_raw, t_feats, adapted
 
     def terms(self, imgs: torch.Tensor, student_raw: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weighted distillation terms for the batch `imgs` (per-image scale, like yolov5's loss items)."""
-        teacher_raw = self._teacher_raw(imgs) if self.config.enabled else None
+        teacher_raw, t_feats, adapted = self._batch(imgs)
         out: dict[str, torch.Tensor] = {}
         if self.config.output:
             lbox, lobj, lcls = output_distillation_loss(student_raw, teacher_raw, self.nc,
                                                         self.gains["box"], self.gains["obj"], self.gains["cls"])
             out[DISTILL_OUTPUT] = self.config.output_weight * (lbox + lobj + lcls)
         if self.config.feature:
-            s_feats, t_feats = self._student_rec.pop(), self._teacher_rec.pop()
-            losses = []
-            for p in self.pairs:
-                t_feat = t_feats[p.teacher].float()
-                adapter = self.adapters[adapter_key(p.student, p.teacher)]
-                losses.append(self.feature_loss(adapter(s_feats[p.student], size=t_feat.shape[-2:]).float(), t_feat))
+            losses = [self.feature_loss(adapted[adapter_key(p.student, p.teacher)].float(), t_feats[p.teacher].float())
+                      for p in self.pairs]
             out[DISTILL_FEATURE] = self.config.feature_weight * torch.stack(losses).mean()
         return out
 

@@ -27,6 +27,7 @@ from torch.optim import lr_scheduler
 from tqdm import tqdm
 
 from . import __version__
+from . import distributed as ddp
 from . import yolo_backend as yb
 from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
@@ -96,6 +97,8 @@ class TrainOptions:
     qat: bool = False  # INT8 fake quantization; the checkpoint gets a `quant` entry, export gives Q/DQ nodes
     qat_calib_images: int = 512  # training images that calibrate the activation ranges
     sparsity: str = ""  # "2:4": fixed magnitude masks, re-applied after every optimizer step
+    # torchrun (DistributedDataParallel): BatchNorm statistics over all ranks' batches
+    sync_bn: bool = False
     # filled in by the trainer, kept for --resume
     save_dir: str = ""
     hyp_dict: Optional[dict] = None
@@ -140,7 +143,17 @@ class DistillTrainer:
             self._load_resume_state()
         self.config = self.opt.distill_config()
         self.names = loss_names(self.config)
-        self.device = yb.select_device(self.opt.device, batch_size=self.opt.batch_size)
+        # Under torchrun: one process per device, --batch-size split over them; rank 0 validates, logs, saves.
+        self.dist = ddp.context_from_env()
+        self.main = self.dist.is_main
+        if not self.main:  # one log, rank 0's
+            LOGGER.setLevel(logging.WARNING)
+            yb.set_yolov5_verbosity(False)
+        self.batch_size = ddp.per_rank_batch(self.opt.batch_size, self.dist)
+        if self.dist.enabled:
+            self.device = ddp.setup(self.dist, self.opt.device)
+        else:
+            self.device = yb.select_device(self.opt.device, batch_size=self.opt.batch_size)
         self.cuda = self.device.type != "cpu"
         # yolov5's check_amp downloads weights to test AMP; AMP on CUDA is safe for these models.
         self.amp = self.cuda
@@ -162,8 +175,9 @@ class DistillTrainer:
 
     def _setup_run_dir(self) -> None:
         opt = self.opt
-        if not opt.save_dir:
-            opt.save_dir = str(yb.increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+        if not opt.save_dir:  # chosen by rank 0 alone: ranks racing to increment exp, exp2... would disagree
+            path = str(yb.increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if self.main else None
+            opt.save_dir = ddp.broadcast(path, self.dist)
         self.save_dir = Path(opt.save_dir)
         self.weights_dir = self.save_dir / "weights"
         self.weights_dir.mkdir(parents=True, exist_ok=True)
@@ -183,13 +197,15 @@ class DistillTrainer:
         self.nc = 1 if opt.single_cls else int(self.data["nc"])
         names = self.data["names"]
         self.class_names = {0: "item"} if opt.single_cls and len(names) != 1 else names
-        if not self.resume_ckpt:
+        if not self.resume_ckpt and self.main:
             with open(self.save_dir / "hyp.yaml", "w") as f:
                 yaml.safe_dump(self.hyp, f, sort_keys=False)
 
     def _setup_models(self) -> None:
         opt = self.opt
-        yb.init_seeds(opt.seed + 1, deterministic=True)  # train.py's seeding (before any weight is drawn)
+        # train.py's seeding (before any weight is drawn); ranks differ in augmentation, and DDP gives every
+        # rank rank 0's initial weights
+        yb.init_seeds(opt.seed + 1 + self.dist.rank, deterministic=True)
         self.teacher: Optional[FrozenTeacher] = None
         if opt.t_weights:
             self.teacher = load_teacher(opt.t_weights, cfg=opt.t_cfg, nc=self.nc, device=self.device,
@@ -216,14 +232,17 @@ class DistillTrainer:
     def _setup_loaders(self) -> None:
         opt = self.opt
         self.train_loader, self.dataset = yb.create_train_loader(
-            self.data["train"], self.imgsz, opt.batch_size, self.gs, self.hyp, workers=opt.workers, seed=opt.seed,
+            self.data["train"], self.imgsz, self.batch_size, self.gs, self.hyp, workers=opt.workers, seed=opt.seed,
             single_cls=opt.single_cls, cache=None if opt.cache == "val" else opt.cache, rect=opt.rect,
-            image_weights=opt.image_weights, quad=opt.quad)
+            image_weights=opt.image_weights, quad=opt.quad, rank=self.dist.local_rank if self.dist.enabled else -1)
         yb.check_labels(self.dataset, self.nc, opt.data)
-        self.val_loader = yb.create_val_loader(self.data["val"], self.imgsz, opt.batch_size * 2, self.gs, self.hyp,
-                                               workers=opt.workers * 2, single_cls=opt.single_cls,
-                                               cache=None if opt.noval else opt.cache)
-        if not self.resume_ckpt and not opt.noautoanchor and not self.config.output:
+        self.val_loader = None
+        if self.main:  # only rank 0 validates
+            self.val_loader = yb.create_val_loader(self.data["val"], self.imgsz, self.batch_size * 2, self.gs,
+                                                   self.hyp, workers=opt.workers * 2, single_cls=opt.single_cls,
+                                                   cache=None if opt.noval else opt.cache)
+        # anchors are buffers: DDP hands rank 0's to the other ranks when it wraps the student
+        if not self.resume_ckpt and not opt.noautoanchor and not self.config.output and self.main:
             yb.autoanchor(self.dataset, self.student, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
         self.student.half().float()  # pre-reduce anchor precision, as train.py
 
@@ -270,6 +289,7 @@ class DistillTrainer:
         self.scheduler = lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         # The EMA deep-copies the student now, before any hook exists, so it never carries one.
         self.ema = yb.ModelEMA(self.student)
+        self._setup_distributed()
         self.best_fitness, self.start_epoch = 0.0, 0
         if self.resume_ckpt:
             self._restore(self.resume_ckpt)
@@ -279,9 +299,26 @@ class DistillTrainer:
         self.stopper = yb.EarlyStopping(patience=opt.patience)
         columns = [f"train/{n}" for n in self.names] + list(METRIC_COLUMNS) + \
                   [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))]
-        self.run_logger = RunLogger(self.save_dir, columns)
-        self.run_logger.truncate_after(self.start_epoch - 1)
-        self._write_opt_yaml()
+        self.run_logger = RunLogger(self.save_dir, columns) if self.main else None
+        if self.main:
+            self.run_logger.truncate_after(self.start_epoch - 1)
+            self._write_opt_yaml()
+
+    def _setup_distributed(self) -> None:
+        """Under torchrun: optional SyncBatchNorm (after the EMA copy, which keeps plain BatchNorm, as train.py),
+        then DDP around the student, or around student + adapters when distilling."""
+        self.forward_model: nn.Module = self.student
+        if not self.dist.enabled:
+            return
+        if self.opt.sync_bn:
+            nn.SyncBatchNorm.convert_sync_batchnorm(self.student)  # in place: the optimizer keeps its parameters
+            LOGGER.info("Using SyncBatchNorm()")
+        if self.distiller is not None:
+            self.distiller.forward_module = ddp.wrap(self.distiller.module, self.dist, self.device)
+        else:
+            self.forward_model = ddp.wrap(self.student, self.dist, self.device)
+        LOGGER.info(f"DDP: rank {self.dist.rank} of {self.dist.world_size} on {self.device}, "
+                    f"{self.batch_size} images per rank")
 
     def _restore(self, ckpt: dict) -> None:
         """Put EMA, optimizer, adapters, epoch and best fitness back from a last.pt."""
@@ -297,7 +334,7 @@ class DistillTrainer:
         if self.start_epoch >= self.opt.epochs:
             raise UserError(f"{self.opt.resume} finished all {self.opt.epochs} epochs; nothing to resume")
 
-    def _write_opt_yaml(self) -> None:
+    def _write_opt_yaml(self) -> None:  # rank 0 only
         with open(self.save_dir / "opt.yaml", "w") as f:
             yaml.safe_dump(self._opt_dict(), f, sort_keys=False)
 
@@ -320,17 +357,22 @@ class DistillTrainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         """Train; returns the final metrics of best.pt (or last.pt) and the run folder."""
-        self.setup()
-        if self.distiller:
-            self.distiller.attach()
         try:
-            results = self._fit()
-        finally:
+            self.setup()
             if self.distiller:
-                self.distiller.remove()
-            self.compression.remove()
-            self.run_logger.close()
-        return results
+                self.distiller.attach()
+            try:
+                return self._fit()
+            finally:
+                if self.distiller:
+                    self.distiller.remove()
+                self.compression.remove()
+                if self.run_logger:
+                    self.run_logger.close()
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(ddp.oom_message(self.opt.batch_size, self.dist)) from None
+        finally:
+            ddp.cleanup(self.dist)
 
     def _fit(self) -> dict:
         opt = self.opt
@@ -346,21 +388,25 @@ class DistillTrainer:
             lr = [g["lr"] for g in self.optimizer.param_groups]
             self.scheduler.step()
             self.ema.update_attr(self.student, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
-            final_epoch = epoch + 1 == opt.epochs or self.stopper.possible_stop
-            if not opt.noval or final_epoch:
-                results, maps = self._validate(self.ema.ema)
-            fi = float(yb.fitness(np.array(results).reshape(1, -1))[0])
-            stop = self.stopper(epoch=epoch, fitness=fi)
-            self.best_fitness = max(self.best_fitness, fi)
-            row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
-            row.update(zip(METRIC_COLUMNS, results))
-            row.update({f"x/lr{i}": v for i, v in enumerate(lr)})
-            self.run_logger.log(epoch, row)
-            if not opt.nosave or final_epoch or stop:
-                self._save(epoch, fi)
-            if stop:
+            stop = False
+            if self.main:
+                final_epoch = epoch + 1 == opt.epochs or self.stopper.possible_stop
+                if not opt.noval or final_epoch:
+                    results, maps = self._validate(self.ema.ema)
+                fi = float(yb.fitness(np.array(results).reshape(1, -1))[0])
+                stop = self.stopper(epoch=epoch, fitness=fi)
+                self.best_fitness = max(self.best_fitness, fi)
+                row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
+                row.update(zip(METRIC_COLUMNS, results))
+                row.update({f"x/lr{i}": v for i, v in enumerate(lr)})
+                self.run_logger.log(epoch, row)
+                if not opt.nosave or final_epoch or stop:
+                    self._save(epoch, fi)
+            if ddp.broadcast(stop, self.dist):  # every rank stops together, on rank 0's EarlyStopping
                 break
         LOGGER.info(f"{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+        if not self.main:
+            return {"save_dir": str(self.save_dir), "rank": self.dist.rank}
         return self._finish()
 
     def _train_epoch(self, epoch: int, nb: int, maps: np.ndarray) -> torch.Tensor:
@@ -368,10 +414,12 @@ class DistillTrainer:
         self.trainable.train()  # the teacher is not in here; FrozenTeacher.train() is a no-op anyway
         if opt.image_weights:
             yb.reweight_images(self.dataset, self.student, maps, self.nc)
+        if self.dist.enabled:
+            self.train_loader.sampler.set_epoch(epoch)  # a different shard order every epoch
         mloss = torch.zeros(len(self.names), device=self.device)
         shorts = [n.replace("distill/", "d_") for n in self.names]
         LOGGER.info(("\n" + "%11s" * (4 + len(shorts))) % ("Epoch", "GPU_mem", *shorts, "Instances", "Size"))
-        pbar = tqdm(enumerate(self.train_loader), total=nb, bar_format=yb.TQDM_BAR_FORMAT)
+        pbar = tqdm(enumerate(self.train_loader), total=nb, bar_format=yb.TQDM_BAR_FORMAT, disable=not self.main)
         self.optimizer.zero_grad()
         for i, (imgs, targets, _paths, _) in pbar:
             ni = i + nb * epoch
@@ -395,9 +443,9 @@ class DistillTrainer:
         gets only the distillation terms. Returns the per-term loss items, or None for a skipped step.
         """
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            pred = self.distiller.forward_student(imgs) if self.distiller else self.student(imgs)
+            pred = self.distiller.forward_student(imgs) if self.distiller else self.forward_model(imgs)
             loss, items = self.loss_terms(imgs, pred, targets)
-        if not torch.isfinite(loss):
+        if not self._all_finite(loss):
             self.bad_steps += 1
             LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
                            f"({self.bad_steps}/{MAX_BAD_STEPS} in a row)")
@@ -407,6 +455,8 @@ class DistillTrainer:
                                     f"rate or the distillation weights, or check the data")
             return None
         self.bad_steps = 0
+        if self.dist.enabled:
+            loss = loss * self.dist.world_size  # DDP averages gradients over ranks; train.py scales the same way
         self.scaler.scale(loss).backward()
         if ni - self.last_opt_step >= self.accumulate:
             self.scaler.unscale_(self.optimizer)
@@ -418,6 +468,14 @@ class DistillTrainer:
             self.ema.update(self.student)
             self.last_opt_step = ni
         return items
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: a step skipped on one rank must be skipped on all, or the
+        others would wait forever in DDP's gradient all-reduce."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
 
     def loss_terms(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor]):
         """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order."""

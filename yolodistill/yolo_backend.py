@@ -355,11 +355,12 @@ def export_metadata(model: nn.Module) -> dict:
 
 def create_train_loader(path, imgsz: int, batch_size: int, stride: int, hyp: dict, *, workers: int, seed: int,
                         single_cls: bool = False, cache: Optional[str] = None, rect: bool = False,
-                        image_weights: bool = False, quad: bool = False):
-    """yolov5's augmenting (mosaic) training dataloader and its dataset."""
+                        image_weights: bool = False, quad: bool = False, rank: int = -1):
+    """yolov5's augmenting (mosaic) training dataloader and its dataset; rank >= 0 (under torchrun) gives a
+    DistributedSampler, each rank a disjoint shard of every epoch."""
     return _create_loader(path, imgsz, batch_size, stride, single_cls, hyp=hyp, augment=True, cache=cache,
                           rect=rect, workers=workers, image_weights=image_weights, quad=quad,
-                          prefix="train: ", shuffle=True, seed=seed)
+                          prefix="train: ", shuffle=True, seed=seed, rank=rank)
 
 
 def create_val_loader(path, imgsz: int, batch_size: int, stride: int, hyp: Optional[dict], *, workers: int,
@@ -372,11 +373,67 @@ def create_val_loader(path, imgsz: int, batch_size: int, stride: int, hyp: Optio
 
 def _create_loader(path, *args, **kwargs):
     try:
-        return yolov5_dataloaders.create_dataloader(path, *args, **kwargs)
+        loader, dataset = yolov5_dataloaders.create_dataloader(path, *args, **kwargs)
     except MemoryError:
         raise
     except Exception as e:  # yolov5 reports unreadable data with bare Exception and AssertionError
         raise UserError(f"cannot load images from {path}: {str(e).splitlines()[0]}") from None
+    if kwargs.get("rank", -1) in (-1, 0):
+        report_scan(path, dataset, kwargs.get("prefix", ""))
+    return loader, dataset
+
+
+def _listed_images(path) -> list[str]:
+    """Image files as yolov5's LoadImagesAndLabels lists them: folders recursively, .txt files line by line."""
+    import glob
+    import os
+
+    files: list[str] = []
+    for p in map(Path, path if isinstance(path, (list, tuple)) else [path]):
+        if p.is_dir():
+            files += glob.glob(str(p / "**" / "*.*"), recursive=True)
+        elif p.is_file():
+            parent = str(p.parent) + os.sep
+            lines = p.read_text(errors="ignore").strip().splitlines()
+            files += [x.replace("./", parent, 1) if x.startswith("./") else x for x in lines]
+    return sorted(x.replace("/", os.sep) for x in files if x.split(".")[-1].lower() in IMG_FORMATS)
+
+
+def _skip_reason(im_file: str) -> str:
+    """Why yolov5's scan dropped an image: its own message, or plainer words when the image does not decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(im_file) as im:
+            im.verify()
+    except Exception:  # noqa: BLE001 - PIL's plugins raise anything on junk (an ImportError of a HEIF plugin, seen)
+        return "not a readable image (empty, truncated or not an image file)"
+    label = yolov5_dataloaders.img2label_paths([im_file])[0]
+    msg = yolov5_dataloaders.verify_image_label((im_file, label, ""))[-1]
+    return msg.partition("ignoring corrupt image/label: ")[2].strip() or "rejected by yolov5's image/label check"
+
+
+def report_scan(path, dataset, prefix: str = "") -> dict:
+    """Log, on yolodistill's logger, what yolov5's label scan dropped and how many images train as background.
+
+    yolov5 drops an image whose file or label file is corrupt (wrong column count, coordinates outside
+    [0, 1], negative values) and prints why only on its own logger and progress bar; the counts here
+    reach the user's log. Returns {"found", "skipped": [image, ...], "background"}.
+    """
+    log = logging.getLogger("yolodistill")
+    found = _listed_images(path)
+    kept = set(dataset.im_files)
+    skipped = [f for f in found if f not in kept]
+    background = sum(1 for lb in dataset.labels if len(lb) == 0)
+    if skipped:
+        shown = "; ".join(f"{f}: {_skip_reason(f)}" for f in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        log.warning(f"{prefix}WARNING: skipped {len(skipped)} of {len(found)} images with a corrupt image or label "
+                    f"file ({shown}{more}); using the other {len(dataset.im_files)}")
+    if background:
+        log.warning(f"{prefix}WARNING: {background} of {len(dataset.im_files)} images have no labels (empty or "
+                    f"missing label file) and count as background images with no objects")
+    return {"found": len(found), "skipped": skipped, "background": background}
 
 
 def autoanchor(dataset, model: nn.Module, *, thr: float, imgsz: int) -> None:

@@ -1,0 +1,122 @@
+"""torchrun + DistributedDataParallel on the CPU (gloo), against a single process with the same global batch,
+and the out-of-memory message."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from yolodistill.cli import main
+
+IMGSZ = 64
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _identical_dataset(src_yaml: Path, root: Path, n: int = 16) -> Path:
+    """n copies of one image and its labels: every batch is then the same whatever the sampler hands each rank,
+    so one process with batch 8 and two with 4 each must compute the same losses and gradients."""
+    src_root = src_yaml.parent
+    img = sorted((src_root / "images" / "train").iterdir())[0]
+    lab = src_root / "labels" / "train" / f"{img.stem}.txt"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n if split == "train" else 4):
+            shutil.copy(img, root / "images" / split / f"{i:03d}{img.suffix}")
+            shutil.copy(lab, root / "labels" / split / f"{i:03d}.txt")
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnc: 2\n"
+                                    f"names: [rect, circle]\n")
+    return root / "data.yaml"
+
+
+def _no_augmentation_hyp(tmp_path: Path) -> Path:
+    from yolodistill.paths import cfg_path
+
+    hyp = yaml.safe_load(cfg_path("hyp.quickstart.yaml").read_text())
+    hyp.update(mosaic=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, fliplr=0.0)
+    path = tmp_path / "hyp.noaug.yaml"
+    path.write_text(yaml.safe_dump(hyp))
+    return path
+
+
+def _train_args(data: Path, hyp: Path, teacher: Path, project: Path, name: str) -> list[str]:
+    return ["train", "--cfg", "yolov5n.yaml", "--data", str(data), "--hyp", str(hyp), "--t_weights", str(teacher),
+            "--d_feature", "--imgsz", str(IMGSZ), "--epochs", "2", "--batch-size", "8", "--workers", "0",
+            "--device", "cpu", "--project", str(project), "--name", name, "--noplots", "--noautoanchor",
+            "--optimizer", "AdamW"]
+
+
+def _losses(run: Path) -> list[dict[str, float]]:
+    with open(run / "results.csv") as f:
+        rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [{k: v for k, v in r.items() if k.startswith("train/")} for r in rows]
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(tiny_data, teacher_weights, tmp_path):
+    data = _identical_dataset(tiny_data, tmp_path / "same")
+    hyp = _no_augmentation_hyp(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "YOLOv5_VERBOSE": "False"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "yolodistill",
+           *_train_args(data, hyp, teacher_weights, tmp_path, "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DDP: rank 0 of 2 on cpu, 4 images per rank" in proc.stderr + proc.stdout
+    with torch.inference_mode(False):
+        assert main(_train_args(data, hyp, teacher_weights, tmp_path, "single")) == 0
+
+    ddp, single = _losses(tmp_path / "ddp"), _losses(tmp_path / "single")
+    assert len(ddp) == len(single) == 2  # rank 0 alone wrote results.csv, one row per epoch
+    for d, s in zip(ddp, single):
+        assert set(d) == set(s) and "train/distill/feature" in d
+        for k in d:  # same data, same global batch: the same losses to float error, epoch after epoch
+            assert d[k] == pytest.approx(s[k], rel=2e-3, abs=1e-6), (k, d[k], s[k])
+    # rank 0 saved plain students; nothing was written by rank 1 under another exp folder
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "same", "single"]
+    from yolodistill.checkpoint import load_checkpoint
+    from yolodistill.yolo_backend import YOLOV5_CHECKPOINT_ALIASES, YOLOV5_CHECKPOINT_MODULES
+
+    best = load_checkpoint(tmp_path / "ddp" / "weights" / "best.pt", allowed_prefixes=YOLOV5_CHECKPOINT_MODULES,
+                           aliases=YOLOV5_CHECKPOINT_ALIASES)
+    assert best["epoch"] == -1 and best.get("distill") is None
+    assert not any("DistributedDataParallel" in type(m).__name__ for m in best["model"].modules())
+
+
+def test_batch_size_must_split_over_the_ranks(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    rc = main(["train", "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--batch-size", "8", "--epochs", "1",
+               "--device", "cpu", "--project", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "yolodistill train: error: --batch-size 8 is not a multiple of the 3 processes"
+
+
+def test_out_of_memory_is_one_line_with_a_smaller_batch(tiny_data, tmp_path, monkeypatch, capsys):
+    from yolodistill import trainer
+
+    def oom(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer.DistillTrainer, "training_step", oom)
+    rc = main(["train", "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--imgsz", str(IMGSZ), "--epochs", "1",
+               "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
+               "--noplots", "--noautoanchor"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("yolodistill train: error: CUDA out of memory at --batch-size 8: "
+                                            "try --batch-size 4 (or a smaller --imgsz)")

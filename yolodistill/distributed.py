@@ -1,0 +1,102 @@
+"""torch.distributed for both trainers, started by `torchrun`: one process per GPU (or per CPU slot with gloo).
+
+The rank comes from torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE), read when a run starts, never at
+import (yolov5 reads it at import, which makes its modules hard to reuse). Without those variables every
+helper here is a no-op and a run is the plain single-process one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that validates, logs and saves."""
+        return self.rank == 0
+
+
+def context_from_env() -> DistContext:
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", 1))
+    return DistContext(rank=int(env.get("RANK", 0)), local_rank=int(env.get("LOCAL_RANK", 0)), world_size=world)
+
+
+def setup(ctx: DistContext, device: str) -> torch.device:
+    """Join the process group and pick this rank's device: cuda:LOCAL_RANK with NCCL, or the CPU with gloo."""
+    if not ctx.enabled:
+        raise ValueError("setup() is for distributed runs")
+    cpu = device.lower() == "cpu" or not torch.cuda.is_available()
+    if not cpu:
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {ctx.local_rank} but only {torch.cuda.device_count()} CUDA devices: "
+                            f"--nproc_per_node must not exceed the GPUs of the node")
+        torch.cuda.set_device(ctx.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=datetime.timedelta(minutes=30))
+    return torch.device("cpu") if cpu else torch.device("cuda", ctx.local_rank)
+
+
+def wrap(module: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around `module` (its gradients are averaged over the ranks), or `module` itself."""
+    if not ctx.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+def broadcast(value: Any, ctx: DistContext) -> Any:
+    """Rank 0's `value` on every rank (a flag, a path): so that every rank stops, or saves, together."""
+    if not ctx.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def cleanup(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
+    """--batch-size is the global batch, as in yolov5: each rank takes its share."""
+    if batch_size % ctx.world_size:
+        raise UserError(f"--batch-size {batch_size} is not a multiple of the {ctx.world_size} processes")
+    return batch_size // ctx.world_size
+
+
+def oom_message(batch_size: int, ctx: Optional[DistContext] = None) -> str:
+    per = f" ({batch_size // ctx.world_size} per GPU)" if ctx is not None and ctx.enabled else ""
+    return (f"CUDA out of memory at --batch-size {batch_size}{per}: try --batch-size {max(1, batch_size // 2)} "
+            f"(or a smaller --imgsz)")
