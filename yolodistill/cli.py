@@ -74,6 +74,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(y, "--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     _flag(y, "--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
     _flag(y, "--seed", type=int, default=0, help="global training seed")
+    _flag(y, "--sync-bn", action="store_true", help="SyncBatchNorm across ranks (under torchrun)")
     d = p.add_argument_group("distillation")
     _flag(d, "--t_weights", default="", help="teacher checkpoint (.pt), frozen during training")
     _flag(d, "--t_cfg", default="", help="teacher model yaml, if its weights should go into a fresh model")

@@ -203,9 +203,7 @@ class DistillTrainer:
 
     def _setup_models(self) -> None:
         opt = self.opt
-        # train.py's seeding (before any weight is drawn); ranks differ in augmentation, and DDP gives every
-        # rank rank 0's initial weights
-        yb.init_seeds(opt.seed + 1 + self.dist.rank, deterministic=True)
+        yb.init_seeds(opt.seed + 1, deterministic=True)  # train.py's seeding (before any weight is drawn)
         self.teacher: Optional[FrozenTeacher] = None
         if opt.t_weights:
             self.teacher = load_teacher(opt.t_weights, cfg=opt.t_cfg, nc=self.nc, device=self.device,
@@ -217,6 +215,10 @@ class DistillTrainer:
             yb.copy_anchors(self.teacher.model, self.student)
             LOGGER.info("Student anchors set to the teacher's (output distillation compares the heads cell by cell)")
         self._freeze_layers()
+        if self.dist.enabled:
+            # Every rank drew the same initial weights (so 2:4 masks computed before DDP's broadcast agree);
+            # from here on the ranks differ, in augmentation.
+            yb.init_seeds(opt.seed + 1 + self.dist.rank, deterministic=True)
         self.gs = yb.max_stride(self.student)
         self.imgsz = yb.check_img_size(opt.imgsz, self.gs, floor=self.gs * 2)
         if self.imgsz != opt.imgsz:
