@@ -36,6 +36,8 @@ def _common_training(p: argparse.ArgumentParser, flag, *, model_default: str) ->
     flag(t, "--name", default="exp", help="save to project/name")
     flag(t, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     flag(t, "--seed", type=int, default=0, help="random seed")
+    flag(t, "--resume", nargs="?", const=True, default=False, help="continue an interrupted run from its last.pt "
+         "or run folder (default: the newest under --project); every other option comes from the checkpoint")
     c = p.add_argument_group("deployment fine-tuning (from a trained student, a few epochs, low --lr0)")
     flag(c, "--weights", default="", help="start from this classifier checkpoint (its model replaces --model)")
     flag(c, "--qat", action="store_true", help="INT8 quantization-aware training; `export` then writes Q/DQ nodes")
@@ -62,11 +64,19 @@ def _load_clip(args):
                      device=str(select_device(args.device)))
 
 
-def _options(args: argparse.Namespace, **fixed):
+def _options(args: argparse.Namespace, *required: str):
+    """The run's options; with --resume only the checkpoint's count, so the flags a new run needs are optional."""
+    from ..errors import UserError
     from .trainer import ClassifyOptions
 
+    if args.resume:
+        return ClassifyOptions(resume=args.resume, project=args.project)
+    missing = [f"--{r.replace('_', '-')}" for r in required if not getattr(args, r)]
+    if missing:
+        raise UserError(f"the following arguments are required: {', '.join(missing)} "
+                        f"(or --resume to continue a run)")
     names = {f.name for f in fields(ClassifyOptions)}
-    return ClassifyOptions(**{k: v for k, v in vars(args).items() if k in names}, **fixed)
+    return ClassifyOptions(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def add_classify(sub: argparse._SubParsersAction, flag) -> None:
@@ -77,13 +87,13 @@ def add_classify(sub: argparse._SubParsersAction, flag) -> None:
     cs = p.add_subparsers(dest="classify_command", metavar="CLASSIFY_COMMAND", required=True)
 
     t = cs.add_parser("train", help="train a teacher or a baseline student from labels")
-    flag(t, "--data", required=True, help="dataset folder with train/ and val/ (or test/)")
+    flag(t, "--data", default="", help="dataset folder with train/ and val/ (or test/); required")
     _common_training(t, flag, model_default="resnet18")
     t.set_defaults(func=_run_train)
 
     d = cs.add_parser("distill", help="Hinton KD from one teacher or an ensemble, plus feature KD",
                       description=KD_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    flag(d, "--data", required=True, help="dataset folder with train/ and val/ (or test/)")
+    flag(d, "--data", default="", help="dataset folder with train/ and val/ (or test/); required")
     _common_training(d, flag, model_default="resnet18")
     k = d.add_argument_group("distillation")
     flag(k, "--teacher", nargs="+", default=[], help="teacher checkpoint(s) from `classify train`; several = ensemble")
@@ -125,8 +135,9 @@ def add_classify(sub: argparse._SubParsersAction, flag) -> None:
     pr.set_defaults(func=_run_probe)
 
     c = cs.add_parser("clip-distill", help="train a timm CNN to reproduce OpenCLIP embeddings (no labels needed)")
-    flag(c, "--store", required=True, help="embedding store from `classify embed --clip`")
-    flag(c, "--head", required=True, help="head from `classify text-embed` or `classify probe` (same teacher)")
+    flag(c, "--store", default="", help="embedding store from `classify embed --clip`; required")
+    flag(c, "--head", default="", help="head from `classify text-embed` or `classify probe` (same teacher); "
+                                        "required")
     flag(c, "--source", nargs="+", default=[], help="training image folder(s) under the store's source "
                                                     "(default: the store's source folder)")
     flag(c, "--val", default="", help="labeled folder <class>/<image> to report accuracy through the head")
@@ -169,19 +180,19 @@ def add_classify(sub: argparse._SubParsersAction, flag) -> None:
 def _run_train(args):
     from .trainer import ClassifyTrainer
 
-    ClassifyTrainer(_options(args)).run()
+    ClassifyTrainer(_options(args, "data")).run()
 
 
 def _run_distill(args):
     from .trainer import KDTrainer
 
-    KDTrainer(_options(args)).run()
+    KDTrainer(_options(args, "data")).run()
 
 
 def _run_clip_distill(args):
     from .trainer import ClipDistillTrainer
 
-    ClipDistillTrainer(_options(args)).run()
+    ClipDistillTrainer(_options(args, "store", "head")).run()
 
 
 def _run_embed(args):

@@ -84,6 +84,13 @@ class LabeledFolder:
         if check:
             keys = readable(root, keys, f"labeled folder")
         classes = sorted({k.split("/", 1)[0] for k in keys})
+        # A class is a folder with images: an empty one would silently drop out of the class list.
+        empty = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes
+                       and not p.name.startswith("."))
+        if empty:
+            LOGGER.warning(f"{root}: skipped {len(empty)} class folder(s) without readable images "
+                           f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); "
+                           f"{len(classes)} classes: {', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}")
         if len(classes) < 2:
             raise UserError(f"{root} has {len(classes)} class folder(s); classification needs at least 2")
         index = {c: i for i, c in enumerate(classes)}
@@ -96,7 +103,7 @@ class LabeledFolder:
         unknown = sorted(set(self.classes) - set(classes))
         if unknown:
             raise UserError(f"{self.root} has class folder(s) {', '.join(unknown)} that the training data "
-                            f"does not have")
+                            f"has no images of")
         index = {c: i for i, c in enumerate(classes)}
         return LabeledFolder(self.root, tuple(classes), self.keys,
                              tuple(index[k.split("/", 1)[0]] for k in self.keys))

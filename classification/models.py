@@ -2,7 +2,8 @@
 
 A classifier checkpoint holds only tensors and plain values: {"arch", "num_classes", "classes", "imgsz",
 "mean", "std", "model" (state_dict), "epoch", "metrics", ...}. It loads with torch's weights-only
-loader, so opening one never runs code, and the model is rebuilt from "arch".
+loader, so opening one never runs code, and the model is rebuilt from "arch". The last.pt of an unfinished
+run also has a "resume" entry (optimizer, scheduler, options: see ClassifyTrainer.resume_state).
 """
 
 from __future__ import annotations
@@ -157,14 +158,17 @@ def save_classifier(path: str | Path, model: nn.Module, **meta: Any) -> None:
 
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, weights-only; anything else is a one-line UserError."""
+    from ..checkpoint import TRUST_HINT, CheckpointError, load_checkpoint
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"classifier checkpoint {p} not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file or one that pickles code: both are refused the same way
-        raise UserError(f"{p} is not a readable yolodistill classifier checkpoint: "
-                        f"{str(e).splitlines()[0][:160]}") from None
+    try:  # weights-only, with the loader's one-line reasons (truncated, or which code the pickle would run)
+        ckpt = load_checkpoint(p)
+    except CheckpointError as e:
+        # There is no --trust-checkpoint for classifiers: theirs hold only tensors and plain values.
+        raise UserError(str(e).replace(TRUST_HINT, "a yolodistill classifier checkpoint holds only tensors, so "
+                                                   "this file is not one")) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{p} is not a yolodistill classifier checkpoint (written by `yolodistill classify train`)")
     return ckpt

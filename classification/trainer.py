@@ -2,7 +2,8 @@
 
 One epoch loop, three loss recipes. Each trainer declares its loss names once; they drive the
 progress bar, results.csv (train/<name>) and results.png. Checkpoints are plain classifiers (see
-models.py), written atomically: best.pt on val top-1, last.pt every epoch.
+models.py), written atomically: best.pt on val top-1, last.pt every epoch. Until the final epoch, last.pt
+also carries a `resume` entry (optimizer, scheduler, options, adapters, RNG) for --resume.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -75,6 +76,8 @@ class ClassifyOptions:
     qat: bool = False
     qat_calib_images: int = 512
     sparsity: str = ""
+    # continue an interrupted run: its last.pt or run folder (True: the newest under --project)
+    resume: Union[bool, str] = False
 
 
 def select_device(device: str) -> torch.device:
@@ -114,8 +117,29 @@ class ClassifyTrainer:
 
     def __init__(self, opts: ClassifyOptions):
         self.opts = opts
-        self.device = select_device(opts.device)
+        self.resume_ckpt: Optional[dict] = None
+        self.start_epoch, self.best_top1, self.best_metrics = 0, -1.0, {}
+        if opts.resume:
+            self.load_resume_state()
+        self.device = select_device(self.opts.device)
         self.extra_trainable: nn.ModuleDict = nn.ModuleDict()
+
+    def load_resume_state(self) -> None:
+        """--resume: every option from the unfinished run's last.pt; its weights and state are restored in setup()."""
+        last = find_last_checkpoint(self.opts.resume, self.opts.project)
+        ckpt = read_checkpoint(last)
+        state = ckpt.get("resume")
+        if state is None:
+            raise UserError(f"{last} is a plain classifier checkpoint (a finished run's, or a best.pt); "
+                            f"nothing to resume")
+        if state["kind"] != self.kind:
+            raise UserError(f"{last} was written by `classify {state['kind']}`; resume it with that command, "
+                            f"not `classify {self.kind}`")
+        known = {f.name for f in fields(ClassifyOptions)}
+        self.opts = ClassifyOptions(**{k: v for k, v in state["options"].items() if k in known})
+        self.opts.resume = str(last)
+        self.resume_ckpt = ckpt
+        LOGGER.info(f"Resuming {last.parent.parent} from epoch {ckpt['epoch'] + 2} of {self.opts.epochs}")
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> "ClassifyTrainer":
@@ -129,7 +153,8 @@ class ClassifyTrainer:
         if self.compression.enabled:
             n_batches = max(1, math.ceil(o.qat_calib_images / o.batch_size))
             calibration = (b[0].to(self.device) for b, _ in zip(self.train_loader, range(n_batches)))
-            self.compression.prepare(self.model, calibration=calibration, forward=self.model)
+            quant = self.resume_ckpt.get("quant") if self.resume_ckpt else None  # QAT ranges of the resumed run
+            self.compression.prepare(self.model, calibration=calibration, forward=self.model, quant_state=quant)
         self.build_extras()
         params = [p for p in list(self.model.parameters()) + list(self.extra_trainable.parameters()) if p.requires_grad]
         opt_cls = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}.get(o.optimizer)
@@ -141,10 +166,17 @@ class ClassifyTrainer:
         total = o.epochs * max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        self.save_dir = increment_dir(Path(o.project) / o.name, o.exist_ok)
+        if self.resume_ckpt:
+            self.save_dir = Path(o.resume).parent.parent
+        else:
+            self.save_dir = increment_dir(Path(o.project) / o.name, o.exist_ok)
         (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
         self.logger = RunLogger(self.save_dir, [f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
         (self.save_dir / "opt.yaml").write_text(_yaml(asdict(o)))
+        if self.resume_ckpt:
+            self.restore(self.resume_ckpt)
+            self.resume_ckpt = None
+            self.logger.truncate_after(self.start_epoch - 1)  # the epoch that was cut short is done again
         return self
 
     def loader(self, dataset, *, train: bool) -> DataLoader:
@@ -182,7 +214,9 @@ class ClassifyTrainer:
 
     def build_model(self) -> None:
         o = self.opts
-        if o.weights:
+        if self.resume_ckpt:
+            self.model = classifier_from_checkpoint(self.resume_ckpt, quantized=False)
+        elif o.weights:
             self.model = self.model_from_weights(o.weights)
         else:
             self.model = build_classifier(o.model, self.num_outputs(), imgsz=o.imgsz,
@@ -262,30 +296,53 @@ class ClassifyTrainer:
     def checkpoint_meta(self) -> dict:
         return dict(arch=self.opts.model, classes=self.classes, imgsz=self.opts.imgsz, mean=self.mean, std=self.std)
 
-    def save(self, path: Path, epoch: int, metrics: dict) -> None:
+    def save(self, path: Path, epoch: int, metrics: dict, *, resume: bool = False) -> None:
         # A QAT student is saved plain with its INT8 ranges beside (checkpoint_dict splits them off).
         extra = {"sparsity": self.compression.sparsity} if self.compression.sparsity else {}
+        if resume:
+            extra["resume"] = self.resume_state()
         save_classifier(path, self.model, epoch=epoch, metrics=metrics, **self.checkpoint_meta(), **extra)
+
+    def resume_state(self) -> dict:
+        """What --resume needs beyond the weights: plain values and tensors only (weights-only loadable)."""
+        return {"kind": self.kind, "options": asdict(self.opts), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "extra_trainable": self.extra_trainable.state_dict(),
+                "best_top1": self.best_top1, "best_metrics": dict(self.best_metrics),
+                "rng": {"torch": torch.get_rng_state(), "loader": self.train_loader.generator.get_state()}}
+
+    def restore(self, ckpt: dict) -> None:
+        """Optimizer, scheduler, adapters, best top-1 and RNG as they were after last.pt's epoch."""
+        state = ckpt["resume"]
+        self.extra_trainable.load_state_dict(state["extra_trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best_top1, self.best_metrics = state["best_top1"], state["best_metrics"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.train_loader.generator.set_state(state["rng"]["loader"])
+        self.start_epoch = ckpt["epoch"] + 1
 
     def run(self) -> dict:
         """Train all epochs; returns {"save_dir", "best", "last", "epoch_seconds", best metrics}."""
         if not hasattr(self, "model"):
             self.setup()
         LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
-        best_top1, best_metrics, epoch_seconds = -1.0, {}, []
+        epoch_seconds = []
         weights = self.save_dir / "weights"
         try:
-            for epoch in range(self.opts.epochs):
+            for epoch in range(self.start_epoch, self.opts.epochs):
                 t0 = time.perf_counter()
                 row = self.train_epoch(epoch)
                 epoch_seconds.append(time.perf_counter() - t0)
                 metrics = self.evaluate()
                 row.update(metrics, **{"lr/0": self.optimizer.param_groups[0]["lr"]})
                 self.logger.log(epoch, row)
-                self.save(weights / "last.pt", epoch, metrics)
-                if metrics["metrics/accuracy_top1"] > best_top1:
-                    best_top1, best_metrics = metrics["metrics/accuracy_top1"], metrics
+                # best.pt before last.pt: once last.pt holds an epoch, best.pt accounts for it too. The final
+                # last.pt is the plain classifier; a run killed before it resumes from the previous one.
+                top1 = metrics["metrics/accuracy_top1"]
+                if top1 > self.best_top1 or math.isinf(top1):  # inf: no labeled val, so every epoch is best
+                    self.best_top1, self.best_metrics = metrics["metrics/accuracy_top1"], metrics
                     self.save(weights / "best.pt", epoch, metrics)
+                self.save(weights / "last.pt", epoch, metrics, resume=epoch + 1 < self.opts.epochs)
                 LOGGER.info(f"epoch {epoch + 1}/{self.opts.epochs}: "
                             + "  ".join(f"{k.removeprefix('train/').removeprefix('metrics/')} {v:.4g}"
                                         for k, v in row.items()))
@@ -293,9 +350,9 @@ class ClassifyTrainer:
             self.logger.close()
             self.cleanup()
         plot_results(self.logger.csv_path)
-        LOGGER.info(f"best top-1 {best_top1:.4f}; results in {self.save_dir}")
+        LOGGER.info(f"best top-1 {self.best_top1:.4f}; results in {self.save_dir}")
         return {"save_dir": str(self.save_dir), "best": str(weights / "best.pt"), "last": str(weights / "last.pt"),
-                "epoch_seconds": epoch_seconds, **best_metrics}
+                "epoch_seconds": epoch_seconds, **self.best_metrics}
 
     def cleanup(self) -> None:
         """Remove hooks (the sparsity masks' gradient hooks for plain training)."""
@@ -524,6 +581,20 @@ class ClipDistillTrainer(ClassifyTrainer):
                     mean=self.mean, std=self.std, teacher=self.store.teacher,
                     head={"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
                           "scale": float(head.scale), "classes": list(head.classes)})
+
+
+def find_last_checkpoint(resume: Union[bool, str], project: str) -> Path:
+    """The last.pt to resume: the one given (or its run folder's), or the newest under `project`."""
+    if isinstance(resume, str) and resume not in ("", "True"):
+        path = Path(resume)
+        path = path / "weights" / "last.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise UserError(f"--resume checkpoint not found: {path}")
+        return path
+    candidates = list(Path(project).glob("**/weights/last.pt"))
+    if not candidates:
+        raise UserError(f"--resume: no last.pt found under {project}; pass the checkpoint or run folder")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
 def _yaml(d: dict) -> str:

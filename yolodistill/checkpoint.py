@@ -20,6 +20,7 @@ import re
 import secrets
 import stat
 import struct
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["DEFAULT_SAFE_PREFIXES", "CheckpointError", "load_checkpoint", "save_checkpoint_atomic"]
+__all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "load_checkpoint", "save_checkpoint_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -75,7 +76,7 @@ _BUILD_ONLY = "\nbuild-only "
 # What torch.load raises on a damaged file: its zip reader, the pickle machine and the storage reader differ.
 _DAMAGED = (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, OverflowError, struct.error,
             pickle.UnpicklingError)
-_TRUST_HINT = "pass --trust-checkpoint only if the file comes from a trusted source"
+TRUST_HINT = "pass --trust-checkpoint only if the file comes from a trusted source"
 
 
 def load_checkpoint(path: PathLike, *, allowed_prefixes: Sequence[str] = (), aliases: Mapping[str, str] | None = None,
@@ -115,6 +116,7 @@ def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
                 torch.save(obj, f)
                 f.flush()
                 os.fsync(f.fileno())
+            _test_pause(tmp)
             os.replace(tmp, path)
         except BaseException:  # an interrupt too: no stray temp file, and the previous checkpoint stays as it was
             tmp.unlink(missing_ok=True)
@@ -123,9 +125,27 @@ def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
         raise CheckpointError(f"cannot save checkpoint {path}: {e.strerror or e}") from e
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise CheckpointError(f"cannot save checkpoint {path}: the object cannot be pickled ({_one_line(e)})") from e
-    except RuntimeError as e:  # torch's zip writer reports its own write failures this way
-        raise CheckpointError(f"cannot save checkpoint {path}: {_one_line(e)}") from e
+    except RuntimeError as e:
+        # torch's zip writer turns a failed write (a full disk) into "[enforce fail ...] unexpected pos": the
+        # OSError it swallowed is the exception's context, and says what went wrong.
+        reason = e.__context__.strerror if isinstance(e.__context__, OSError) else None
+        raise CheckpointError(f"cannot save checkpoint {path}: {reason or _one_line(e)}") from e
     _fsync_directory(path.parent)
+
+
+def _test_pause(tmp: Path) -> None:
+    """Test hook (tests/test_kill_resume.py), off unless YOLODISTILL_TEST_SAVE_PAUSE is set: with the temp file
+    written and synced but not yet renamed, create an empty "<temp file>.ready" marker and wait until the test
+    deletes it or that many seconds pass, so a test can SIGKILL the process in the middle of a checkpoint write."""
+    pause = os.environ.get("YOLODISTILL_TEST_SAVE_PAUSE")
+    if not pause:
+        return
+    marker = tmp.with_name(tmp.name + ".ready")
+    marker.touch()
+    deadline = time.monotonic() + float(pause)
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    marker.unlink(missing_ok=True)
 
 
 def _check_file(path: Path) -> None:
@@ -239,8 +259,8 @@ def _torch_load(path: Path, map_location: Any, *, weights_only: bool, legacy: bo
         detail = f" ({_one_line(reason.group(1))})" if reason else ""
         if legacy:  # torch < 1.6 pickled modules with their source code, which no weights-only load accepts
             raise CheckpointError(f"{path} is a legacy (torch < 1.6) checkpoint the weights-only loader cannot read"
-                                  f"{detail}; re-save it with a current torch, or {_TRUST_HINT}") from e
-        raise CheckpointError(f"{path} was refused by the weights-only loader{detail}; {_TRUST_HINT}") from e
+                                  f"{detail}; re-save it with a current torch, or {TRUST_HINT}") from e
+        raise CheckpointError(f"{path} was refused by the weights-only loader{detail}; {TRUST_HINT}") from e
     except ImportError as e:  # a full pickle imports whatever the file names
         raise CheckpointError(f"{path} refers to code that cannot be imported here ({_one_line(e)})") from e
     except _DAMAGED as e:
@@ -249,7 +269,7 @@ def _torch_load(path: Path, map_location: Any, *, weights_only: bool, legacy: bo
 
 def _refused(path: Path, names: Sequence[str]) -> CheckpointError:
     return CheckpointError(f"{path} needs {_listing(names)}, which the weights-only loader does not allow; "
-                           f"{_TRUST_HINT}")
+                           f"{TRUST_HINT}")
 
 
 def _damaged(path: Path, e: BaseException) -> CheckpointError:

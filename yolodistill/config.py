@@ -49,6 +49,11 @@ class DistillConfig:
                             f"--f_weight {self.feature_weight}")
         if self.layers is not None and not self.feature:
             raise UserError("--d_layers needs --d_feature (feature distillation is off)")
+        if self.feature:
+            # Checked here, before any data or model is loaded, not first when the distiller builds the loss.
+            from .losses.registry import check_feature_loss
+
+            check_feature_loss(self.feature_loss)
 
     @property
     def enabled(self) -> bool:

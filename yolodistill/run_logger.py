@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -49,7 +50,10 @@ class RunLogger:
             return
         header = self.csv_path.read_text().splitlines()[0]
         kept = [line for line, r in zip(self.csv_path.read_text().splitlines()[1:], rows) if r["epoch"] <= epoch]
-        self.csv_path.write_text("\n".join([header, *kept]) + "\n")
+        # through a temp file and a rename: a kill right here must not lose the rows that stay
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        tmp.write_text("\n".join([header, *kept]) + "\n")
+        os.replace(tmp, self.csv_path)
 
     def close(self) -> None:
         if self._tb is not None:

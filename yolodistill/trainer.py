@@ -215,9 +215,9 @@ class DistillTrainer:
             yb.copy_anchors(self.teacher.model, self.student)
             LOGGER.info("Student anchors set to the teacher's (output distillation compares the heads cell by cell)")
         self._freeze_layers()
-        if self.dist.enabled:
+        if self.dist.rank > 0:
             # Every rank drew the same initial weights (so 2:4 masks computed before DDP's broadcast agree);
-            # from here on the ranks differ, in augmentation.
+            # from here on the other ranks differ, in augmentation. Rank 0 keeps a single process's draws.
             yb.init_seeds(opt.seed + 1 + self.dist.rank, deterministic=True)
         self.gs = yb.max_stride(self.student)
         self.imgsz = yb.check_img_size(opt.imgsz, self.gs, floor=self.gs * 2)
@@ -333,8 +333,8 @@ class DistillTrainer:
             self.distiller.adapters.load_state_dict(distill_state["adapters"])
         self.best_fitness = float(ckpt.get("best_fitness") or 0.0)
         self.start_epoch = int(ckpt["epoch"]) + 1
-        if self.start_epoch >= self.opt.epochs:
-            raise UserError(f"{self.opt.resume} finished all {self.opt.epochs} epochs; nothing to resume")
+        if self.start_epoch >= self.opt.epochs:  # killed after the last epoch, while stripping or validating
+            LOGGER.info(f"{self.opt.resume}: all {self.opt.epochs} epochs are done; finishing the run")
 
     def _write_opt_yaml(self) -> None:  # rank 0 only
         with open(self.save_dir / "opt.yaml", "w") as f:
@@ -547,9 +547,11 @@ class DistillTrainer:
         return ckpt
 
     def _save(self, epoch: int, fi: float) -> None:
-        save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=True), self.last)
+        # best.pt first: once last.pt records an epoch (and the best fitness it reached), best.pt holds it too,
+        # so a run killed between the two writes resumes without losing its best model.
         if fi >= self.best_fitness:
             save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=False), self.best)
+        save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=True), self.last)
         if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
             save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=False),
                                    self.weights_dir / f"epoch{epoch}.pt")

@@ -403,14 +403,23 @@ def _skip_reason(im_file: str) -> str:
     """Why yolov5's scan dropped an image: its own message, or plainer words when the image does not decode."""
     from PIL import Image
 
+    if not Path(im_file).is_file():  # a stale line of a .txt image list
+        return "file not found"
     try:
         with Image.open(im_file) as im:
             im.verify()
     except Exception:  # noqa: BLE001 - PIL's plugins raise anything on junk (an ImportError of a HEIF plugin, seen)
         return "not a readable image (empty, truncated or not an image file)"
     label = yolov5_dataloaders.img2label_paths([im_file])[0]
+    # yolov5 words a short line among good ones as a numpy error ("inhomogeneous shape"): name the line instead.
+    lines = Path(label).read_text(errors="ignore").splitlines() if Path(label).is_file() else []
+    for i, line in enumerate(lines, 1):
+        n = len(line.split())
+        if 0 < n < 5 or n == 6:
+            return f"{label} line {i} has {n} numbers, a box label needs 5 (class x_center y_center width height)"
     msg = yolov5_dataloaders.verify_image_label((im_file, label, ""))[-1]
-    return msg.partition("ignoring corrupt image/label: ")[2].strip() or "rejected by yolov5's image/label check"
+    reason = " ".join(msg.partition("ignoring corrupt image/label: ")[2].split()).replace("[ ", "[")  # numpy pads
+    return reason or "rejected by yolov5's image/label check"
 
 
 def report_scan(path, dataset, prefix: str = "") -> dict:

@@ -66,11 +66,16 @@ def available_feature_losses() -> list[str]:
     return sorted(FEATURE_LOSSES)
 
 
-def build_feature_loss(name: str, **kwargs) -> nn.Module:
-    """Instantiate the feature loss registered as `name`; a bad name or argument is a UserError."""
+def check_feature_loss(name: str) -> None:
+    """UserError unless `name` is a registered feature loss (built-in or plugin)."""
     _load_plugins()
     if name not in FEATURE_LOSSES:
         raise UserError(f"unknown feature loss {name!r}; available: {', '.join(available_feature_losses())}")
+
+
+def build_feature_loss(name: str, **kwargs) -> nn.Module:
+    """Instantiate the feature loss registered as `name`; a bad name or argument is a UserError."""
+    check_feature_loss(name)
     cls = FEATURE_LOSSES[name]
     # kwargs come from the user's config: check them against the signature so a typo is reported
     # as such, rather than as a TypeError from somewhere inside the constructor.
