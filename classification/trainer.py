@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from .. import distributed as ddp
 from ..deploy.finetune import Compression
 from ..errors import UserError
 from ..run_logger import RunLogger, plot_results
@@ -121,7 +122,13 @@ class ClassifyTrainer:
         self.start_epoch, self.best_top1, self.best_metrics = 0, -1.0, {}
         if opts.resume:
             self.load_resume_state()
-        self.device = select_device(self.opts.device)
+        # Under torchrun: one process per device, --batch-size split over them; rank 0 evaluates, logs, saves.
+        self.dist = ddp.context_from_env()
+        self.main = self.dist.is_main
+        if not self.main:
+            LOGGER.setLevel(logging.WARNING)
+        self.batch_size = ddp.per_rank_batch(self.opts.batch_size, self.dist)
+        self.device = ddp.setup(self.dist, self.opts.device) if self.dist.enabled else select_device(self.opts.device)
         self.extra_trainable: nn.ModuleDict = nn.ModuleDict()
 
     def load_resume_state(self) -> None:
@@ -162,29 +169,42 @@ class ClassifyTrainer:
             raise UserError(f"--optimizer {o.optimizer!r}: choose SGD, Adam or AdamW")
         kw = dict(momentum=0.9, nesterov=True) if o.optimizer == "SGD" else {}
         self.optimizer = opt_cls(params, lr=o.lr0, weight_decay=o.weight_decay, **kw)
+        # What the training forward runs: the student (with its adapters when distilling features), inside
+        # DistributedDataParallel under torchrun so that all of their gradients are averaged over the ranks.
+        self.train_model = ddp.wrap(self.student_module(), self.dist, self.device)
         # cosine decay to 1% of lr0 over the run, per step (yolov5 classify's default is cosine too)
         total = o.epochs * max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
         if self.resume_ckpt:
             self.save_dir = Path(o.resume).parent.parent
-        else:
-            self.save_dir = increment_dir(Path(o.project) / o.name, o.exist_ok)
-        (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
-        self.logger = RunLogger(self.save_dir, [f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
-        (self.save_dir / "opt.yaml").write_text(_yaml(asdict(o)))
+        else:  # chosen by rank 0 alone, so every rank agrees
+            self.save_dir = ddp.broadcast(increment_dir(Path(o.project) / o.name, o.exist_ok) if self.main else None,
+                                          self.dist)
+        self.logger = None
+        if self.main:
+            (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
+            self.logger = RunLogger(self.save_dir, [f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
+            (self.save_dir / "opt.yaml").write_text(_yaml(asdict(o)))
         if self.resume_ckpt:
             self.restore(self.resume_ckpt)
             self.resume_ckpt = None
-            self.logger.truncate_after(self.start_epoch - 1)  # the epoch that was cut short is done again
+            if self.logger:
+                self.logger.truncate_after(self.start_epoch - 1)  # the epoch that was cut short is done again
         return self
 
     def loader(self, dataset, *, train: bool) -> DataLoader:
         g = torch.Generator()
         g.manual_seed(self.opts.seed)
-        return DataLoader(dataset, batch_size=self.opts.batch_size, shuffle=train, drop_last=False, generator=g,
-                          num_workers=self.opts.workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=self.opts.workers > 0)
+        sampler = None
+        if train and self.dist.enabled:  # each rank a disjoint shard, reshuffled every epoch by set_epoch()
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                         shuffle=True, seed=self.opts.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None, sampler=sampler,
+                          drop_last=False, generator=g, num_workers=self.opts.workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.opts.workers > 0)
 
     def build_data(self) -> None:
         o = self.opts
@@ -238,6 +258,10 @@ class ClassifyTrainer:
     def build_extras(self) -> None:
         """Teachers, adapters: nothing for plain training."""
 
+    def student_module(self) -> nn.Module:
+        """The module the training forward calls (and DDP wraps): the student, for plain training."""
+        return self.model
+
     # ---- the step ---------------------------------------------------------------------------------
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (B, C) of the student."""
@@ -249,7 +273,7 @@ class ClassifyTrainer:
         return store.take(rows).to(self.device, non_blocking=True) if store is not None else None
 
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(self.logits(images), labels, label_smoothing=self.opts.label_smoothing)}
+        return {"ce": F.cross_entropy(self.train_model(images), labels, label_smoothing=self.opts.label_smoothing)}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm import tqdm
@@ -258,15 +282,17 @@ class ClassifyTrainer:
         self.extra_trainable.train()
         sums = {n: 0.0 for n in self.names}
         n_batches = 0
+        if self.dist.enabled:
+            self.train_loader.sampler.set_epoch(epoch)
         bar = tqdm(self.train_loader, desc=f"{epoch + 1}/{self.opts.epochs}", unit="batch", leave=False,
-                   bar_format="{l_bar}{bar:10}{r_bar}")
+                   bar_format="{l_bar}{bar:10}{r_bar}", disable=not self.main)
         for images, labels, rows in bar:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
             teacher_rows = self.teacher_rows(rows)
             terms = self.loss_terms(images, labels, teacher_rows)
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}: lower --lr0")
+            if not self._all_finite(loss):  # every rank stops together, or the others would wait forever
+                raise UserError(f"loss became non-finite at epoch {epoch + 1}: lower --lr0")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -276,7 +302,17 @@ class ClassifyTrainer:
             for n, v in terms.items():
                 sums[n] += float(v.detach())
             bar.set_postfix({n: f"{sums[n] / n_batches:.4f}" for n in self.names})
-        return {f"train/{n}": sums[n] / max(1, n_batches) for n in self.names}
+        means = torch.tensor([sums[n] / max(1, n_batches) for n in self.names], dtype=torch.float64)
+        if self.dist.enabled:  # the logged training loss is over every rank's images, not rank 0's alone
+            torch.distributed.all_reduce(means)
+            means /= self.dist.world_size
+        return {f"train/{n}": float(v) for n, v in zip(self.names, means)}
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -323,8 +359,16 @@ class ClassifyTrainer:
 
     def run(self) -> dict:
         """Train all epochs; returns {"save_dir", "best", "last", "epoch_seconds", best metrics}."""
-        if not hasattr(self, "model"):
-            self.setup()
+        try:
+            if not hasattr(self, "model"):
+                self.setup()
+            return self._fit()
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(ddp.oom_message(self.opts.batch_size, self.dist)) from None
+        finally:
+            ddp.cleanup(self.dist)
+
+    def _fit(self) -> dict:
         LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
         epoch_seconds = []
         weights = self.save_dir / "weights"
@@ -333,6 +377,8 @@ class ClassifyTrainer:
                 t0 = time.perf_counter()
                 row = self.train_epoch(epoch)
                 epoch_seconds.append(time.perf_counter() - t0)
+                if not self.main:  # rank 0 alone evaluates, logs and saves; the others go on to the next epoch
+                    continue
                 metrics = self.evaluate()
                 row.update(metrics, **{"lr/0": self.optimizer.param_groups[0]["lr"]})
                 self.logger.log(epoch, row)
@@ -347,8 +393,11 @@ class ClassifyTrainer:
                             + "  ".join(f"{k.removeprefix('train/').removeprefix('metrics/')} {v:.4g}"
                                         for k, v in row.items()))
         finally:
-            self.logger.close()
+            if self.logger:
+                self.logger.close()
             self.cleanup()
+        if not self.main:
+            return {"save_dir": str(self.save_dir), "rank": self.dist.rank, "epoch_seconds": epoch_seconds}
         plot_results(self.logger.csv_path)
         LOGGER.info(f"best top-1 {self.best_top1:.4f}; results in {self.save_dir}")
         return {"save_dir": str(self.save_dir), "best": str(weights / "best.pt"), "last": str(weights / "last.pt"),
@@ -437,13 +486,20 @@ class KDTrainer(ClassifyTrainer):
         o = self.opts
         # The teacher runs before the student (as in detection's distiller): its hooks record its features.
         probs = self.teacher_probs(images, teacher_rows)
-        t_feats = self.features.t_rec.pop() if self.features is not None else None
-        logits = self.logits(images)
+        if self.features is None:
+            logits = self.train_model(images)
+        else:
+            t_feats = self.features.t_rec.pop()
+            logits, adapted = self.train_model(images, {t: tuple(f.shape[-2:]) for t, f in t_feats.items()})
         soft, hard = hinton_loss(logits, probs, labels, temperature=o.temperature, alpha=o.alpha)
         terms = {"distill/kd": soft, "ce": hard}
         if self.features is not None:
-            terms["distill/feature"] = o.f_weight * self.features.loss(t_feats)
+            terms["distill/feature"] = o.f_weight * self.features.loss(adapted, t_feats)
         return terms
+
+    def student_module(self) -> nn.Module:
+        """The student, or with feature KD the student and its adapters as one module."""
+        return self.features.module if self.features is not None else self.model
 
     def checkpoint_meta(self) -> dict:
         meta = super().checkpoint_meta()
@@ -461,7 +517,7 @@ class FeatureKD:
     """Feature distillation for classifiers with detection's hooks, adapters and feature-loss registry."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, opts: ClassifyOptions, teacher_imgsz: int):
-        from ..hooks import FeatureRecorder, adapter_key, build_adapters, probe_feature_shapes
+        from ..hooks import FeatureRecorder, StudentWithAdapters, adapter_key, build_adapters, probe_feature_shapes
         from ..losses import build_feature_loss
 
         if opts.feature_layers == "auto":
@@ -481,14 +537,14 @@ class FeatureKD:
         self.loss_fn = build_feature_loss(opts.feature_loss)
         self.s_rec = FeatureRecorder(student, [s for s, _ in pairs]).attach()
         self.t_rec = FeatureRecorder(teacher, [t for _, t in pairs], detach=True).attach()
+        # detection's student + adapters module: what the optimizer trains and DDP wraps
+        self.module = StudentWithAdapters(student, self.adapters, pairs, self.s_rec)
 
-    def loss(self, t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean over pairs of the feature loss; both sides' features come from their last forward."""
-        s_feats = self.s_rec.pop()
+    def loss(self, adapted: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over pairs of the feature loss between adapted student features and the teacher's."""
         total = 0.0
-        for (s, t), key in zip(self.pairs, self.keys):
-            t_feat = t_feats[t]
-            total = total + self.loss_fn(self.adapters[key](s_feats[s], size=t_feat.shape[-2:]), t_feat)
+        for (_, t), key in zip(self.pairs, self.keys):
+            total = total + self.loss_fn(adapted[key], t_feats[t])
         return total / len(self.pairs)
 
     def remove(self) -> None:
@@ -561,7 +617,7 @@ class ClipDistillTrainer(ClassifyTrainer):
 
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
         o = self.opts
-        emb = self.model(images)
+        emb = self.train_model(images)
         if o.loss == "kl":
             probs = soft_targets(self.head(teacher_rows), o.temperature)
             return {"distill/kl": kd_kl_loss(self.head(emb), probs, o.temperature)}

@@ -120,3 +120,52 @@ def test_out_of_memory_is_one_line_with_a_smaller_batch(tiny_data, tmp_path, mon
     assert rc == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("yolodistill train: error: CUDA out of memory at --batch-size 8: "
                                             "try --batch-size 4 (or a smaller --imgsz)")
+
+
+def _classify_args(data: Path, teacher: Path, project: Path, name: str) -> list[str]:
+    # 24 training images and a global batch of 24: every step of one process and of two ranks (12 each, their
+    # union the same 24) averages the same per-image gradients, whatever order each sampler chose.
+    return ["classify", "distill", "--data", str(data), "--teacher", str(teacher), "--model", "mlp_small",
+            "--imgsz", "24", "--epochs", "2", "--batch-size", "24", "--workers", "0", "--device", "cpu",
+            "--no-augment", "--lr0", "3e-3", "--project", str(project), "--name", name]
+
+
+def test_classify_two_ranks_match_one_process(shapes_data, shape_teachers, tmp_path):
+    from yolodistill.classification.models import read_checkpoint
+    from yolodistill.run_logger import read_results
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "yolodistill",
+           *_classify_args(shapes_data, shape_teachers[0], tmp_path, "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(_classify_args(shapes_data, shape_teachers[0], tmp_path, "single")) == 0
+
+    ddp, single = read_results(tmp_path / "ddp" / "results.csv"), read_results(tmp_path / "single" / "results.csv")
+    assert len(ddp) == len(single) == 2
+    for d, s in zip(ddp, single):
+        for k in ("train/distill/kd", "train/ce", "val/loss", "metrics/accuracy_top1"):
+            assert d[k] == pytest.approx(s[k], rel=1e-4, abs=1e-6), (k, d[k], s[k])
+    w_ddp, w_single = (read_checkpoint(tmp_path / n / "weights" / "last.pt")["model"] for n in ("ddp", "single"))
+    for k in w_single:
+        torch.testing.assert_close(w_ddp[k], w_single[k], rtol=1e-4, atol=1e-6)
+
+
+def test_classify_feature_kd_under_torchrun(shapes_data, shape_teachers, tmp_path):
+    """Feature KD's adapters go into DDP with the student (a BatchNorm student: runs, not compared)."""
+    from yolodistill.classification.models import read_checkpoint
+    from yolodistill.run_logger import read_results
+
+    args = _classify_args(shapes_data, shape_teachers[0], tmp_path, "fkd")
+    args[args.index("mlp_small")] = "cnn_small"
+    args += ["--feature-layers", "auto", "--batch-size", "8"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "yolodistill", *args]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_results(tmp_path / "fkd" / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and all(r["train/distill/feature"] > 0 for r in rows)
+    ckpt = read_checkpoint(tmp_path / "fkd" / "weights" / "best.pt")
+    assert not any(k.startswith(("adapters.", "student.")) for k in ckpt["model"])  # the plain student

@@ -16,7 +16,7 @@ import torch.nn as nn
 from . import yolo_backend as yb
 from .config import DistillConfig, LayerPair
 from .errors import UserError
-from .hooks import FeatureRecorder, adapter_key, build_adapters, probe_feature_shapes
+from .hooks import FeatureRecorder, StudentWithAdapters, adapter_key, build_adapters, probe_feature_shapes
 from .losses import build_feature_loss, output_distillation_loss
 from .teacher import FrozenTeacher
 
@@ -58,31 +58,6 @@ def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
                         "cfg to inherit the teacher's anchors, or use a teacher trained with the same ones)")
 
 
-class StudentWithAdapters(nn.Module):
-    """The student and its adapters as one module: what the optimizer trains and, under torch.distributed,
-    what DistributedDataParallel wraps, so the adapters' gradients are averaged over the ranks with the
-    student's. forward() runs the student and maps each recorded student feature to its teacher's shape."""
-
-    def __init__(self, student: nn.Module, adapters: nn.ModuleDict, pairs: Sequence[LayerPair],
-                 recorder: FeatureRecorder | None):
-        super().__init__()
-        self.student, self.adapters = student, adapters  # parameter names student.*, adapters.*
-        self.pairs, self.recorder = tuple(pairs), recorder
-
-    def forward(self, imgs: torch.Tensor, sizes: dict | None = None):
-        """(student raw outputs, {adapter key: adapted student feature (B, Ct, Ht, Wt)}); `sizes` are the
-        teacher features' (Ht, Wt) by teacher layer name."""
-        raw = self.student(imgs)
-        if self.recorder is None or not self.pairs:
-            return raw, {}
-        s_feats = self.recorder.pop()
-        adapted = {}
-        for p in self.pairs:
-            key = adapter_key(p.student, p.teacher)
-            adapted[key] = self.adapters[key](s_feats[p.student], size=(sizes or {}).get(p.teacher))
-        return raw, adapted
-
-
 class Distiller:
     """Computes the distillation terms of one batch; owns the hooks and the adapters."""
 
@@ -109,7 +84,8 @@ class Distiller:
             self.adapters = build_adapters(s_shapes, t_shapes, [(p.student, p.teacher) for p in self.pairs])
             self.adapters.to(device)
             self.feature_loss = build_feature_loss(config.feature_loss, **config.feature_loss_kwargs)
-        self.module = StudentWithAdapters(student, self.adapters, self.pairs, self._student_rec)
+        self.module = StudentWithAdapters(student, self.adapters, [(p.student, p.teacher) for p in self.pairs],
+                                          self._student_rec)
         self.forward_module: nn.Module = self.module  # the DistributedDataParallel wrapper under torchrun
         self._step = None  # (imgs, teacher raw, teacher features, adapted student features) of the last batch
 

@@ -313,6 +313,8 @@ class DistillTrainer:
         if not self.dist.enabled:
             return
         if self.opt.sync_bn:
+            if self.device.type != "cuda":
+                raise UserError("--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU")
             nn.SyncBatchNorm.convert_sync_batchnorm(self.student)  # in place: the optimizer keeps its parameters
             LOGGER.info("Using SyncBatchNorm()")
         if self.distiller is not None:
