@@ -118,15 +118,15 @@ class ClassifyTrainer:
 
     def __init__(self, opts: ClassifyOptions):
         self.opts = opts
-        self.resume_ckpt: Optional[dict] = None
-        self.start_epoch, self.best_top1, self.best_metrics = 0, -1.0, {}
-        if opts.resume:
-            self.load_resume_state()
         # Under torchrun: one process per device, --batch-size split over them; rank 0 evaluates, logs, saves.
         self.dist = ddp.context_from_env()
         self.main = self.dist.is_main
         if not self.main:
             LOGGER.setLevel(logging.WARNING)
+        self.resume_ckpt: Optional[dict] = None
+        self.start_epoch, self.best_top1, self.best_metrics = 0, -1.0, {}
+        if opts.resume:
+            self.load_resume_state()
         self.batch_size = ddp.per_rank_batch(self.opts.batch_size, self.dist)
         self.device = ddp.setup(self.dist, self.opts.device) if self.dist.enabled else select_device(self.opts.device)
         self.extra_trainable: nn.ModuleDict = nn.ModuleDict()

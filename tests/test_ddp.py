@@ -169,3 +169,19 @@ def test_classify_feature_kd_under_torchrun(shapes_data, shape_teachers, tmp_pat
     assert [int(r["epoch"]) for r in rows] == [0, 1] and all(r["train/distill/feature"] > 0 for r in rows)
     ckpt = read_checkpoint(tmp_path / "fkd" / "weights" / "best.pt")
     assert not any(k.startswith(("adapters.", "student.")) for k in ckpt["model"])  # the plain student
+
+
+def test_classify_out_of_memory_is_one_line(shapes_data, tmp_path, monkeypatch, capsys):
+    from yolodistill.classification import trainer
+
+    def oom(self, epoch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer.ClassifyTrainer, "train_epoch", oom)
+    rc = main(["classify", "train", "--data", str(shapes_data), "--model", "cnn_small", "--imgsz", "24",
+               "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+               "--project", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("yolodistill classify: error: CUDA out of memory at --batch-size 16: "
+                                            "try --batch-size 8 (or a smaller --imgsz)")

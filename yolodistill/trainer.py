@@ -138,17 +138,17 @@ class DistillTrainer:
 
     def __init__(self, opt: TrainOptions):
         self.opt = opt
-        self.resume_ckpt: Optional[dict] = None
-        if opt.resume:
-            self._load_resume_state()
-        self.config = self.opt.distill_config()
-        self.names = loss_names(self.config)
         # Under torchrun: one process per device, --batch-size split over them; rank 0 validates, logs, saves.
         self.dist = ddp.context_from_env()
         self.main = self.dist.is_main
         if not self.main:  # one log, rank 0's
             LOGGER.setLevel(logging.WARNING)
             yb.set_yolov5_verbosity(False)
+        self.resume_ckpt: Optional[dict] = None
+        if opt.resume:
+            self._load_resume_state()
+        self.config = self.opt.distill_config()
+        self.names = loss_names(self.config)
         self.batch_size = ddp.per_rank_batch(self.opt.batch_size, self.dist)
         if self.dist.enabled:
             self.device = ddp.setup(self.dist, self.opt.device)
