@@ -24,7 +24,7 @@ import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Iterator, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "load_checkpoint", "save_checkpoint_atomic"]
+__all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "atomic_file", "load_checkpoint",
+           "save_checkpoint_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -105,22 +106,31 @@ def load_checkpoint(path: PathLike, *, allowed_prefixes: Sequence[str] = (), ali
         return _torch_load(path, map_location, weights_only=True, legacy=legacy)
 
 
-def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
-    """torch.save via a synced temp file renamed over `path`: readers see the old file or the new one, never half."""
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces `path` only once complete and synced: readers see the old file or the
+    new one, never half. On any failure (an interrupt too) no temp file is left and the old file stays."""
     path = Path(path)
-    # Hidden and not *.pt, so globs for checkpoints never pick up a temp file.
+    # Hidden and not *.pt / *.engine, so globs for finished files never pick up a temp file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        try:
-            with open(tmp, "xb") as f:  # a fresh file, with the same umask-derived mode torch.save would give
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            _test_pause(tmp)
-            os.replace(tmp, path)
-        except BaseException:  # an interrupt too: no stray temp file, and the previous checkpoint stays as it was
-            tmp.unlink(missing_ok=True)
-            raise
+        with open(tmp, "xb") as f:  # a fresh file, with the same umask-derived mode a plain open would give
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _test_pause(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
+    """torch.save through atomic_file(): a crash or a full disk never leaves a half-written checkpoint."""
+    path = Path(path)
+    try:
+        with atomic_file(path) as f:
+            torch.save(obj, f)
     except OSError as e:
         raise CheckpointError(f"cannot save checkpoint {path}: {e.strerror or e}") from e
     except (pickle.PicklingError, TypeError, AttributeError) as e:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -386,16 +385,10 @@ def _is_fp16(model: Any) -> bool:
 
 def _write_bytes_atomic(path: Path, data: Any, *, what: str) -> None:
     """Write `data` via a synced temp file renamed over `path`: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    from ..checkpoint import atomic_file
+
     try:
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:  # an interrupt too: no stray temp file, and a previous file stays as it was
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as f:
+            f.write(data)
     except OSError as e:
         raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from e
