@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from .. import distributed as ddp
+from ..checkpoint import find_last_checkpoint
 from ..deploy.finetune import Compression
 from ..errors import UserError
 from ..run_logger import RunLogger, plot_results
@@ -637,20 +638,6 @@ class ClipDistillTrainer(ClassifyTrainer):
                     mean=self.mean, std=self.std, teacher=self.store.teacher,
                     head={"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
                           "scale": float(head.scale), "classes": list(head.classes)})
-
-
-def find_last_checkpoint(resume: Union[bool, str], project: str) -> Path:
-    """The last.pt to resume: the one given (or its run folder's), or the newest under `project`."""
-    if isinstance(resume, str) and resume not in ("", "True"):
-        path = Path(resume)
-        path = path / "weights" / "last.pt" if path.is_dir() else path
-        if not path.is_file():
-            raise UserError(f"--resume checkpoint not found: {path}")
-        return path
-    candidates = list(Path(project).glob("**/weights/last.pt"))
-    if not candidates:
-        raise UserError(f"--resume: no last.pt found under {project}; pass the checkpoint or run folder")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
 def _yaml(d: dict) -> str:

@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "atomic_file", "load_checkpoint",
+__all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "atomic_file", "find_last_checkpoint", "load_checkpoint",
            "save_checkpoint_atomic"]
 
 PathLike = Union[str, os.PathLike]
@@ -310,3 +310,17 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def find_last_checkpoint(resume: Union[bool, str], project: PathLike) -> Path:
+    """The last.pt that --resume means: the one given (or its run folder's), or the newest under `project`."""
+    if isinstance(resume, str) and resume not in ("", "True"):
+        path = Path(resume)
+        path = path / "weights" / "last.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise UserError(f"--resume checkpoint not found: {path}")
+        return path
+    candidates = list(Path(project).glob("**/weights/last.pt"))
+    if not candidates:
+        raise UserError(f"--resume: no last.pt found under {project}; pass the checkpoint or run folder")
+    return max(candidates, key=lambda p: p.stat().st_mtime)

@@ -13,11 +13,10 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from . import __version__
 from . import distributed as ddp
 from . import yolo_backend as yb
-from .checkpoint import save_checkpoint_atomic
+from .checkpoint import find_last_checkpoint, save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
 from .deploy.finetune import Compression
 from .deploy.quant import load_plain_state_dict
@@ -116,21 +115,6 @@ class TrainOptions:
     def from_dict(cls, d: dict) -> "TrainOptions":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def find_last_checkpoint(resume: Union[bool, str], project: str) -> Path:
-    """The last.pt to resume: the path given, or the newest under --project."""
-    if isinstance(resume, str) and resume not in ("", "True"):
-        path = Path(resume)
-        if path.is_dir():
-            path = path / "weights" / "last.pt"
-        if not path.is_file():
-            raise UserError(f"--resume checkpoint not found: {path}")
-        return path
-    candidates = list(Path(project).glob("**/weights/last.pt"))
-    if not candidates:
-        raise UserError(f"--resume: no last.pt found under {project}; pass the checkpoint path")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
 class DistillTrainer:
