@@ -360,14 +360,17 @@ class ClassifyTrainer:
 
     def run(self) -> dict:
         """Train all epochs; returns {"save_dir", "best", "last", "epoch_seconds", best metrics}."""
+        finished = False
         try:
             if not hasattr(self, "model"):
                 self.setup()
-            return self._fit()
+            result = self._fit()
+            finished = True
+            return result
         except torch.cuda.OutOfMemoryError:
             raise UserError(ddp.oom_message(self.opts.batch_size, self.dist)) from None
         finally:
-            ddp.cleanup(self.dist)
+            ddp.leave(self.dist, finished=finished)
 
     def _fit(self) -> dict:
         LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")

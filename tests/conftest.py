@@ -135,3 +135,36 @@ def shape_teachers(shapes_data, tmp_path_factory) -> tuple[Path, Path]:
         with one_torch_thread():
             paths.append(Path(ClassifyTrainer(opts).run()["best"]))
     return paths[0], paths[1]
+
+
+# ---- comparing two trainings that must agree (DDP vs one process, store vs live teacher, resumed vs not) --------
+# Float32 sums of n terms taken in another order differ by up to gamma_n = n * 2**-24 of the sum of the terms'
+# magnitudes (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 4.2), and which order a torch
+# build takes depends on its kernels, thread count and batch shapes. So two runs that compute the same training
+# agree on their weights only to rounding that the optimizer carries forward. With SGD a weight's update is lr
+# x its gradient, so the two updates differ by lr x (the gradient's rounding): relative to the largest update of
+# the tensor, gamma_n times how much the per-image gradients cancel. UPDATE_RTOL allows a cancellation of ~700x
+# for a batch of 24 (measured: 1e-5 to 5e-5 of the update, torch 2.14.1). A real difference (a rank that skipped
+# the all-reduce, optimizer or RNG state that did not come back on resume) changes the update by its own order.
+# (AdamW cannot be compared this way: it divides by sqrt(v), so a weight whose gradient is within rounding of
+# zero can take a full step either way; tests that compare weights train with SGD.)
+UPDATE_RTOL = 1e-3
+
+
+def assert_same_training(trained: dict, reference: dict, initial: dict, rtol: float = UPDATE_RTOL) -> None:
+    """Two state dicts trained from `initial` differ by at most rtol x the largest update of each tensor."""
+    import torch
+
+    assert trained.keys() == reference.keys()
+    for k, ref in reference.items():
+        if not ref.is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+            assert torch.equal(trained[k], ref), k
+            continue
+        update = (ref - initial[k]).abs().max().item()
+        gap = (trained[k] - ref).abs().max().item()
+        assert gap <= rtol * update, (k, gap, update)
+
+
+def initial_weights(trainer) -> dict:
+    """A copy of the set-up trainer's initial student weights (call before run())."""
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

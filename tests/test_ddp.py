@@ -17,6 +17,8 @@ import yaml
 
 from yolodistill.cli import main
 
+from .conftest import assert_same_training
+
 IMGSZ = 64
 pytestmark = pytest.mark.slow
 
@@ -84,7 +86,10 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tiny_data, teach
     assert len(ddp) == len(single) == 2  # rank 0 alone wrote results.csv, one row per epoch
     for d, s in zip(ddp, single):
         assert set(d) == set(s) and "train/distill/feature" in d
-        for k in d:  # same data, same global batch: the same losses to float error, epoch after epoch
+        # Same data, same global batch: the same losses, epoch after epoch, to float error. Losses, not weights:
+        # AdamW can send a weight whose gradient is within rounding of zero a full step either way, which moves a
+        # loss only to second order (its gradient is ~0); 2e-3 leaves room for that over the 4 optimizer steps.
+        for k in d:
             assert d[k] == pytest.approx(s[k], rel=2e-3, abs=1e-6), (k, d[k], s[k])
     # rank 0 saved plain students; nothing was written by rank 1 under another exp folder
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "same", "single"]
@@ -124,10 +129,18 @@ def test_out_of_memory_is_one_line_with_a_smaller_batch(tiny_data, tmp_path, mon
 
 def _classify_args(data: Path, teacher: Path, project: Path, name: str) -> list[str]:
     # 24 training images and a global batch of 24: every step of one process and of two ranks (12 each, their
-    # union the same 24) averages the same per-image gradients, whatever order each sampler chose.
+    # union the same 24) averages the same per-image gradients, whatever order each sampler chose. SGD, because
+    # its step is linear in the gradient: AdamW divides by sqrt(v), so a weight whose gradient is within rounding
+    # of zero can take a full step either way, and how often that happens depends on the torch build's kernels.
     return ["classify", "distill", "--data", str(data), "--teacher", str(teacher), "--model", "mlp_small",
             "--imgsz", "24", "--epochs", "2", "--batch-size", "24", "--workers", "0", "--device", "cpu",
-            "--no-augment", "--lr0", "3e-3", "--project", str(project), "--name", name]
+            "--no-augment", "--optimizer", "SGD", "--lr0", "3e-3", "--project", str(project), "--name", name]
+
+
+# The runs sum the same 24 per-image terms in another order: the first epoch's mean losses differ by at most
+# gamma_24 ~ 1.4e-6 relative (see conftest), 70x below LOSS_RTOL; later ones by that plus the change from weights
+# that differ by far less than a step.
+LOSS_RTOL = 1e-4
 
 
 def test_classify_two_ranks_match_one_process(shapes_data, shape_teachers, tmp_path):
@@ -141,15 +154,18 @@ def test_classify_two_ranks_match_one_process(shapes_data, shape_teachers, tmp_p
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert main(_classify_args(shapes_data, shape_teachers[0], tmp_path, "single")) == 0
+    # the weights both runs started from (the same seed draws the same initial student): lr 0 keeps them
+    assert main([*_classify_args(shapes_data, shape_teachers[0], tmp_path, "init"), "--lr0", "0"]) == 0
 
     ddp, single = read_results(tmp_path / "ddp" / "results.csv"), read_results(tmp_path / "single" / "results.csv")
     assert len(ddp) == len(single) == 2
     for d, s in zip(ddp, single):
         for k in ("train/distill/kd", "train/ce", "val/loss", "metrics/accuracy_top1"):
-            assert d[k] == pytest.approx(s[k], rel=1e-4, abs=1e-6), (k, d[k], s[k])
-    w_ddp, w_single = (read_checkpoint(tmp_path / n / "weights" / "last.pt")["model"] for n in ("ddp", "single"))
-    for k in w_single:
-        torch.testing.assert_close(w_ddp[k], w_single[k], rtol=1e-4, atol=1e-6)
+            assert d[k] == pytest.approx(s[k], rel=LOSS_RTOL), (k, d[k], s[k])
+    w_ddp, w_single, w_init = (read_checkpoint(tmp_path / n / "weights" / "last.pt")["model"]
+                               for n in ("ddp", "single", "init"))
+    assert all(not torch.equal(w_single[k], w_init[k]) for k in w_single)  # trained: the comparison means something
+    assert_same_training(w_ddp, w_single, w_init)
 
 
 def test_classify_feature_kd_under_torchrun(shapes_data, shape_teachers, tmp_path):

@@ -345,12 +345,15 @@ class DistillTrainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         """Train; returns the final metrics of best.pt (or last.pt) and the run folder."""
+        finished = False
         try:
             self.setup()
             if self.distiller:
                 self.distiller.attach()
             try:
-                return self._fit()
+                result = self._fit()
+                finished = True
+                return result
             finally:
                 if self.distiller:
                     self.distiller.remove()
@@ -360,7 +363,7 @@ class DistillTrainer:
         except torch.cuda.OutOfMemoryError:
             raise TrainingError(ddp.oom_message(self.opt.batch_size, self.dist)) from None
         finally:
-            ddp.cleanup(self.dist)
+            ddp.leave(self.dist, finished=finished)
 
     def _fit(self) -> dict:
         opt = self.opt
