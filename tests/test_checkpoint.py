@@ -264,7 +264,7 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(torch.serialization, "save", disk_full)
     with pytest.raises(CheckpointError) as err:
         save_checkpoint_atomic({"epoch": 2}, path)
     assert_one_line(err, str(path), os.strerror(errno.ENOSPC))

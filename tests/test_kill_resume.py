@@ -105,6 +105,7 @@ def _kill_in_write(run: Run, weights: Path, name: str, nth: int) -> Path:
                 assert run.proc.returncode == -signal.SIGKILL
                 tmp = marker.with_name(marker.name.removesuffix(".ready"))
                 assert tmp.is_file() and tmp.stat().st_size > 0  # killed with the new checkpoint not yet in place
+                marker.unlink()  # the test's own signal, not the run's: a later run's writes are counted afresh
                 return tmp
         marker.unlink()  # the paused write goes on
 
@@ -167,7 +168,7 @@ def _detection_args(data: Path, project: Path, name: str, epochs: int = 3) -> li
 
 
 @pytest.mark.slow
-def test_detection_killed_in_a_write_and_mid_epoch_resumes(tiny_data, tmp_path, runs, capsys):
+def test_detection_killed_in_a_write_mid_epoch_and_while_stripping_resumes(tiny_data, tmp_path, runs, capsys):
     project, epochs = tmp_path / "runs", 3
     save_dir = project / "det"
     weights = save_dir / "weights"
@@ -182,8 +183,14 @@ def test_detection_killed_in_a_write_and_mid_epoch_resumes(tiny_data, tmp_path, 
     ckpts = _assert_readable(save_dir, yb.load_yolov5_checkpoint)
     assert ckpts["last.pt"]["epoch"] == 1 and ckpts["last.pt"]["optimizer"] is not None
 
-    # Resumed again: finishes, each epoch logged once, plain students left.
-    run = runs(["train", "--resume", str(weights / "last.pt")])
+    # Resumed again, all epochs done, then killed while last.pt is rewritten as a plain student (its second write
+    # in this process: epoch 2's checkpoint, then the strip): the full checkpoint of the last epoch is left.
+    _kill_in_write(runs(["train", "--resume", str(weights / "last.pt")], pause=True), weights, "last.pt", 2)
+    ckpts = _assert_readable(save_dir, yb.load_yolov5_checkpoint)
+    assert ckpts["last.pt"]["epoch"] == epochs - 1 and ckpts["last.pt"]["optimizer"] is not None
+
+    # Resumed once more: it only finishes the run. Each epoch logged once, plain students left.
+    run = runs(["train", "--resume", str(save_dir)])
     assert run.finish() == 0, run.tail()
     ckpts = _assert_readable(save_dir, yb.load_yolov5_checkpoint)
     assert [int(r["epoch"]) for r in read_results(save_dir / "results.csv")] == list(range(epochs))
@@ -205,25 +212,6 @@ def test_detection_killed_before_any_checkpoint(tiny_data, tmp_path, runs, capsy
     _assert_readable(project / "det", yb.load_yolov5_checkpoint)
     error = _one_line_error(capsys, ["train", "--resume", str(project / "det")])
     assert error.endswith(f"not found: {weights / 'last.pt'}")
-
-
-@pytest.mark.slow
-def test_detection_killed_while_stripping_the_finished_run(tiny_data, tmp_path, runs):
-    """All epochs done, killed while last.pt is rewritten as a plain student: --resume only finishes the run."""
-    project, epochs = tmp_path / "runs", 2
-    save_dir = project / "det"
-    weights = save_dir / "weights"
-    # last.pt is written once per epoch, then once more when the finished run strips it
-    _kill_in_write(runs(_detection_args(tiny_data, project, "det", epochs), pause=True), weights, "last.pt",
-                   epochs + 1)
-    ckpts = _assert_readable(save_dir, yb.load_yolov5_checkpoint)
-    assert ckpts["last.pt"]["epoch"] == epochs - 1 and ckpts["last.pt"]["optimizer"] is not None
-    run = runs(["train", "--resume", str(save_dir)])
-    assert run.finish() == 0, run.tail()
-    ckpts = _assert_readable(save_dir, yb.load_yolov5_checkpoint)
-    assert [int(r["epoch"]) for r in read_results(save_dir / "results.csv")] == list(range(epochs))
-    for name in ("best.pt", "last.pt"):
-        assert ckpts[name]["epoch"] == -1 and ckpts[name]["optimizer"] is None
 
 
 # ---- classification ----------------------------------------------------------------------------------------------

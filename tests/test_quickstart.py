@@ -7,11 +7,13 @@ import logging
 import pytest
 
 from yolodistill.cli import main
+from yolodistill.quickstart import Plan, prepare_data, prepare_teacher
+from yolodistill.yolo_backend import load_yolov5_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
-def test_quickstart_fast_then_rerun_reuses_teacher(tmp_path, caplog):
+def test_quickstart_fast_then_reuses_data_and_teacher(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="yolodistill")
     out = tmp_path / "qs"
     assert main(["quickstart", "--fast", "--out", str(out)]) == 0
@@ -26,16 +28,19 @@ def test_quickstart_fast_then_rerun_reuses_teacher(tmp_path, caplog):
     assert (out / "benchmark" / "benchmark.png").stat().st_size > 0
     assert "faster (GFLOPs" in table and "onnxruntime on CPU" in table
 
-    # A rerun reuses the finished teacher ...
+    # A rerun reuses the dataset and the finished teacher (the stages a rerun repeats, called as run() does) ...
+    plan = Plan.named("fast")
     caplog.clear()
-    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
-    assert any("Reusing cached teacher" in r.getMessage() for r in caplog.records)
+    data = prepare_data(out, plan)
+    assert prepare_teacher(out, plan, data, "cpu") == out / "teacher" / "weights" / "best.pt"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Reusing dataset" in m for m in messages) and any("Reusing cached teacher" in m for m in messages)
 
     # ... and a broken teacher file (as a crash could leave) is never reused: it is trained again.
     best = out / "teacher" / "weights" / "best.pt"
     best.write_bytes(best.read_bytes()[:1000])
     (out / "teacher" / "weights" / "last.pt").unlink()
     caplog.clear()
-    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
+    assert prepare_teacher(out, plan, data, "cpu") == best
     assert not any("Reusing cached teacher" in r.getMessage() for r in caplog.records)
-    assert best.stat().st_size > 100_000
+    assert best.stat().st_size > 100_000 and load_yolov5_checkpoint(best)["epoch"] == -1

@@ -113,3 +113,32 @@ def test_classify_save_fault_then_resume(fault, shapes_data, tmp_path, monkeypat
     last = read_checkpoint(weights / "last.pt")
     assert last["epoch"] == 2 and "resume" not in last
     _no_temp_files(weights)
+
+
+def test_a_failed_write_is_not_retried_into_the_same_file(tmp_path, monkeypatch):
+    """yolov5 imports ultralytics, which wraps torch.save in retries into the same file object (appending a whole
+    checkpoint after the failed attempt's bytes); our saves go around that wrapper: one attempt, one clear error."""
+    import torch
+
+    attempts = []
+
+    class CountingFullDisk(FullDisk):
+        def write(self, data) -> int:
+            try:
+                return super().write(data)
+            except OSError:
+                attempts.append(len(data))
+                raise
+
+    monkeypatch.setattr(checkpoint, "open", lambda file, mode="r", *a, **kw: CountingFullDisk(
+        builtins.open(file, mode, *a, **kw)) if "x" in mode else builtins.open(file, mode, *a, **kw),
+                        raising=False)
+    obj = {"w": torch.zeros(1000)}
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device"):
+        checkpoint.save_checkpoint_atomic(obj, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+    once = len(attempts)  # the failed writes of one save (torch's zip writer tries again as it closes)
+    attempts.clear()
+    with pytest.raises((RuntimeError, OSError)), CountingFullDisk(builtins.open(tmp_path / "plain.pt", "xb")) as f:
+        torch.serialization.save(obj, f)
+    assert once == len(attempts) > 0

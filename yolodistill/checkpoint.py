@@ -130,7 +130,11 @@ def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
     path = Path(path)
     try:
         with atomic_file(path) as f:
-            torch.save(obj, f)
+            # torch.serialization.save, not torch.save: importing yolov5 imports ultralytics, which replaces
+            # torch.save with a wrapper that retries a failed save three times (3.5 s of sleeps) into the same
+            # file object, after whatever the failed attempt had written: a retry that succeeded would leave a
+            # corrupt checkpoint behind a clean rename.
+            torch.serialization.save(obj, f)
     except OSError as e:
         raise CheckpointError(f"cannot save checkpoint {path}: {e.strerror or e}") from e
     except (pickle.PicklingError, TypeError, AttributeError) as e:

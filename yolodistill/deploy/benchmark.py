@@ -178,16 +178,26 @@ def _memory_worker(args: argparse.Namespace) -> dict:
     return {"peak_memory_MB": weights_mb + _peak_rss_mb() - base}
 
 
-def measure_memory_cpu(backend: str, file: Path, *, batch: int, threads: int, imgsz, runs: int = 3) -> float:
-    cmd = [sys.executable, "-m", "yolodistill.deploy.benchmark", "--memory-worker", "--backend", backend,
-           "--file", str(file), "--batch", str(batch), "--threads", str(threads), "--runs", str(runs)]
-    if imgsz:
-        cmd += ["--imgsz", *[str(s) for s in imgsz]]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        LOGGER.warning(f"WARNING: memory of {file.name} not measured: {proc.stderr.strip().splitlines()[-1:]}")
-        return float("nan")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_memory_MB"])
+def measure_memory_cpu(backend: str, files: Sequence[Path], *, batch: int, threads: int, imgsz,
+                       runs: int = 3) -> list[float]:
+    """Peak memory (MB) of each model, each in its own fresh process; the processes run at the same time (a
+    process's peak RSS is its own, and the imports that dominate their run time overlap)."""
+    procs = []
+    for file in files:
+        cmd = [sys.executable, "-m", "yolodistill.deploy.benchmark", "--memory-worker", "--backend", backend,
+               "--file", str(file), "--batch", str(batch), "--threads", str(threads), "--runs", str(runs)]
+        if imgsz:
+            cmd += ["--imgsz", *[str(s) for s in imgsz]]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    peaks = []
+    for file, proc in zip(files, procs):
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            LOGGER.warning(f"WARNING: memory of {file.name} not measured: {stderr.strip().splitlines()[-1:]}")
+            peaks.append(float("nan"))
+        else:
+            peaks.append(float(json.loads(stdout.strip().splitlines()[-1])["peak_memory_MB"]))
+    return peaks
 
 
 def measure_memory_cuda(make_runner: Callable[[], Callable[[], object]]) -> tuple[float, Callable[[], object]]:
@@ -228,7 +238,7 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
     if threads and not cuda:
         torch.set_num_threads(threads)
 
-    results, runners = [], []
+    results, runners, artifacts = [], [], []
     for label, dep in zip(labels, deps):
         r = ModelResult(model=label, task=dep.task, params_M=sum(p.numel() for p in dep.model.parameters()) / 1e6,
                         GFLOPs=gflops(dep))
@@ -243,20 +253,21 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
             artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch,
                                     sparse=dep.sparsity is not None)
         r.file_MB = artifact.stat().st_size / 2**20
+        artifacts.append(artifact)
         if backend == "onnxruntime":
             run = _ort_runner(artifact, threads, batch, dep)
-            if memory:
-                r.peak_memory_MB = measure_memory_cpu(backend, artifact, batch=batch, threads=threads, imgsz=imgsz)
         elif backend == "tensorrt":
             r.peak_memory_MB, run = measure_memory_cuda(lambda a=artifact, d=dep: _trt_runner(a, batch, d))
         elif cuda:
             r.peak_memory_MB, run = measure_memory_cuda(lambda d=dep: _torch_runner(d, batch, torch_device, half))
         else:
             run = _torch_runner(dep, batch, torch_device, False)
-            if memory:
-                r.peak_memory_MB = measure_memory_cpu(backend, artifact, batch=batch, threads=threads, imgsz=imgsz)
         results.append(r)
         runners.append(run)
+    if memory and not cuda:
+        peaks = measure_memory_cpu(backend, artifacts, batch=batch, threads=threads, imgsz=imgsz)
+        for r, peak in zip(results, peaks):
+            r.peak_memory_MB = peak
 
     LOGGER.info(f"Timing {len(runners)} models on {backend} ({_device_name(backend, torch_device)}), batch {batch}, "
                 f"{runs} runs each in interleaved rounds after {warmup} warm-up runs")
