@@ -10,6 +10,11 @@ import pytest
 
 os.environ.setdefault("YOLOv5_VERBOSE", "False")  # yolov5 reads this at import to quiet its logger
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (pyproject's addopts): each torch on one thread, and so every process
+    # the tests start (torchrun ranks, killed runs, benchmark workers), or the workers' threads fight for the
+    # cores and every step gets many times slower. Tiny test models gain nothing from a second thread.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 IMGSZ = 64
 
@@ -168,3 +173,10 @@ def assert_same_training(trained: dict, reference: dict, initial: dict, rtol: fl
 def initial_weights(trainer) -> dict:
     """A copy of the set-up trainer's initial student weights (call before run())."""
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)  # in case torch was imported before OMP_NUM_THREADS was set
