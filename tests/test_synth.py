@@ -9,7 +9,8 @@ import pytest
 
 from yolodistill.cli import main
 from yolodistill.errors import UserError
-from yolodistill.synth import CLASS_NAMES, generate, load_objects_for_check, render_image, yolo_label_lines
+from yolodistill.synth import (CLASS_NAMES, Difficulty, generate, load_objects_for_check, render_image,
+                              yolo_label_lines)
 
 
 def _files(root):
@@ -66,3 +67,85 @@ def test_refuses_non_empty_folder_and_bad_sizes(tmp_path, capsys):
             generate(tmp_path / "bad", **{"n_train": 1, "n_val": 1, **kwargs}, progress=False)
     assert main(["data", "synth", "--out", str(tmp_path / "full")]) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+# ---- the difficulty dial -----------------------------------------------------------------------------------------
+SETTINGS = {
+    "easiest": Difficulty.level(0.0),
+    "middle": Difficulty.level(0.5),
+    "hardest": Difficulty.level(1.0),
+    "mixed": Difficulty.level(0.3, clutter=1.0, occlusion=0.0, small=0.8),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_same_seed_and_setting_same_bytes(tmp_path, name):
+    kw = dict(n_train=3, n_val=1, imgsz=96, seed=5, difficulty=SETTINGS[name], progress=False)
+    a, b = (generate(tmp_path / x, **kw).parent for x in "ab")
+    assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in _files(a))
+    other = SETTINGS["hardest" if name != "hardest" else "easiest"]
+    c = generate(tmp_path / "c", **{**kw, "difficulty": other}).parent
+    assert not all(filecmp.cmp(a / f, c / f, shallow=False) for f in _files(a) if f.suffix == ".png")
+    assert SETTINGS[name].describe() in (a / "data.yaml").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_labels_correct_at_every_setting(name):
+    """Boxes enclose and fit what was drawn, the smallest size and the occlusion limit hold, classes are right."""
+    d, imgsz = SETTINGS[name], 128
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        img, objects = render_image(rng, imgsz, 6, d)
+        assert img.shape == (imgsz, imgsz, 3) and img.dtype == np.uint8
+        later = np.zeros((imgsz, imgsz), bool)
+        for o in reversed(objects):  # what later objects leave visible of each one
+            visible = o.mask & ~later
+            assert visible.sum() >= d.min_visible * o.mask.sum() - 1e-9
+            later |= o.mask
+        for o, line in zip(objects, yolo_label_lines(objects, imgsz)):
+            ys, xs = np.nonzero(o.mask)
+            x0, y0, x1, y1 = o.box
+            assert xs.min() >= x0 - 1.5 and xs.max() <= x1 + 1.5 and ys.min() >= y0 - 1.5 and ys.max() <= y1 + 1.5
+            assert (x1 - x0) <= xs.max() - xs.min() + 3 and (y1 - y0) <= ys.max() - ys.min() + 3
+            # the longest side is at least the smallest size (rasterisation slack; a box cut by the border aside)
+            if 0 < x0 and 0 < y0 and x1 < imgsz and y1 < imgsz:
+                assert max(x1 - x0, y1 - y0) >= d.min_object(imgsz) * 0.7 - 1
+            assert int(line.split()[0]) == o.cls
+
+
+def test_no_overlap_at_occlusion_zero():
+    rng = np.random.default_rng(2)
+    d = Difficulty.level(1.0, occlusion=0.0)
+    assert d.min_visible == 1.0
+    for _ in range(12):
+        _, objects = render_image(rng, 96, 6, d)
+        drawn = np.sum([o.mask for o in objects], axis=0) if objects else np.zeros(1)
+        assert drawn.max() <= 1  # no pixel belongs to two objects
+
+
+def test_easier_images_are_calmer_and_objects_larger():
+    """Along the dial: background noise (mean |Laplacian|) and the smallest objects change the way the knobs say."""
+    import cv2
+
+    def roughness(d: Difficulty) -> float:
+        rng = np.random.default_rng(0)
+        return float(np.mean([np.abs(cv2.Laplacian(cv2.cvtColor(render_image(rng, 96, 6, d)[0], cv2.COLOR_BGR2GRAY),
+                                                   cv2.CV_32F)).mean() for _ in range(16)]))
+
+    assert roughness(Difficulty.level(1.0, noise=0.0)) < 0.8 * roughness(Difficulty.level(1.0))
+    assert Difficulty.level(0.0).min_object(160) == pytest.approx(160 * 0.11)
+    assert Difficulty.level(1.0).min_object(160) == pytest.approx(160 * 0.04)
+    assert Difficulty.level(1.0).min_object(64) == 5.0
+
+
+def test_difficulty_flags(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--n-train", "2", "--n-val", "1", "--imgsz", "64",
+                 "--difficulty", "0.25", "--clutter", "0"]) == 0
+    header = (out / "data.yaml").read_text().splitlines()[0]
+    assert "--clutter 0 --lookalikes 0.25 --blur 0.25 --small 0.25 --occlusion 0.25 --noise 0.25" in header
+    for flags in (["--difficulty", "1.5"], ["--blur", "-0.1"]):
+        capsys.readouterr()
+        assert main(["data", "synth", "--out", str(tmp_path / "bad"), *flags]) == 1
+        err = capsys.readouterr().err
+        assert "must be between 0 and 1" in err and "Traceback" not in err

@@ -188,14 +188,24 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     s = data_sub.add_parser("synth", help="generate a deterministic YOLO-format detection dataset",
                             description="Six look-alike classes (square/rectangle, circle/ring, triangle/arrow), "
-                                        "small and large objects, rotation, texture, occlusion, clutter, blur. "
-                                        "Same seed, same bytes.")
+                                        "small and large objects, rotation, texture, occlusion, clutter, blur; "
+                                        "how hard is a dial (--difficulty and its knobs). Same seed and "
+                                        "setting, same bytes.")
     _flag(s, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
     _flag(s, "--n-train", type=int, default=800, help="training images")
     _flag(s, "--n-val", type=int, default=200, help="validation images")
     _flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
     _flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
     _flag(s, "--seed", type=int, default=0, help="random seed")
+    _flag(s, "--difficulty", type=float, default=1.0,
+          help="every knob below at once, 0 (easiest) to 1 (hardest: the original data)")
+    k = s.add_argument_group("difficulty knobs (0-1; each overrides --difficulty)")
+    _flag(k, "--clutter", type=float, help="distractors: none at 0, two to six behind and one in front at 1")
+    _flag(k, "--lookalikes", type=float, help="how alike squares/rectangles and circles/rings are")
+    _flag(k, "--blur", type=float, help="share of blurred images (up to 35%%) and blur strength")
+    _flag(k, "--small", type=float, help="smallest object: 11%% of the image side at 0, 4%% at 1")
+    _flag(k, "--occlusion", type=float, help="objects never overlap at 0; up to half hidden at 1")
+    _flag(k, "--noise", type=float, help="background blotches and pixel noise, 30%% to 100%%")
     _flag(s, "--exist-ok", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=_run_synth)
     g = data_sub.add_parser("digits", help="scikit-learn's 8x8 digits as ImageFolder folders (classification)",
@@ -210,10 +220,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> None:
-    from .synth import generate
+    from .synth import Difficulty, generate
 
+    difficulty = Difficulty.level(args.difficulty, clutter=args.clutter, lookalikes=args.lookalikes, blur=args.blur,
+                                  small=args.small, occlusion=args.occlusion, noise=args.noise)
     path = generate(args.out, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, classes=args.classes,
-                    seed=args.seed, exist_ok=args.exist_ok)
+                    seed=args.seed, difficulty=difficulty, exist_ok=args.exist_ok)
     logging.getLogger("yolodistill").info(f"dataset written: {path}")
 
 

@@ -46,6 +46,7 @@ class Plan:
     optimizer: str
     hyp: str  # a packaged cfg/ file name or a path
     seed: int
+    difficulty: float = 1.0  # of the synthetic data (yolodistill.synth.Difficulty.level)
 
     @classmethod
     def named(cls, name: str) -> "Plan":
@@ -84,13 +85,14 @@ def prepare_data(out: Path, plan: Plan) -> Path:
     """The synthetic dataset under out/data, generated once."""
     folder = out / "data"
     marker = folder / DATA_DONE
-    expected = f"{plan.n_train} {plan.n_val} {plan.imgsz} {plan.seed}"
+    expected = f"{plan.n_train} {plan.n_val} {plan.imgsz} {plan.seed} {plan.difficulty}"
     if marker.is_file() and marker.read_text().strip() == expected:
         LOGGER.info(f"Reusing dataset {folder}")
         return folder / "data.yaml"
     if folder.exists():
         shutil.rmtree(folder)
-    yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, imgsz=plan.imgsz, seed=plan.seed)
+    yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, imgsz=plan.imgsz, seed=plan.seed,
+                         difficulty=plan.difficulty)
     marker.write_text(expected + "\n")
     return yaml_path
 
@@ -101,7 +103,7 @@ def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
     best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
     stamp = run / "plan.txt"
     expected = (f"{plan.teacher_cfg} {plan.teacher_epochs} {plan.imgsz} {plan.n_train} {plan.seed} "
-                f"{plan.optimizer} {plan.hyp}")
+                f"{plan.optimizer} {plan.hyp} {plan.difficulty}")
     same_plan = stamp.is_file() and stamp.read_text().strip() == expected
     if same_plan and _finished(best):
         LOGGER.info(f"Reusing cached teacher {best}")

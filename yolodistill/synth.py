@@ -1,17 +1,19 @@
-"""A deterministic synthetic detection dataset in YOLO format, hard enough that model capacity shows.
+"""A deterministic synthetic detection dataset in YOLO format, with its difficulty as a dial.
 
 Six classes in three look-alike pairs (square/rectangle, circle/ring, triangle/arrow), object sizes
-from a few pixels to half the image, rotation, colour and texture variation, partial occlusion,
-non-class clutter, textured noisy backgrounds and blur. Everything comes from one seeded
-numpy Generator per image, so the same seed gives the same bytes.
+up to half the image, rotation, colour and texture variation. What makes it hard is set by a
+`Difficulty` (each knob 0..1, 1 the hardest): non-class clutter, how alike the look-alike pairs are,
+blur, how small the smallest objects get, how much objects may hide each other, and background
+noise. Everything comes from one seeded numpy Generator per image, so the same seed and setting give
+the same bytes; at difficulty 1 the images are those of the generator before the dial existed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import cv2
 import numpy as np
@@ -21,7 +23,50 @@ from .errors import UserError
 
 CLASS_NAMES = ("square", "rectangle", "circle", "ring", "triangle", "arrow")
 MIN_IMGSZ, MAX_IMGSZ = 32, 2048
-MIN_VISIBLE = 0.5  # an object may be hidden by later ones, but never by more than half
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """Knobs of the synthetic data, each from 0 (easiest) to 1 (hardest; the generator's original setting)."""
+
+    clutter: float = 1.0  # distractors (lines, crosses, blobs): 0 none; 1 two to six behind, in front of half
+    lookalikes: float = 1.0  # 1: rectangles as square as aspect 0.6, rings with small holes; 0: clearly apart
+    blur: float = 1.0  # share of blurred images (0 to 35%) and the largest blur (sigma 0.5 to 1.3 px)
+    small: float = 1.0  # smallest object: 11% of the image side at 0, 4% (at least 5 px) at 1
+    occlusion: float = 1.0  # 0: objects never overlap; 1: up to half of an object may be hidden
+    noise: float = 1.0  # background blotches and pixel noise, from 30% to 100% of their full strength
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"--{f.name} must be between 0 and 1, got {value}")
+
+    @classmethod
+    def level(cls, d: float, **overrides: Optional[float]) -> "Difficulty":
+        """Every knob at `d`, except those given (None: not given)."""
+        if not 0.0 <= d <= 1.0:
+            raise UserError(f"--difficulty must be between 0 and 1, got {d}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown difficulty knobs: {sorted(unknown)}")
+        return cls(**{f.name: d if overrides.get(f.name) is None else float(overrides[f.name]) for f in fields(cls)})
+
+    def describe(self) -> str:
+        """The knobs as `data synth` flags, e.g. `--clutter 0.5 --lookalikes 0.5 ...`."""
+        return " ".join(f"--{f.name} {getattr(self, f.name):g}" for f in fields(self))
+
+    @property
+    def min_visible(self) -> float:
+        """Smallest share of an object's pixels that later objects must leave visible."""
+        return 1.0 - 0.5 * self.occlusion
+
+    def min_object(self, imgsz: int) -> float:
+        """Smallest object side in pixels."""
+        return max(5.0, imgsz * (0.04 + 0.07 * (1.0 - self.small)))
+
+
+HARDEST = Difficulty()
 
 
 @dataclass
@@ -31,13 +76,14 @@ class SynthObject:
     mask: np.ndarray  # bool (H, W): pixels of the shape as drawn, before anything covered it
 
 
-def _polygon(cls: int, size: float, rng: np.random.Generator) -> np.ndarray:
+def _polygon(cls: int, size: float, rng: np.random.Generator, lookalikes: float) -> np.ndarray:
     """Vertices (N, 2) of a class shape centred on 0 with its longest side about `size`."""
     s = size / 2
     if cls == 0:  # square
         return np.array([[-s, -s], [s, -s], [s, s], [-s, s]])
-    if cls == 1:  # rectangle: clearly elongated, so only the aspect ratio tells it from a square
-        a = rng.uniform(0.38, 0.6)
+    if cls == 1:  # rectangle: elongated, so only the aspect ratio tells it from a square
+        easy = 1.0 - lookalikes
+        a = rng.uniform(0.38 - 0.1 * easy, 0.6 - 0.2 * easy)
         return np.array([[-s, -s * a], [s, -s * a], [s, s * a], [-s, s * a]])
     if cls == 4:  # triangle
         return np.array([[s, 0.0], [-s, -s * 0.85], [-s, s * 0.85]])
@@ -65,15 +111,17 @@ def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(pattern[..., None], c2, c1).astype(np.uint8)
 
 
-def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+def _background(h: int, w: int, rng: np.random.Generator, noise: float) -> np.ndarray:
     """A colour gradient plus low-frequency blotches and pixel noise."""
     base = rng.integers(20, 200, 3).astype(np.float32)
     slope = rng.uniform(-60, 60, (2, 3)).astype(np.float32)
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     img = base + xx[..., None] / w * slope[0] + yy[..., None] / h * slope[1]
-    small = rng.normal(0, rng.uniform(10, 35), (max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
+    strength = 0.3 + 0.7 * noise
+    small = rng.normal(0, rng.uniform(10 * strength, 35 * strength),
+                       (max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
     img += cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    img += rng.normal(0, rng.uniform(3, 12), (h, w, 3))
+    img += rng.normal(0, rng.uniform(3 * strength, 12 * strength), (h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -100,17 +148,19 @@ def _clutter(img: np.ndarray, rng: np.random.Generator, n: int) -> None:
 
 
 def _shape_mask(cls: int, size: float, centre: np.ndarray, angle: float, h: int, w: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+                rng: np.random.Generator, lookalikes: float) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     mask = np.zeros((h, w), np.uint8)
     if cls in (2, 3):  # circle and ring: rotation-free, told apart only by the hole
         r = size / 2
         cx, cy = (int(round(v)) for v in centre)
         cv2.circle(mask, (cx, cy), max(1, int(round(r))), 1, -1, cv2.LINE_8)
-        if cls == 3:
-            cv2.circle(mask, (cx, cy), max(1, int(round(r * rng.uniform(0.45, 0.65)))), 0, -1, cv2.LINE_8)
+        if cls == 3:  # the smaller the hole, the more a ring looks like a circle
+            easy = 1.0 - lookalikes
+            hole = rng.uniform(0.45 + 0.1 * easy, 0.65 + 0.05 * easy)
+            cv2.circle(mask, (cx, cy), max(1, int(round(r * hole))), 0, -1, cv2.LINE_8)
         box = (cx - r, cy - r, cx + r, cy + r)
     else:
-        pts = _polygon(cls, size, rng)
+        pts = _polygon(cls, size, rng, lookalikes)
         rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         pts = pts @ rot.T + centre
         cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1, cv2.LINE_8)
@@ -118,24 +168,29 @@ def _shape_mask(cls: int, size: float, centre: np.ndarray, angle: float, h: int,
     return mask.astype(bool), box
 
 
-def render_image(rng: np.random.Generator, imgsz: int, classes: int) -> tuple[np.ndarray, list[SynthObject]]:
-    """One image (imgsz, imgsz, 3) BGR uint8 and its objects."""
+def render_image(rng: np.random.Generator, imgsz: int, classes: int,
+                 difficulty: Difficulty = HARDEST) -> tuple[np.ndarray, list[SynthObject]]:
+    """One image (imgsz, imgsz, 3) BGR uint8 and its objects.
+
+    The random draws are the same at every difficulty (only their ranges and thresholds move), so one
+    seed gives the same scene layout along the dial."""
+    d = difficulty
     h = w = imgsz
-    img = _background(h, w, rng)
-    _clutter(img, rng, int(rng.integers(2, 7)))
+    img = _background(h, w, rng, d.noise)
+    _clutter(img, rng, int(rng.integers(round(2 * d.clutter), round(6 * d.clutter) + 1)))
     owner = np.full((h, w), -1, np.int32)  # which object each pixel shows, for the occlusion limit
     objects: list[SynthObject] = []
-    min_size, max_size = max(5.0, imgsz * 0.04), imgsz * 0.45
+    min_size, max_size = d.min_object(imgsz), imgsz * 0.45
     for _ in range(int(rng.integers(1, 7))):
         for _attempt in range(10):
             cls = int(rng.integers(classes))
             size = float(math.exp(rng.uniform(math.log(min_size), math.log(max_size))))
             centre = rng.uniform(size / 2, [w - size / 2, h - size / 2])
-            mask, box = _shape_mask(cls, size, centre, rng.uniform(0, 2 * math.pi), h, w, rng)
+            mask, box = _shape_mask(cls, size, centre, rng.uniform(0, 2 * math.pi), h, w, rng, d.lookalikes)
             if mask.sum() < 6:
                 continue
             covered = owner[mask]
-            if all((owner == i).sum() - (covered == i).sum() >= MIN_VISIBLE * o.mask.sum()
+            if all((owner == i).sum() - (covered == i).sum() >= d.min_visible * o.mask.sum()
                    for i, o in enumerate(objects)):
                 break
         else:
@@ -145,11 +200,11 @@ def render_image(rng: np.random.Generator, imgsz: int, classes: int) -> tuple[np
         owner[mask] = len(objects)
         x0, y0, x1, y1 = box
         objects.append(SynthObject(cls, (max(0.0, x0), max(0.0, y0), min(w, x1), min(h, y1)), mask))
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 * d.clutter:
         _clutter(img, rng, int(rng.integers(1, 3)))  # small distractors in front of objects too
-    if rng.random() < 0.35:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.3))
-    noise = rng.normal(0, rng.uniform(0, 8), img.shape)
+    if rng.random() < 0.35 * d.blur:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 0.5 + 0.8 * d.blur))
+    noise = rng.normal(0, rng.uniform(0, 8 * d.noise), img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8), objects
 
 
@@ -164,9 +219,12 @@ def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
 
 
 def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: int = 160, classes: int = 6,
-             seed: int = 0, exist_ok: bool = False, progress: bool = True) -> Path:
+             seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, exist_ok: bool = False,
+             progress: bool = True) -> Path:
     """Write images/{train,val}, labels/{train,val} and data.yaml under `out`; returns the yaml path."""
     out = Path(out)
+    if not isinstance(difficulty, Difficulty):
+        difficulty = Difficulty.level(float(difficulty))
     if not MIN_IMGSZ <= imgsz <= MAX_IMGSZ:
         raise UserError(f"--imgsz must be between {MIN_IMGSZ} and {MAX_IMGSZ}, got {imgsz}")
     if n_train < 1 or n_val < 1:
@@ -183,14 +241,14 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: in
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not progress)):
-            img, objects = render_image(np.random.default_rng(child), imgsz, classes)
+            img, objects = render_image(np.random.default_rng(child), imgsz, classes, difficulty)
             name = f"{split}_{i:05d}"
             cv2.imwrite(str(out / "images" / split / f"{name}.png"), img)
             (out / "labels" / split / f"{name}.txt").write_text("".join(
                 line + "\n" for line in yolo_label_lines(objects, imgsz)))
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES[:classes]))
     yaml_path = out / "data.yaml"
-    yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz}\n"
+    yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz} {difficulty.describe()}\n"
                          f"path: {out.resolve()}\ntrain: images/train\nval: images/val\n"
                          f"nc: {classes}\nnames:\n{names}")
     return yaml_path
