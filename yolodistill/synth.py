@@ -170,10 +170,7 @@ def _shape_mask(cls: int, size: float, centre: np.ndarray, angle: float, h: int,
 
 def render_image(rng: np.random.Generator, imgsz: int, classes: int,
                  difficulty: Difficulty = HARDEST) -> tuple[np.ndarray, list[SynthObject]]:
-    """One image (imgsz, imgsz, 3) BGR uint8 and its objects.
-
-    The random draws are the same at every difficulty (only their ranges and thresholds move), so one
-    seed gives the same scene layout along the dial."""
+    """One image (imgsz, imgsz, 3) BGR uint8 and its objects."""
     d = difficulty
     h = w = imgsz
     img = _background(h, w, rng, d.noise)
