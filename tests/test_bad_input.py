@@ -42,6 +42,11 @@ def test_distillation_without_teacher(capsys, tiny_data, tmp_path):
     _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--d_feature"), "--t_weights")
 
 
+def test_nominal_batch_below_one(capsys, tiny_data, tmp_path):
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--nbs", "0"),
+           "--nbs must be at least 1, got 0")
+
+
 def test_not_a_yolov5_checkpoint(capsys, tiny_data, tmp_path):
     bogus = tmp_path / "bogus.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, bogus)

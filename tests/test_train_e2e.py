@@ -131,7 +131,9 @@ def test_train_py_options_run(tiny_data, tmp_path):
     trainer = DistillTrainer(TrainOptions(
         cfg="yolov5n.yaml", data=str(tiny_data), epochs=2, imgsz=IMGSZ, batch_size=8, workers=0, device="cpu",
         project=str(tmp_path), name="opts", noplots=True, image_weights=True, multi_scale=True, cos_lr=True,
-        freeze=[3], label_smoothing=0.1, save_period=1, optimizer="AdamW", noval=True, noautoanchor=True))
+        freeze=[3], label_smoothing=0.1, save_period=1, optimizer="AdamW", noval=True, noautoanchor=True, nbs=16))
+    trainer.setup()
+    assert trainer.accumulate == 2  # --nbs 16 at batch 8: an optimizer step every 2 batches (yolov5: 64 -> 8)
     run = Path(trainer.run()["save_dir"])
     rows = read_results(run / "results.csv")
     assert [r["epoch"] for r in rows] == [0, 1]

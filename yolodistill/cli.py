@@ -69,6 +69,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(y, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     _flag(y, "--quad", action="store_true", help="quad dataloader")
     _flag(y, "--cos-lr", action="store_true", help="cosine LR scheduler")
+    _flag(y, "--nbs", type=int, default=64,
+          help="nominal batch: gradients accumulate to this many images per optimizer step (yolov5: 64)")
     _flag(y, "--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
     _flag(y, "--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
     _flag(y, "--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")

@@ -47,6 +47,7 @@ class Plan:
     hyp: str  # a packaged cfg/ file name or a path
     seed: int
     difficulty: float = 1.0  # of the synthetic data (yolodistill.synth.Difficulty.level)
+    nbs: int = 64  # images per optimizer step (yolov5's nominal batch)
 
     @classmethod
     def named(cls, name: str) -> "Plan":
@@ -59,7 +60,7 @@ def train_run(out: Path, name: str, plan: Plan, data: Path, device: str, **extra
     hyp = plan.hyp if Path(plan.hyp).is_file() else str(cfg_path(plan.hyp))
     opts = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
                         project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True,
-                        optimizer=plan.optimizer, hyp=hyp, **extra)
+                        optimizer=plan.optimizer, hyp=hyp, nbs=plan.nbs, **extra)
     return DistillTrainer(opts).run()
 
 
@@ -103,7 +104,7 @@ def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
     best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
     stamp = run / "plan.txt"
     expected = (f"{plan.teacher_cfg} {plan.teacher_epochs} {plan.imgsz} {plan.n_train} {plan.seed} "
-                f"{plan.optimizer} {plan.hyp} {plan.difficulty}")
+                f"{plan.optimizer} {plan.hyp} {plan.difficulty} {plan.nbs}")
     same_plan = stamp.is_file() and stamp.read_text().strip() == expected
     if same_plan and _finished(best):
         LOGGER.info(f"Reusing cached teacher {best}")

@@ -58,6 +58,7 @@ class TrainOptions:
     hyp: str = ""
     epochs: int = 100
     batch_size: int = 16
+    nbs: int = NOMINAL_BATCH  # gradients accumulate to this many images per optimizer step (yolov5's nbs)
     imgsz: int = 640
     rect: bool = False
     resume: Union[bool, str] = False
@@ -267,7 +268,10 @@ class DistillTrainer:
             LOGGER.warning("WARNING: --t_weights given without --d_output/--d_feature: the teacher is not used")
         self.trainable = self.distiller.trainable() if self.distiller else self.student
 
-        self.accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
+        if opt.nbs < 1:
+            raise UserError(f"--nbs must be at least 1, got {opt.nbs}")
+        self.accumulate = max(round(opt.nbs / opt.batch_size), 1)
+        # yolov5 scales weight decay to the images per optimizer step, relative to its nominal 64
         weight_decay = self.hyp["weight_decay"] * opt.batch_size * self.accumulate / NOMINAL_BATCH
         self.optimizer = yb.smart_optimizer(self.trainable, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"],
                                             weight_decay)
@@ -490,7 +494,7 @@ class DistillTrainer:
         if ni > self.nw:
             return
         xi = [0, self.nw]
-        self.accumulate = max(1, np.interp(ni, xi, [1, NOMINAL_BATCH / self.opt.batch_size]).round())
+        self.accumulate = max(1, np.interp(ni, xi, [1, self.opt.nbs / self.opt.batch_size]).round())
         for j, x in enumerate(self.optimizer.param_groups):
             x["lr"] = np.interp(ni, xi, [self.hyp["warmup_bias_lr"] if j == 0 else 0.0,
                                          x["initial_lr"] * self.lf(epoch)])
