@@ -55,16 +55,19 @@ def run_quickstart(root: Path, plan: quickstart.Plan, device: str) -> dict:
     """Teacher, student alone and the plan's distilled student, as `yolodistill quickstart` runs them."""
     qs = quickstart.run(root, plan=plan, device=device)
     teacher, alone, distilled = (row[MAP] for row in qs["rows"])
-    return {"teacher": teacher, "baseline": alone, f"feature-{plan.feature_loss}": distilled,
+    return {"teacher": teacher, "baseline": alone, plan.distill_label: distilled,
             "quickstart_minutes": qs["minutes"],
             "latency_ms": {k: row["latency_ms"] for k, row in zip(("teacher", "baseline", "distilled"), qs["rows"])}}
 
 
 def run_variant(root: Path, plan: quickstart.Plan, variant: str, device: str) -> float:
+    if VARIANTS[variant].get("d_feature") and plan.feature_weight <= 0:
+        raise SystemExit(f"variant {variant} needs a feature weight, and plan {plan} distils outputs only")
     data = root / "data" / "data.yaml"
     teacher = root / "teacher" / "weights" / "best.pt"
     r = quickstart.train_run(root, variant, plan, data, device, cfg=plan.student_cfg, epochs=plan.student_epochs,
-                             t_weights=str(teacher), f_weight=plan.feature_weight, **VARIANTS[variant])
+                             t_weights=str(teacher), d_weight=plan.output_weight, f_weight=plan.feature_weight,
+                             **VARIANTS[variant])
     return r["metrics/mAP_0.5:0.95"]
 
 
@@ -116,7 +119,7 @@ def main() -> None:
     store = out / "results.json"
     results: dict = json.loads(store.read_text()) if store.exists() else {}
     plan_of = {seed: replace(base, seed=seed) for seed in args.seeds}
-    own = f"feature-{base.feature_loss}"
+    own = base.distill_label
     variants = [own] + [v for v in args.variants if v != own]
     sizes = {k: v for k, v in vars(base).items() if k != "seed"}
     title = f"kd_gain, {date.today()}, plan {args.plan} {overrides or ''}: {sizes}"

@@ -22,6 +22,7 @@ def test_quickstart_fast_then_reuses_data_and_teacher(tmp_path, caplog):
         assert label in table
     assert (out / "map_per_epoch.png").stat().st_size > 0
     assert "quickstart finished in" in table and "teacher" in table.splitlines()[-1]  # minutes per stage
+    assert "distillation: " in table and "points mAP50-95 over the student alone" in table
     assert (out / "distilled" / "results.csv").read_text().count("distill/feature") == 1
     # it ends by deploying: the distilled student's ONNX file and the teacher-vs-student benchmark
     assert (out / "distilled" / "weights" / "best.onnx").stat().st_size > 100_000
@@ -44,3 +45,16 @@ def test_quickstart_fast_then_reuses_data_and_teacher(tmp_path, caplog):
     assert prepare_teacher(out, plan, data, "cpu") == best
     assert not any("Reusing cached teacher" in r.getMessage() for r in caplog.records)
     assert best.stat().st_size > 100_000 and load_yolov5_checkpoint(best)["epoch"] == -1
+
+
+def test_table_gives_the_share_of_the_gap_closed():
+    from yolodistill.quickstart import format_table, gap_closed
+
+    def row(name, m):
+        return {"model": name, "params": 1e6, "gflops": 1.0, "mAP50": m, "mAP50-95": m, "latency_ms": 1.0}
+
+    table = format_table([row("teacher", 0.5), row("alone", 0.3), row("distilled", 0.4)])
+    assert table.splitlines()[-1] == ("distillation: +10.0 points mAP50-95 over the student alone; closes 50% of "
+                                      "the teacher's 20.0-point lead")
+    assert gap_closed(0.3, 0.3, 0.35) is None
+    assert "not ahead" in format_table([row("teacher", 0.2), row("alone", 0.3), row("distilled", 0.3)])

@@ -42,12 +42,23 @@ class Plan:
     teacher_cfg: str
     student_cfg: str
     feature_loss: str
-    feature_weight: float
+    feature_weight: float  # 0: output distillation alone
     optimizer: str
     hyp: str  # a packaged cfg/ file name or a path
     seed: int
     difficulty: float = 1.0  # of the synthetic data (yolodistill.synth.Difficulty.level)
     nbs: int = 64  # images per optimizer step (yolov5's nominal batch)
+    output_weight: float = 1.0  # --d_weight of the distilled student
+
+    @property
+    def distill_label(self) -> str:
+        """What the distilled student is distilled with: `output` or `feature-<loss>` (output + features)."""
+        return f"feature-{self.feature_loss}" if self.feature_weight > 0 else "output"
+
+    def distill_options(self) -> dict:
+        """TrainOptions fields of the distilled student (besides the teacher)."""
+        return dict(d_output=True, d_weight=self.output_weight, d_feature=self.feature_weight > 0,
+                    feature_loss=self.feature_loss, f_weight=self.feature_weight)
 
     @classmethod
     def named(cls, name: str) -> "Plan":
@@ -147,12 +158,24 @@ def summary_rows(runs: dict[str, dict], imgsz: int) -> list[dict]:
     return rows
 
 
+def gap_closed(teacher: float, alone: float, distilled: float) -> Optional[float]:
+    """Share of the teacher's lead over the student alone that distillation wins back (None: no lead)."""
+    return (distilled - alone) / (teacher - alone) if teacher - alone > 1e-9 else None
+
+
 def format_table(rows: list[dict]) -> str:
+    """The table; rows in the order teacher, student alone, student distilled get the gap line under it."""
     head = f"{'model':<34}{'params':>10}{'GFLOPs':>8}{'mAP50':>8}{'mAP50-95':>10}{'CPU ms/img':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['model']:<34}{r['params'] / 1e6:>9.2f}M{r['gflops']:>8.2f}{r['mAP50']:>8.3f}"
                      f"{r['mAP50-95']:>10.3f}{r['latency_ms']:>12.1f}")
+    if len(rows) == 3:
+        teacher, alone, distilled = (r["mAP50-95"] for r in rows)
+        share = gap_closed(teacher, alone, distilled)
+        lines.append(f"distillation: {100 * (distilled - alone):+.1f} points mAP50-95 over the student alone; "
+                     + (f"closes {100 * share:.0f}% of the teacher's {100 * (teacher - alone):.1f}-point lead"
+                        if share is not None else "the teacher is not ahead of the student alone"))
     return "\n".join(lines)
 
 
@@ -204,9 +227,7 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     runs[f"student {student_label} alone"] = train_run(out, "student", plan, data, device, **common)
     lap("student alone")
     runs[f"student {student_label} distilled"] = train_run(out, "distilled", plan, data, device, **common,
-                                                        t_weights=str(teacher), d_feature=True,
-                                                        feature_loss=plan.feature_loss,
-                                                        f_weight=plan.feature_weight)
+                                                        t_weights=str(teacher), **plan.distill_options())
     lap("student distilled")
     rows = summary_rows(runs, plan.imgsz)
     table = format_table(rows)
