@@ -21,9 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from yolodistill import quickstart
-from yolodistill import yolo_backend as yb
 from yolodistill.run_logger import read_results
-from yolodistill.trainer import DistillTrainer, TrainOptions
 
 MAP = "metrics/mAP_0.5:0.95"
 
@@ -32,18 +30,6 @@ def _save(store: Path, results: dict) -> None:
     tmp = store.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(store)
-
-
-def train_or_resume(root: Path, name: str, plan: quickstart.Plan, data: Path, cfg: str, epochs: int) -> dict:
-    """A finished run's metrics, an interrupted run resumed to the end, or a new run."""
-    run = root / name
-    last = run / "weights" / "last.pt"
-    if last.is_file():
-        ckpt = yb.load_yolov5_checkpoint(last)
-        if ckpt.get("optimizer") is not None and ckpt.get("epoch", -1) >= 0:
-            logging.getLogger("yolodistill").info(f"Resuming {run}")
-            return DistillTrainer(TrainOptions(resume=str(last))).run()
-    return quickstart.train_run(root, name, plan, data, "cpu", cfg=cfg, epochs=epochs)
 
 
 def key(difficulty: float, model: str, plan: quickstart.Plan) -> str:
@@ -117,7 +103,7 @@ def main() -> None:
                 continue
             t0 = time.time()
             name = f"{Path(model).stem}_{dplan.optimizer}_nbs{dplan.nbs}"
-            r = train_or_resume(root, name, dplan, data, model, args.epochs)
+            r = quickstart.train_or_resume(root, name, dplan, data, "cpu", cfg=model, epochs=args.epochs)
             results[k] = {"map": r[MAP], "mAP50": r["metrics/mAP_0.5"], "epochs": args.epochs,
                           "minutes": (time.time() - t0) / 60, "save_dir": str(root / name)}
             _save(store, results)

@@ -75,6 +75,15 @@ def train_run(out: Path, name: str, plan: Plan, data: Path, device: str, **extra
     return DistillTrainer(opts).run()
 
 
+def train_or_resume(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
+    """train_run, or the interrupted run under out/name resumed from its last.pt (for resumable benchmarks)."""
+    last = out / name / "weights" / "last.pt"
+    if _resumable(last):
+        LOGGER.info(f"Resuming the interrupted run {out / name}")
+        return DistillTrainer(TrainOptions(resume=str(last))).run()
+    return train_run(out, name, plan, data, device, **extra)
+
+
 def _finished(weights: Path) -> bool:
     """A checkpoint that loads and was stripped at the end of a run (epoch -1)."""
     if not weights.is_file():
