@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Optional
 
 from yolodistill import quickstart
 from yolodistill.run_logger import read_results
@@ -41,20 +42,23 @@ def report(results: dict, out: Path, title: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, by_setting = [], {}
-    for k, r in sorted(results.items()):
-        d, model, rest = k.split("/", 2)
-        by_setting.setdefault((d, rest), {})[model] = r
+    by_setting: dict[tuple[float, str], dict] = {}  # (difficulty, recipe) -> {model stem: result}
+    for k, r in results.items():
+        d, model, recipe = k.split("/", 2)
+        by_setting.setdefault((float(d[1:]), recipe), {})[model] = r
+
+    def cell(r: Optional[dict], fmt: str) -> str:
+        return format(r["map"], fmt) if r else "-"
+
     lines = [title, "", "| difficulty | recipe | teacher yolov5s | student yolov5n alone | gap, points | "
              "min/epoch (s, n) |", "| --- | --- | --- | --- | --- | --- |"]
-    for (d, rest), models in sorted(by_setting.items(), key=lambda x: (float(x[0][0][1:]), x[0][1])):
+    rows = []
+    for (d, recipe), models in sorted(by_setting.items()):
         t, s = models.get("yolov5s"), models.get("yolov5n")
         gap = f"{100 * (t['map'] - s['map']):.1f}" if t and s else "-"
-        lines.append(f"| {d[1:]} | {rest} | {t['map']:.3f} | " if t else f"| {d[1:]} | {rest} | - | ")
-        lines[-1] += (f"{s['map']:.3f} | " if s else "- | ") + f"{gap} | " + " / ".join(
-            f"{models[m]['minutes'] / models[m]['epochs']:.2f}" if m in models else "-" for m in ("yolov5s", "yolov5n"))
-        lines[-1] += " |"
-        rows.append((float(d[1:]), rest, t, s))
+        per_epoch = " / ".join(f"{r['minutes'] / r['epochs']:.2f}" if r else "-" for r in (t, s))
+        lines.append(f"| {d:g} | {recipe} | {cell(t, '.3f')} | {cell(s, '.3f')} | {gap} | {per_epoch} |")
+        rows.append((d, recipe, t, s))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), tight_layout=True)
     for k, r in sorted(results.items()):
         curve = [row[MAP] for row in read_results(Path(r["save_dir"]) / "results.csv")]

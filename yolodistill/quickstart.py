@@ -129,15 +129,12 @@ def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
     if same_plan and _finished(best):
         LOGGER.info(f"Reusing cached teacher {best}")
         return best
-    if same_plan and _resumable(last):
-        LOGGER.info(f"Resuming the interrupted teacher run {run}")
-        DistillTrainer(TrainOptions(resume=str(last))).run()
-        return best
-    if run.exists():
-        shutil.rmtree(run)
-    run.mkdir(parents=True)
-    stamp.write_text(expected + "\n")
-    train_run(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs)
+    if not (same_plan and _resumable(last)):  # another plan or a broken run: start over
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        stamp.write_text(expected + "\n")
+    train_or_resume(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs)
     return best
 
 
