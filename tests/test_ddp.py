@@ -201,3 +201,18 @@ def test_classify_out_of_memory_is_one_line(shapes_data, tmp_path, monkeypatch, 
     assert rc == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("yolodistill classify: error: CUDA out of memory at --batch-size 16: "
                                             "try --batch-size 8 (or a smaller --imgsz)")
+
+
+def test_a_rank_that_joined_a_group_exits_without_teardown_and_keeps_its_output():
+    """distributed.exit_rank: the exit code and everything printed come through; atexit handlers (the
+    interpreter's teardown, where gloo threads kept alive by DDP abort the process) do not run."""
+    code = ("import atexit, sys\n"
+            "from yolodistill import distributed\n"
+            "atexit.register(lambda: print('teardown'))\n"
+            "distributed._joined = {joined}\n"
+            "sys.stdout.write('saved'); sys.stderr.write('logged')\n"
+            "distributed.exit_rank(3)\n")
+    rank = subprocess.run([sys.executable, "-c", code.format(joined=True)], capture_output=True, text=True)
+    assert (rank.returncode, rank.stdout, rank.stderr) == (3, "saved", "logged")
+    plain = subprocess.run([sys.executable, "-c", code.format(joined=False)], capture_output=True, text=True)
+    assert (plain.returncode, plain.stdout) == (3, "savedteardown\n")  # a plain process ends as usual

@@ -284,5 +284,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The `yolodistill` program (console script, `python -m yolodistill`, `torchrun -m yolodistill`).
+
+    Separate from main() so that main() stays callable from Python: a torchrun rank ends here through
+    distributed.exit_rank, which skips the interpreter's teardown."""
+    code = main()
+    from .distributed import exit_rank
+
+    exit_rank(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,15 +8,20 @@ helper here is a no-op and a run is the plain single-process one.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .errors import UserError
+
+# Set once this process joins a process group: such a process must end through exit_rank() (see there).
+_joined = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ def setup(ctx: DistContext, device: str) -> torch.device:
         torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo" if cpu else "nccl", timeout=datetime.timedelta(minutes=30))
+    global _joined
+    _joined = True
     return torch.device("cpu") if cpu else torch.device("cuda", ctx.local_rank)
 
 
@@ -81,15 +88,36 @@ def leave(ctx: DistContext, *, finished: bool) -> None:
     After a finished run every rank first waits for the others (rank 0 validates and saves after the last epoch
     while the others are done), then the group is destroyed. After a failure nobody waits, since the peers may
     be gone, and the group is not destroyed: a collective teardown could hang, and torchrun ends the other
-    ranks once this one exits non-zero (as torchtitan does). Known and not fixed: on the CPU a rank sometimes
-    aborts at interpreter exit after this (SIGABRT, "terminate called without an active exception"), with all
-    its work done and saved; seen in about 1 of 5 suite runs under load, barrier or not.
+    ranks once this one exits non-zero (as torchtitan does). The process itself must then end through
+    exit_rank().
     """
     if not (ctx.enabled and dist.is_initialized()):
         return
     if finished:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End this process with `code`; a process that joined a process group skips the interpreter's teardown.
+
+    Why: DistributedDataParallel keeps its process group alive from C++ after the wrapper is deleted and the
+    group destroyed (torch 2.14: the gloo threads `pt_gloo_runloop` and `gloo_tcp_loop` outlive
+    destroy_process_group() and gc.collect() whenever a DDP wrapper was built). Those threads are then torn down
+    at interpreter exit, and on the CPU that sometimes aborts the finished rank with SIGABRT ("terminate called
+    without an active exception", torch PR #179291): a run whose checkpoints are all saved exits -6 and
+    torchrun reports it failed. Every file this package writes is closed before its command returns, so
+    nothing is lost by leaving through os._exit once the logs and streams are flushed.
+    """
+    if not _joined:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more to save
+            pass
+    os._exit(code)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
