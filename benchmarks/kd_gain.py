@@ -51,7 +51,6 @@ def feature(loss: str, weight: float, output: bool = True) -> dict:
 # Feature weights: those of the earlier benchmark (RESULTS.md), where MSE at 0.5 hurt and 0.05 helped.
 ROWS = {
     "yolov5n alone": Row("yolov5n.yaml", None, {}),
-    "plan's setting": Row("yolov5n.yaml", "yolov5s.yaml", {"plan": True}),
     "output": Row("yolov5n.yaml", "yolov5s.yaml", dict(d_output=True)),
     "output + mse": Row("yolov5n.yaml", "yolov5s.yaml", feature("mse", 0.05)),
     "output + cwd": Row("yolov5n.yaml", "yolov5s.yaml", feature("cwd", 0.1)),
@@ -146,11 +145,18 @@ def _mean_sd(xs: list[float], scale: float = 1.0, fmt: str = ".3f") -> str:
     return f"{format(scale * statistics.mean(xs), fmt)} ± {format(scale * statistics.stdev(xs), fmt.lstrip('+'))}"
 
 
-def report(results: dict, seeds: list[int], title: str) -> str:
+def plan_row(plan: quickstart.Plan) -> Optional[str]:
+    """The yolov5s -> yolov5n row trained with the plan's own distillation setting."""
+    return next((r for r, row in ROWS.items() if row.teacher == "yolov5s.yaml" and not row.distill.get("plan")
+                 and distill_options(row, plan) == plan.distill_options()), None)
+
+
+def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -> str:
+    setting = ", ".join(f"{k} {v}" for k, v in plan.distill_options().items())
     def per_seed(label: str) -> dict[int, float]:
         return {s: results[str(s)][label]["map"] for s in seeds if label in results.get(str(s), {})}
 
-    lines = [title, "", "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
+    lines = [title, "", f"The quickstart's setting ({setting}) is the row `{plan_row(plan)}`.", "", "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
              "share of the teacher's lead closed |", "| --- | --- | --- | --- | --- |"]
     for label in list(TEACHER_ROWS.values()) + list(ROWS):
         got = per_seed(label)
@@ -224,10 +230,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
+    sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
+    stamp = out / "plan.json"  # runs of another plan must not be resumed or averaged with these
+    if stamp.exists() and json.loads(stamp.read_text()) != sizes:
+        raise SystemExit(f"kd_gain: {out} holds runs of another plan ({stamp}): use another --out")
+    stamp.write_text(json.dumps(sizes, indent=1))
     results: dict = json.loads(store.read_text()) if store.exists() else {}
     finished = run_all(args, plan, results, store)
-    sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
-    text = report(results, args.seeds, f"# kd_gain, {date.today()}, plan {args.plan}: {sizes}")
+    text = report(results, args.seeds, f"# kd_gain, {date.today()}, plan {args.plan}: {sizes}", plan)
     if results:
         text += f"\nplot: {plot_curves(results, out)}\n"
     if not finished:

@@ -9,7 +9,7 @@ import pytest
 
 from yolodistill.cli import main
 from yolodistill.errors import UserError
-from yolodistill.synth import (CLASS_NAMES, Difficulty, generate, load_objects_for_check, render_image,
+from yolodistill.synth import (CLASS_NAMES, STYLES, Difficulty, generate, load_objects_for_check, render_image,
                               yolo_label_lines)
 
 
@@ -89,13 +89,14 @@ def test_same_seed_and_setting_same_bytes(tmp_path, name):
     assert SETTINGS[name].describe() in (a / "data.yaml").read_text().splitlines()[0]
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("name", SETTINGS)
-def test_labels_correct_at_every_setting(name):
+def test_labels_correct_at_every_setting(name, style):
     """Boxes enclose and fit what was drawn, the smallest size and the occlusion limit hold, classes are right."""
     d, imgsz = SETTINGS[name], 128
     rng = np.random.default_rng(11)
     for _ in range(12):
-        img, objects = render_image(rng, imgsz, 6, d)
+        img, objects = render_image(rng, imgsz, 6, d, style)
         assert img.shape == (imgsz, imgsz, 3) and img.dtype == np.uint8
         later = np.zeros((imgsz, imgsz), bool)
         for o in reversed(objects):  # what later objects leave visible of each one
@@ -149,3 +150,39 @@ def test_difficulty_flags(tmp_path, capsys):
         assert main(["data", "synth", "--out", str(tmp_path / "bad"), *flags]) == 1
         err = capsys.readouterr().err
         assert "must be between 0 and 1" in err and "Traceback" not in err
+
+
+# ---- the style: a second domain ------------------------------------------------------------------------------------
+def test_textured_style_is_deterministic_and_looks_otherwise(tmp_path):
+    import cv2
+
+    kw = dict(n_train=3, n_val=1, imgsz=96, seed=5, difficulty=0.0, progress=False)
+    a, b = (generate(tmp_path / x, style="textured", **kw).parent for x in "ab")
+    flat = generate(tmp_path / "flat", **kw).parent
+    assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in _files(a))
+    assert not any(filecmp.cmp(a / f, flat / f, shallow=False) for f in _files(a) if f.suffix == ".png")
+    assert "--style textured" in (a / "data.yaml").read_text().splitlines()[0]
+
+    def object_saturation(style: str) -> float:
+        """Mean HSV saturation of the pixels objects cover: the textured style's fills are pale."""
+        rng = np.random.default_rng(0)
+        values = []
+        for _ in range(16):
+            img, objects = render_image(rng, 96, 6, Difficulty.level(0.0), style)
+            sat = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[..., 1]
+            values += [float(sat[o.mask].mean()) for o in objects]
+        return float(np.mean(values))
+
+    # fills drawn at saturation 90-255 (flat) and 20-119 (textured), before noise and the colour cast
+    assert object_saturation("textured") < 0.7 * object_saturation("flat")
+
+
+def test_style_flag(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "t"), "--n-train", "2", "--n-val", "1", "--imgsz", "64",
+                 "--style", "textured"]) == 0
+    assert "--style textured" in (tmp_path / "t" / "data.yaml").read_text()
+    with pytest.raises(UserError, match="--style"):
+        generate(tmp_path / "bad", n_train=1, n_val=1, style="night", progress=False)
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--out", str(tmp_path / "bad"), "--style", "night"])
+    assert "invalid choice: 'night'" in capsys.readouterr().err

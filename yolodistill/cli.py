@@ -199,6 +199,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     _flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
     _flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
     _flag(s, "--seed", type=int, default=0, help="random seed")
+    from .synth import STYLES
+
+    _flag(s, "--style", choices=STYLES, default="flat",
+          help="the look: flat (gradients, saturated fills) or textured (brick/grain/speckle under uneven "
+               "light, pale outlined shapes with shadows): a second domain for fine-tuning")
     _flag(s, "--difficulty", type=float, default=1.0,
           help="every knob below at once, 0 (easiest) to 1 (hardest: the original data)")
     k = s.add_argument_group("difficulty knobs (0-1; each overrides --difficulty)")
@@ -227,7 +232,7 @@ def _run_synth(args: argparse.Namespace) -> None:
     difficulty = Difficulty.level(args.difficulty, clutter=args.clutter, lookalikes=args.lookalikes, blur=args.blur,
                                   small=args.small, occlusion=args.occlusion, noise=args.noise)
     path = generate(args.out, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, classes=args.classes,
-                    seed=args.seed, difficulty=difficulty, exist_ok=args.exist_ok)
+                    seed=args.seed, difficulty=difficulty, style=args.style, exist_ok=args.exist_ok)
     logging.getLogger("yolodistill").info(f"dataset written: {path}")
 
 

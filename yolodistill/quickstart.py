@@ -49,6 +49,7 @@ class Plan:
     difficulty: float = 1.0  # of the synthetic data (yolodistill.synth.Difficulty.level)
     nbs: int = 64  # images per optimizer step (yolov5's nominal batch)
     output_weight: float = 1.0  # --d_weight of the distilled student
+    style: str = "flat"  # of the synthetic data (yolodistill.synth.STYLES)
 
     @property
     def distill_label(self) -> str:
@@ -106,14 +107,14 @@ def prepare_data(out: Path, plan: Plan) -> Path:
     """The synthetic dataset under out/data, generated once."""
     folder = out / "data"
     marker = folder / DATA_DONE
-    expected = f"{plan.n_train} {plan.n_val} {plan.imgsz} {plan.seed} {plan.difficulty}"
+    expected = f"{plan.n_train} {plan.n_val} {plan.imgsz} {plan.seed} {plan.difficulty} {plan.style}"
     if marker.is_file() and marker.read_text().strip() == expected:
         LOGGER.info(f"Reusing dataset {folder}")
         return folder / "data.yaml"
     if folder.exists():
         shutil.rmtree(folder)
     yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, imgsz=plan.imgsz, seed=plan.seed,
-                         difficulty=plan.difficulty)
+                         difficulty=plan.difficulty, style=plan.style)
     marker.write_text(expected + "\n")
     return yaml_path
 

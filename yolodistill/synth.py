@@ -4,8 +4,11 @@ Six classes in three look-alike pairs (square/rectangle, circle/ring, triangle/a
 up to half the image, rotation, colour and texture variation. What makes it hard is set by a
 `Difficulty` (each knob 0..1, 1 the hardest): non-class clutter, how alike the look-alike pairs are,
 blur, how small the smallest objects get, how much objects may hide each other, and background
-noise. Everything comes from one seeded numpy Generator per image, so the same seed and setting give
-the same bytes; at difficulty 1 the images are those of the generator before the dial existed.
+noise. A `style` sets the look without changing the task: `flat` (gradient backgrounds, saturated fills)
+or `textured` (brick, grain and speckle backgrounds under uneven light, pale outlined shapes that cast
+shadows, a colour cast) -- a second domain for fine-tuning and domain-shift experiments. Everything comes
+from one seeded numpy Generator per image, so the same seed and setting give the same bytes; at
+difficulty 1 in the flat style the images are those of the generator before the dial existed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .errors import UserError
 
 CLASS_NAMES = ("square", "rectangle", "circle", "ring", "triangle", "arrow")
 MIN_IMGSZ, MAX_IMGSZ = 32, 2048
+STYLES = ("flat", "textured")
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,11 @@ def _polygon(cls: int, size: float, rng: np.random.Generator, lookalikes: float)
     raise ValueError(cls)
 
 
-def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """A fill for one shape: a solid colour, stripes or a checkerboard of two colours (H, W, 3) uint8."""
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(110, 256)]]], np.uint8)
+def _texture(h: int, w: int, rng: np.random.Generator, pale: bool = False) -> np.ndarray:
+    """A fill for one shape: a solid colour, stripes or a checkerboard of two colours (H, W, 3) uint8;
+    `pale`: the textured style's washed-out palette."""
+    saturation = (20, 120) if pale else (90, 256)
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(*saturation), rng.integers(110, 256)]]], np.uint8)
     c1 = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int16)
     c2 = np.clip(c1 + rng.integers(-90, 90, 3), 0, 255)
     kind = rng.choice(3, p=[0.6, 0.2, 0.2])
@@ -123,6 +129,50 @@ def _background(h: int, w: int, rng: np.random.Generator, noise: float) -> np.nd
     img += cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
     img += rng.normal(0, rng.uniform(3 * strength, 12 * strength), (h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _textured_background(h: int, w: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """The textured style's ground: bricks, wood-like grain or speckle in a muted colour, lit unevenly."""
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(0, 70), rng.integers(70, 190)]]], np.uint8)
+    base = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    scale = max(h, w) / 160  # patterns keep their look at every image size
+    kind = rng.integers(3)
+    if kind == 0:  # bricks: rows of blocks, every other row offset by half a block, dark mortar
+        bh, bw = rng.uniform(8, 16) * scale, rng.uniform(18, 34) * scale
+        row = np.floor(yy / bh)
+        x = xx + (row % 2) * bw / 2
+        mortar = (np.mod(yy, bh) < 1.5 * scale) | (np.mod(x, bw) < 1.5 * scale)
+        shade = rng.uniform(-18, 18, (int(h / bh) + 2, int(w / bw) + 3))  # each brick a little different
+        pattern = shade[row.astype(int), np.floor(x / bw).astype(int)] - 45 * mortar
+    elif kind == 1:  # grain: wavy stripes
+        period, angle = rng.uniform(4, 10) * scale, rng.uniform(0, math.pi)
+        u = xx * math.cos(angle) + yy * math.sin(angle)
+        v = -xx * math.sin(angle) + yy * math.cos(angle)
+        pattern = 22 * np.sin(2 * math.pi * (u + 4 * scale * np.sin(v / (15 * scale))) / period)
+    else:  # speckle: dense dots of two tones
+        pattern = rng.choice([-30.0, 0.0, 25.0], size=(h, w), p=[0.2, 0.6, 0.2])
+        pattern = cv2.GaussianBlur(pattern.astype(np.float32), (0, 0), 0.7 * scale)
+    img = base + pattern[..., None]
+    # uneven light: a bright spot somewhere, falling off to 55-80% at the far corners
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    dist = np.hypot(xx - cx, yy - cy) / math.hypot(w, h)
+    img *= (1.0 - rng.uniform(0.2, 0.45) * dist / dist.max())[..., None]
+    img += rng.normal(0, 2 + 6 * noise, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shadow_and_outline(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The textured style's depth cues, drawn in place: a soft shadow down-right of the shape (outside it),
+    then returns the shape's outline (its pixels on the mask's edge), to be drawn dark after the fill."""
+    h, w = mask.shape
+    k = max(1, round(max(h, w) / 80))
+    shift = np.float32([[1, 0, k * rng.uniform(1, 2.5)], [0, 1, k * rng.uniform(1, 2.5)]])
+    shadow = cv2.warpAffine(mask.astype(np.float32), shift, (w, h))
+    shadow = cv2.GaussianBlur(shadow, (0, 0), k) * (~mask)
+    img[:] = np.clip(img * (1.0 - 0.45 * shadow[..., None]), 0, 255).astype(np.uint8)
+    eroded = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=k).astype(bool)
+    return mask & ~eroded
 
 
 def _clutter(img: np.ndarray, rng: np.random.Generator, n: int) -> None:
@@ -168,12 +218,15 @@ def _shape_mask(cls: int, size: float, centre: np.ndarray, angle: float, h: int,
     return mask.astype(bool), box
 
 
-def render_image(rng: np.random.Generator, imgsz: int, classes: int,
-                 difficulty: Difficulty = HARDEST) -> tuple[np.ndarray, list[SynthObject]]:
+def render_image(rng: np.random.Generator, imgsz: int, classes: int, difficulty: Difficulty = HARDEST,
+                 style: str = "flat") -> tuple[np.ndarray, list[SynthObject]]:
     """One image (imgsz, imgsz, 3) BGR uint8 and its objects."""
+    if style not in STYLES:
+        raise UserError(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
     d = difficulty
+    textured = style == "textured"
     h = w = imgsz
-    img = _background(h, w, rng, d.noise)
+    img = (_textured_background if textured else _background)(h, w, rng, d.noise)
     _clutter(img, rng, int(rng.integers(round(2 * d.clutter), round(6 * d.clutter) + 1)))
     owner = np.full((h, w), -1, np.int32)  # which object each pixel shows, for the occlusion limit
     objects: list[SynthObject] = []
@@ -192,8 +245,11 @@ def render_image(rng: np.random.Generator, imgsz: int, classes: int,
                 break
         else:
             continue
-        tex = _texture(h, w, rng)
+        outline = _shadow_and_outline(img, mask, rng) if textured else None
+        tex = _texture(h, w, rng, pale=textured)
         img[mask] = tex[mask]
+        if outline is not None:
+            img[outline] = (tex[outline] * rng.uniform(0.2, 0.4)).astype(np.uint8)
         owner[mask] = len(objects)
         x0, y0, x1, y1 = box
         objects.append(SynthObject(cls, (max(0.0, x0), max(0.0, y0), min(w, x1), min(h, y1)), mask))
@@ -202,7 +258,10 @@ def render_image(rng: np.random.Generator, imgsz: int, classes: int,
     if rng.random() < 0.35 * d.blur:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 0.5 + 0.8 * d.blur))
     noise = rng.normal(0, rng.uniform(0, 8 * d.noise), img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8), objects
+    img = img + noise
+    if textured:  # a colour cast: the camera's white balance is off
+        img = img * rng.uniform(0.8, 1.2, 3)
+    return np.clip(img, 0, 255).astype(np.uint8), objects
 
 
 def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
@@ -216,8 +275,8 @@ def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
 
 
 def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: int = 160, classes: int = 6,
-             seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, exist_ok: bool = False,
-             progress: bool = True) -> Path:
+             seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, style: str = "flat",
+             exist_ok: bool = False, progress: bool = True) -> Path:
     """Write images/{train,val}, labels/{train,val} and data.yaml under `out`; returns the yaml path."""
     out = Path(out)
     if not isinstance(difficulty, Difficulty):
@@ -228,6 +287,8 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: in
         raise UserError(f"--n-train and --n-val must be at least 1, got {n_train} and {n_val}")
     if not 1 <= classes <= len(CLASS_NAMES):
         raise UserError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {classes}")
+    if style not in STYLES:
+        raise UserError(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not exist_ok:
@@ -238,14 +299,15 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: in
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not progress)):
-            img, objects = render_image(np.random.default_rng(child), imgsz, classes, difficulty)
+            img, objects = render_image(np.random.default_rng(child), imgsz, classes, difficulty, style)
             name = f"{split}_{i:05d}"
             cv2.imwrite(str(out / "images" / split / f"{name}.png"), img)
             (out / "labels" / split / f"{name}.txt").write_text("".join(
                 line + "\n" for line in yolo_label_lines(objects, imgsz)))
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES[:classes]))
     yaml_path = out / "data.yaml"
-    yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz} {difficulty.describe()}\n"
+    yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz} --style {style} "
+                         f"{difficulty.describe()}\n"
                          f"path: {out.resolve()}\ntrain: images/train\nval: images/val\n"
                          f"nc: {classes}\nnames:\n{names}")
     return yaml_path
