@@ -4,16 +4,19 @@
 
 Plan `benchmark` of cfg/quickstart.yaml (larger than the quickstart; same recipe). Per seed: the dataset
 generated with the seed, a yolov5s teacher, then yolov5n students trained alone and distilled from it:
-output only; output + MSE, CWD or PKD features; PKD features only. Then the capacity-gap pair: a yolov5m
-teacher distilled into a yolov5n and into a yolov5s (each against that student alone).
+output only; output + MSE, CWD or PKD features; PKD features only. Then the fine-tuning case: teacher and
+student pretrained on that data are trained further on a small set of another style (plan `finetune`,
+`data synth --style textured`), the student alone and distilled from the fine-tuned teacher. Then the
+capacity-gap pair: a yolov5m teacher distilled into a yolov5n and into a yolov5s.
 
-Rows are run one at a time over all seeds (every seed's teacher, then every seed's student alone, then
-each variant), so the main comparison fills first. Finished runs are kept in OUT/results.json and an
-interrupted run resumes from its last.pt; with --budget-minutes the benchmark stops before a run that
-would not fit (estimated from finished runs of the same kind) and says how to go on. The report gives
-mean ± sd of mAP50-95 (best.pt, val split), the gain over the student alone, the share of the teacher's
-lead closed, for each pair of losses whether their per-seed difference exceeds its own seed spread, and
-a plot of val mAP per epoch (OUT/curves.png).
+Runs go one at a time over all seeds (every seed's teacher, then every seed's student alone, then each
+variant), so the main comparison fills first; a run's teacher, starting weights and baseline come before
+it. Finished runs are kept in OUT/results.json and an interrupted run resumes from its last.pt; with
+--budget-minutes the benchmark stops before a run that would not fit (estimated from finished runs of the
+same kind) and says how to go on. The report gives mean ± sd of mAP50-95 (best.pt, val split), the gain
+over the student alone, the share of the teacher's lead closed, for each pair of runs with the same
+teacher and baseline whether their per-seed difference exceeds its own seed spread, and plots of val mAP
+per epoch (OUT/curves.png).
 """
 
 from __future__ import annotations
@@ -37,10 +40,15 @@ MAP = "metrics/mAP_0.5:0.95"
 LOGGER = logging.getLogger("yolodistill")
 
 
-class Row(NamedTuple):
-    student: str  # model yaml
-    teacher: Optional[str]  # teacher model yaml; None: the student alone
-    distill: dict  # TrainOptions fields; {"plan": True} means the plan's own setting
+class Run(NamedTuple):
+    """One training run of the benchmark; `teacher` and `init` name other runs (their best.pt)."""
+
+    model: str  # model yaml
+    teacher: Optional[str] = None  # the run that teaches it; None: trained alone
+    distill: Optional[dict] = None  # TrainOptions fields; None: the plan's own setting (when taught)
+    init: Optional[str] = None  # the run whose weights it starts from (fine-tuning); None: random weights
+    target: bool = False  # trained on the fine-tuning plan's small set of another style instead of the plan's
+    epochs: str = "student"  # which of its plan's epoch counts: "teacher" or "student"
 
 
 def feature(loss: str, weight: float, output: bool = True) -> dict:
@@ -48,21 +56,57 @@ def feature(loss: str, weight: float, output: bool = True) -> dict:
     return dict(d_feature=True, feature_loss=loss, f_weight=weight, **({} if output else {"d_weight": 0.0}))
 
 
+N, S, M = "yolov5n.yaml", "yolov5s.yaml", "yolov5m.yaml"
 # Feature weights: those of the earlier benchmark (RESULTS.md), where MSE at 0.5 hurt and 0.05 helped.
-ROWS = {
-    "yolov5n alone": Row("yolov5n.yaml", None, {}),
-    "output": Row("yolov5n.yaml", "yolov5s.yaml", dict(d_output=True)),
-    "output + mse": Row("yolov5n.yaml", "yolov5s.yaml", feature("mse", 0.05)),
-    "output + cwd": Row("yolov5n.yaml", "yolov5s.yaml", feature("cwd", 0.1)),
-    "output + pkd": Row("yolov5n.yaml", "yolov5s.yaml", feature("pkd", 0.1)),
-    "pkd only": Row("yolov5n.yaml", "yolov5s.yaml", feature("pkd", 0.1, output=False)),
-    "yolov5s alone": Row("yolov5s.yaml", None, {}),
-    "yolov5m -> yolov5n": Row("yolov5n.yaml", "yolov5m.yaml", {"plan": True}),
-    "yolov5m -> yolov5s": Row("yolov5s.yaml", "yolov5m.yaml", {"plan": True}),
+RUNS = {
+    "teacher yolov5s": Run(S, epochs="teacher"),
+    "yolov5n alone": Run(N),
+    "output": Run(N, "teacher yolov5s", dict(d_output=True)),
+    "output + mse": Run(N, "teacher yolov5s", feature("mse", 0.05)),
+    "output + cwd": Run(N, "teacher yolov5s", feature("cwd", 0.1)),
+    "output + pkd": Run(N, "teacher yolov5s", feature("pkd", 0.1)),
+    "pkd only": Run(N, "teacher yolov5s", feature("pkd", 0.1, output=False)),
+    "yolov5s alone": Run(S),
+    # fine-tuning, the common real case: teacher and student pretrained on the plan's data (the runs above),
+    # then trained on a small set of another style; the teacher is fine-tuned first, as users would
+    "fine-tuned teacher yolov5s": Run(S, init="teacher yolov5s", target=True, epochs="teacher"),
+    "fine-tuned yolov5n alone": Run(N, init="yolov5n alone", target=True),
+    "fine-tuned, output": Run(N, "fine-tuned teacher yolov5s", dict(d_output=True), init="yolov5n alone",
+                              target=True),
+    "fine-tuned, plan's setting": Run(N, "fine-tuned teacher yolov5s", init="yolov5n alone", target=True),
+    "yolov5n on the small set only": Run(N, target=True),  # what the pretraining gives
+    # the capacity-gap pair: a larger teacher, into the small and the middle student
+    "teacher yolov5m": Run(M, epochs="teacher"),
+    "yolov5m -> yolov5n": Run(N, "teacher yolov5m"),
+    "yolov5m -> yolov5s": Run(S, "teacher yolov5m"),
 }
-BASELINE = {"yolov5n.yaml": "yolov5n alone", "yolov5s.yaml": "yolov5s alone"}
-TEACHER_ROWS = {"yolov5s.yaml": "teacher yolov5s", "yolov5m.yaml": "teacher yolov5m"}
 MIN_GAP = 0.005  # a teacher less than half a point ahead leaves no gap worth dividing by
+
+
+def baseline(label: str) -> Optional[str]:
+    """The run a taught run is compared with: the same model, start and data, trained alone."""
+    run = RUNS[label]
+    if run.teacher is None:
+        return None
+    return next((k for k, r in RUNS.items() if r == Run(run.model, init=run.init, target=run.target)), None)
+
+
+def with_dependencies(labels: list[str]) -> list[str]:
+    """`labels` in RUNS order, each preceded by the runs it needs (its teacher, its starting weights, the
+    baseline it is compared with)."""
+    order: list[str] = []
+
+    def add(label: str) -> None:
+        run = RUNS[label]
+        for need in (run.teacher, run.init, baseline(label)):
+            if need and need not in order:
+                add(need)
+        if label not in order:
+            order.append(label)
+
+    for label in (k for k in RUNS if k in labels):
+        add(label)
+    return order
 
 
 def _save(store: Path, results: dict) -> None:
@@ -72,14 +116,21 @@ def _save(store: Path, results: dict) -> None:
 
 
 def _run_dir(name: str) -> str:
-    return name.replace(" -> ", "_to_").replace(" + ", "_").replace("'", "").replace(" ", "_")
+    return (name.replace(" -> ", "_to_").replace(" + ", "_").replace(", ", "_").replace("'", "")
+            .replace(" ", "_"))
 
 
-def distill_options(row: Row, plan: quickstart.Plan) -> dict:
-    """TrainOptions fields of a distilled row: its own, the output term at the plan's weight unless it says."""
-    if row.distill.get("plan"):
+def distill_options(run: Run, plan: quickstart.Plan) -> dict:
+    """TrainOptions fields of a taught run: its own, the output term at the plan's weight unless it says."""
+    if run.distill is None:
         return plan.distill_options()
-    return {"d_output": True, "d_weight": plan.output_weight, **row.distill}
+    return {"d_output": True, "d_weight": plan.output_weight, **run.distill}
+
+
+def kind(run: Run) -> str:
+    """Runs of one kind take about the same time (the budget's estimate)."""
+    role = "teacher" if run.epochs == "teacher" else "distilled" if run.teacher else "alone"
+    return f"{Path(run.model).stem} {role}" + (" fine-tuning" if run.target else "")
 
 
 class Budget:
@@ -98,41 +149,36 @@ class Budget:
         return (time.time() - self.t0) / 60 + estimate <= self.minutes
 
 
-def run_all(args, plan: quickstart.Plan, results: dict, store: Path) -> bool:
-    """Train every missing run; False if the budget stopped it first."""
+def _best(result: dict) -> str:
+    return str(Path(result["save_dir"]) / "weights" / "best.pt")
+
+
+def run_all(args, plans: dict[bool, quickstart.Plan], results: dict, store: Path) -> bool:
+    """Train every missing run, each over all seeds before the next; False if the budget stopped it first.
+    plans: the plan's sizes for the source data (False) and the fine-tuning set (True)."""
     budget = Budget(args.budget_minutes, results)
-    order: list[tuple[str, str]] = []  # each teacher just before the first row that needs it
-    for r in (r for r in ROWS if r in args.rows):
-        if ROWS[r].teacher and ("teacher", ROWS[r].teacher) not in order:
-            order.append(("teacher", ROWS[r].teacher))
-        order.append(("row", r))
-    for what, name in order:
+    for label in with_dependencies(args.rows):
+        run = RUNS[label]
         for seed in args.seeds:
-            splan = replace(plan, seed=seed)
+            plan = replace(plans[run.target], seed=seed)
             root = Path(args.out) / f"seed{seed}"
             done = results.setdefault(str(seed), {})
-            label = TEACHER_ROWS[name] if what == "teacher" else name
             if label in done:
                 continue
-            row = ROWS.get(name)
-            model = name if what == "teacher" else row.student
-            kind = f"{Path(model).stem} " + ("teacher" if what == "teacher" else "distilled" if row.teacher else "alone")
-            if not budget.allows(kind):
+            if not budget.allows(kind(run)):
                 return False
-            data = quickstart.prepare_data(root, splan)
+            data = quickstart.prepare_data(root / "target" if run.target else root, plan)
+            extra = {}
+            if run.teacher:
+                extra.update(t_weights=_best(done[run.teacher]), **distill_options(run, plan))
+            if run.init:
+                extra.update(weights=_best(done[run.init]))
             t0 = time.time()
-            if what == "teacher":
-                r = quickstart.train_or_resume(root, _run_dir(label), splan, data, "cpu", cfg=model,
-                                               epochs=splan.teacher_epochs)
-            else:
-                extra = {}
-                if row.teacher:
-                    teacher = root / _run_dir(TEACHER_ROWS[row.teacher]) / "weights" / "best.pt"
-                    extra = dict(t_weights=str(teacher), **distill_options(row, splan))
-                r = quickstart.train_or_resume(root, _run_dir(name), splan, data, "cpu", cfg=row.student,
-                                               epochs=splan.student_epochs, **extra)
+            epochs = plan.teacher_epochs if run.epochs == "teacher" else plan.student_epochs
+            r = quickstart.train_or_resume(root, _run_dir(label), plan, data, "cpu", cfg=run.model,
+                                           epochs=epochs, **extra)
             done[label] = {"map": r[MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60,
-                           "kind": kind, "save_dir": r["save_dir"]}
+                           "kind": kind(run), "save_dir": r["save_dir"]}
             _save(store, results)
     return True
 
@@ -145,27 +191,32 @@ def _mean_sd(xs: list[float], scale: float = 1.0, fmt: str = ".3f") -> str:
     return f"{format(scale * statistics.mean(xs), fmt)} ± {format(scale * statistics.stdev(xs), fmt.lstrip('+'))}"
 
 
-def plan_row(plan: quickstart.Plan) -> Optional[str]:
-    """The yolov5s -> yolov5n row trained with the plan's own distillation setting."""
-    return next((r for r, row in ROWS.items() if row.teacher == "yolov5s.yaml" and not row.distill.get("plan")
-                 and distill_options(row, plan) == plan.distill_options()), None)
+def plan_run(plan: quickstart.Plan) -> Optional[str]:
+    """The yolov5s -> yolov5n run whose own setting is the plan's (besides the one that says `None`)."""
+    return next((k for k, r in RUNS.items() if r.teacher == "teacher yolov5s" and r.distill is not None
+                 and distill_options(r, plan) == plan.distill_options()), None)
 
 
 def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -> str:
-    setting = ", ".join(f"{k} {v}" for k, v in plan.distill_options().items())
     def per_seed(label: str) -> dict[int, float]:
         return {s: results[str(s)][label]["map"] for s in seeds if label in results.get(str(s), {})}
 
-    lines = [title, "", f"The quickstart's setting ({setting}) is the row `{plan_row(plan)}`.", "", "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
+    setting = ", ".join(f"{k} {v}" for k, v in plan.distill_options().items())
+    lines = [title, "", f"The plan's setting is {setting}: the run `{plan_run(plan)}`, and the runs a yolov5m "
+             f"teaches and `fine-tuned, plan's setting`. Every `fine-tuned` run and `yolov5n on the small set "
+             f"only` are trained and scored on the small set of the other style.", "",
+             "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
              "share of the teacher's lead closed |", "| --- | --- | --- | --- | --- |"]
-    for label in list(TEACHER_ROWS.values()) + list(ROWS):
+    groups: dict[tuple[str, str], list[str]] = {}  # (teacher, baseline) -> the runs they compare
+    for label, run in RUNS.items():
         got = per_seed(label)
         if not got:
             continue
         gain, share = "", ""
-        row = ROWS.get(label)
-        if row is not None and row.teacher:
-            alone, teacher = per_seed(BASELINE[row.student]), per_seed(TEACHER_ROWS[row.teacher])
+        base = baseline(label)
+        if base is not None:
+            groups.setdefault((run.teacher, base), []).append(label)
+            alone, teacher = per_seed(base), per_seed(run.teacher)
             both = [s for s in got if s in alone and s in teacher]
             gain = _mean_sd([got[s] - alone[s] for s in both], 100, "+.1f")
             shares = [(got[s] - alone[s]) / (teacher[s] - alone[s]) for s in both
@@ -174,17 +225,17 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
                      f"{', '.join(f'{100 * x:.0f}%' for x in shares)})") if shares else "-"
         lines.append(f"| {label} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {share} |")
 
-    distilled = [r for r in ROWS if ROWS[r].teacher == "yolov5s.yaml"]
-    lines += ["", "Paired differences between losses (same seed, same teacher and data): mean ± sd over seeds, "
-              "and whether |mean| exceeds that seed spread.", "",
+    lines += ["", "Paired differences between runs with the same teacher and baseline (same seed): mean ± sd "
+              "over seeds, and whether |mean| exceeds that seed spread.", "",
               "| A - B | seeds | difference, points | exceeds the seed spread |", "| --- | --- | --- | --- |"]
-    for a, b in itertools.combinations(distilled, 2):
-        pa, pb = per_seed(a), per_seed(b)
-        diffs = [pa[s] - pb[s] for s in pa if s in pb]
-        if len(diffs) >= 2:
-            mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-            lines.append(f"| {a} - {b} | {len(diffs)} | {100 * mean:+.1f} ± {100 * sd:.1f} | "
-                         f"{'yes' if abs(mean) > sd else 'no'} |")
+    for labels in groups.values():
+        for a, b in itertools.combinations(labels, 2):
+            pa, pb = per_seed(a), per_seed(b)
+            diffs = [pa[s] - pb[s] for s in pa if s in pb]
+            if len(diffs) >= 2:
+                mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+                lines.append(f"| {a} - {b} | {len(diffs)} | {100 * mean:+.1f} ± {100 * sd:.1f} | "
+                             f"{'yes' if abs(mean) > sd else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,21 +244,31 @@ def plot_curves(results: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5), tight_layout=True)
-    labels = sorted({label for seed in results.values() for label in seed})
-    for i, label in enumerate(labels):
-        for j, seed in enumerate(sorted(results)):
-            if label in results[seed]:
-                rows = read_results(Path(results[seed][label]["save_dir"]) / "results.csv")
-                ax.plot([r[MAP] for r in rows], color=f"C{i % 10}", alpha=0.8, lw=1,
-                        label=label if j == 0 else None)
-    ax.set(xlabel="epoch", ylabel="val mAP50-95", title="kd_gain: every run, every seed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), tight_layout=True)
+    for ax, target, title in ((axes[0], False, "the plan's data"), (axes[1], True, "fine-tuning on the other style")):
+        for i, label in enumerate(k for k, r in RUNS.items() if r.target == target):
+            for j, seed in enumerate(sorted(results)):
+                if label in results[seed]:
+                    rows = read_results(Path(results[seed][label]["save_dir"]) / "results.csv")
+                    ax.plot([r[MAP] for r in rows], color=f"C{i % 10}", alpha=0.8, lw=1,
+                            label=label if j == 0 else None)
+        ax.set(xlabel="epoch", ylabel="val mAP50-95", title=f"kd_gain, {title}: every run, every seed")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     path = out / "curves.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _stamp(path: Path, plan: quickstart.Plan) -> dict:
+    """The plan's sizes (not its seed), written to `path`; refuses a folder that holds runs of another plan."""
+    sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
+    if path.exists() and json.loads(path.read_text()) != sizes:
+        raise SystemExit(f"kd_gain: {path.parent} holds runs of another plan ({path}): use another --out")
+    path.write_text(json.dumps(sizes, indent=1))
+    return sizes
 
 
 def main() -> None:
@@ -215,7 +276,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/kd_gain")
     ap.add_argument("--plan", default="benchmark", help="a plan of cfg/quickstart.yaml")
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--finetune-plan", default="finetune", help="the plan of the fine-tuning runs' small set")
+    ap.add_argument("--rows", nargs="+", default=list(RUNS), choices=list(RUNS),
+                    help="runs to train (with the runs they need); default: all")
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--teacher-epochs", type=int)
@@ -227,17 +290,18 @@ def main() -> None:
     overrides = {k: v for k, v in dict(n_train=args.n_train, teacher_epochs=args.teacher_epochs,
                                        student_epochs=args.student_epochs).items() if v is not None}
     plan = replace(quickstart.Plan.named(args.plan), **overrides)
+    target = quickstart.Plan.named(args.finetune_plan)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
-    sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
-    stamp = out / "plan.json"  # runs of another plan must not be resumed or averaged with these
-    if stamp.exists() and json.loads(stamp.read_text()) != sizes:
-        raise SystemExit(f"kd_gain: {out} holds runs of another plan ({stamp}): use another --out")
-    stamp.write_text(json.dumps(sizes, indent=1))
+    # runs of another plan must not be resumed or averaged with these
+    sizes = _stamp(out / "plan.json", plan)
+    target_sizes = _stamp(out / "plan_finetune.json", target)
     results: dict = json.loads(store.read_text()) if store.exists() else {}
-    finished = run_all(args, plan, results, store)
-    text = report(results, args.seeds, f"# kd_gain, {date.today()}, plan {args.plan}: {sizes}", plan)
+    finished = run_all(args, {False: plan, True: target}, results, store)
+    title = (f"# kd_gain, {date.today()}\n\nplan {args.plan}: {sizes}\n\nfine-tuning plan {args.finetune_plan}: "
+             f"{target_sizes}")
+    text = report(results, args.seeds, title, plan)
     if results:
         text += f"\nplot: {plot_curves(results, out)}\n"
     if not finished:
