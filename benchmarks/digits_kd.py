@@ -174,8 +174,8 @@ def interleaved_epoch_seconds(opts: ClassifyOptions, teacher: str, store: Path, 
                 seconds[key].append(time.perf_counter() - t0)
     finally:
         for t in trainers.values():
-            if hasattr(t, "logger"):
-                t.logger.close()
+            if t.run_logger is not None:
+                t.run_logger.close()
             t.cleanup()
     return seconds
 

@@ -55,7 +55,7 @@ def _clip_flags(g, flag, *, required: bool = True) -> None:
 def _load_clip(args):
     from ..errors import UserError
     from .clip_teacher import load_clip
-    from .trainer import select_device
+    from ..engine import select_device
 
     if not args.pretrained and not args.random_init:
         raise UserError("--pretrained /path/to/open_clip_model.safetensors is required (weights come from local "
@@ -198,7 +198,7 @@ def _run_clip_distill(args):
 def _run_embed(args):
     from ..errors import UserError
     from .embed import embed_classifiers, embed_clip
-    from .trainer import select_device
+    from ..engine import select_device
 
     if bool(args.clip) == bool(args.teacher):
         raise UserError("give the teacher as --clip MODEL --pretrained FILE, or as --teacher CKPT [CKPT ...]")

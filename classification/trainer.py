@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from .. import distributed as ddp
-from ..checkpoint import find_last_checkpoint
-from ..deploy.finetune import Compression
+from ..engine import Engine, seed_everything
 from ..errors import UserError
-from ..run_logger import RunLogger, plot_results
+from ..run_logger import plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, list_images, readable, split_folders
 from .losses import embedding_cosine, embedding_mse, hinton_loss, kd_kl_loss, soft_targets
 from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, last_feature_layer,
@@ -82,59 +78,24 @@ class ClassifyOptions:
     resume: Union[bool, str] = False
 
 
-def select_device(device: str) -> torch.device:
-    if device in ("", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(device if device == "cpu" or not device.isdigit() else f"cuda:{device}")
-
-
-def increment_dir(path: Path, exist_ok: bool) -> Path:
-    """runs/classify/exp, exp2, exp3, ... as yolov5 numbers its runs."""
-    if exist_ok or not path.exists():
-        return path
-    n = 2
-    while path.with_name(f"{path.name}{n}").exists():
-        n += 1
-    return path.with_name(f"{path.name}{n}")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().sum().item()
 
 
-class ClassifyTrainer:
+class ClassifyTrainer(Engine):
     """Supervised training from labels; subclasses change loss_terms() and what the model outputs."""
 
     names: tuple[str, ...] = ("ce",)
     kind = "train"
 
     def __init__(self, opts: ClassifyOptions):
-        self.opts = opts
-        # Under torchrun: one process per device, --batch-size split over them; rank 0 evaluates, logs, saves.
-        self.dist = ddp.context_from_env()
-        self.main = self.dist.is_main
-        if not self.main:
-            LOGGER.setLevel(logging.WARNING)
-        self.resume_ckpt: Optional[dict] = None
-        self.start_epoch, self.best_top1, self.best_metrics = 0, -1.0, {}
-        if opts.resume:
-            self.load_resume_state()
-        self.batch_size = ddp.per_rank_batch(self.opts.batch_size, self.dist)
-        self.device = ddp.setup(self.dist, self.opts.device) if self.dist.enabled else select_device(self.opts.device)
+        super().__init__(opts)
+        self.best_fitness, self.best_metrics = -1.0, {}  # best top-1 so far
         self.extra_trainable: nn.ModuleDict = nn.ModuleDict()
 
-    def load_resume_state(self) -> None:
+    def load_resume_state(self, last: Path) -> dict:
         """--resume: every option from the unfinished run's last.pt; its weights and state are restored in setup()."""
-        last = find_last_checkpoint(self.opts.resume, self.opts.project)
         ckpt = read_checkpoint(last)
         state = ckpt.get("resume")
         if state is None:
@@ -146,23 +107,20 @@ class ClassifyTrainer:
         known = {f.name for f in fields(ClassifyOptions)}
         self.opts = ClassifyOptions(**{k: v for k, v in state["options"].items() if k in known})
         self.opts.resume = str(last)
-        self.resume_ckpt = ckpt
         LOGGER.info(f"Resuming {last.parent.parent} from epoch {ckpt['epoch'] + 2} of {self.opts.epochs}")
+        return ckpt
 
     # ---- setup -------------------------------------------------------------------------------------
-    def setup(self) -> "ClassifyTrainer":
+    def build(self) -> None:
         o = self.opts
         if o.epochs < 1 or o.batch_size < 1 or o.imgsz < 1:
             raise UserError("--epochs, --batch-size and --imgsz must be positive")
         seed_everything(o.seed)
         self.build_data()
         self.build_model()
-        self.compression = Compression(o.qat, o.sparsity)
-        if self.compression.enabled:
-            n_batches = max(1, math.ceil(o.qat_calib_images / o.batch_size))
-            calibration = (b[0].to(self.device) for b, _ in zip(self.train_loader, range(n_batches)))
-            quant = self.resume_ckpt.get("quant") if self.resume_ckpt else None  # QAT ranges of the resumed run
-            self.compression.prepare(self.model, calibration=calibration, forward=self.model, quant_state=quant)
+        self.compression = self.setup_compression(  # with the QAT ranges of a resumed run
+            self.model, self.train_loader, lambda batch: batch[0].to(self.device),
+            quant_state=self.resume_ckpt.get("quant") if self.resume_ckpt else None)
         self.build_extras()
         params = [p for p in list(self.model.parameters()) + list(self.extra_trainable.parameters()) if p.requires_grad]
         opt_cls = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}.get(o.optimizer)
@@ -177,22 +135,12 @@ class ClassifyTrainer:
         total = o.epochs * max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        if self.resume_ckpt:
-            self.save_dir = Path(o.resume).parent.parent
-        else:  # chosen by rank 0 alone, so every rank agrees
-            self.save_dir = ddp.broadcast(increment_dir(Path(o.project) / o.name, o.exist_ok) if self.main else None,
-                                          self.dist)
-        self.logger = None
-        if self.main:
-            (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
-            self.logger = RunLogger(self.save_dir, [f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
-            (self.save_dir / "opt.yaml").write_text(_yaml(asdict(o)))
+        self.make_run_dir(Path(o.resume).parent.parent if self.resume_ckpt else None)
         if self.resume_ckpt:
             self.restore(self.resume_ckpt)
             self.resume_ckpt = None
-            if self.logger:
-                self.logger.truncate_after(self.start_epoch - 1)  # the epoch that was cut short is done again
-        return self
+        self.open_run_logger([f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
+        LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
 
     def loader(self, dataset, *, train: bool) -> DataLoader:
         g = torch.Generator()
@@ -292,7 +240,7 @@ class ClassifyTrainer:
             teacher_rows = self.teacher_rows(rows)
             terms = self.loss_terms(images, labels, teacher_rows)
             loss = sum(terms.values())
-            if not self._all_finite(loss):  # every rank stops together, or the others would wait forever
+            if not self.all_finite(loss):  # every rank stops together, or the others would wait forever
                 raise UserError(f"loss became non-finite at epoch {epoch + 1}: lower --lr0")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -307,13 +255,8 @@ class ClassifyTrainer:
         if self.dist.enabled:  # the logged training loss is over every rank's images, not rank 0's alone
             torch.distributed.all_reduce(means)
             means /= self.dist.world_size
-        return {f"train/{n}": float(v) for n, v in zip(self.names, means)}
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
-        if self.dist.enabled:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite.item())
+        return {**{f"train/{n}": float(v) for n, v in zip(self.names, means)},
+                "lr/0": self.optimizer.param_groups[0]["lr"]}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -329,22 +272,33 @@ class ClassifyTrainer:
             n += len(labels)
         return {"metrics/accuracy_top1": correct1 / n, "metrics/accuracy_top5": correct5 / n, "val/loss": loss / n}
 
+    def validate(self, epoch: int) -> dict[str, float]:
+        return self.evaluate()
+
+    def fitness(self, metrics: dict[str, float]) -> float:
+        return metrics["metrics/accuracy_top1"]
+
+    def is_improvement(self, fitness: float) -> bool:
+        return fitness > self.best_fitness or math.isinf(fitness)  # inf: no labeled val, every epoch is best
+
     # ---- checkpoints and the run -------------------------------------------------------------------
     def checkpoint_meta(self) -> dict:
         return dict(arch=self.opts.model, classes=self.classes, imgsz=self.opts.imgsz, mean=self.mean, std=self.std)
 
-    def save(self, path: Path, epoch: int, metrics: dict, *, resume: bool = False) -> None:
-        # A QAT student is saved plain with its INT8 ranges beside (checkpoint_dict splits them off).
+    def save(self, path: Path, epoch: int, *, training_state: bool) -> None:
+        # A QAT student is saved plain with its INT8 ranges beside (checkpoint_dict splits them off). The final
+        # last.pt is the plain classifier; a run killed before it resumes from the previous one.
         extra = {"sparsity": self.compression.sparsity} if self.compression.sparsity else {}
-        if resume:
+        if training_state and epoch + 1 < self.opts.epochs:
             extra["resume"] = self.resume_state()
-        save_classifier(path, self.model, epoch=epoch, metrics=metrics, **self.checkpoint_meta(), **extra)
+        save_classifier(path, self.model, epoch=epoch, metrics=self.epoch_metrics, **self.checkpoint_meta(),
+                        **extra)
 
     def resume_state(self) -> dict:
         """What --resume needs beyond the weights: plain values and tensors only (weights-only loadable)."""
         return {"kind": self.kind, "options": asdict(self.opts), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "extra_trainable": self.extra_trainable.state_dict(),
-                "best_top1": self.best_top1, "best_metrics": dict(self.best_metrics),
+                "best_top1": self.best_fitness, "best_metrics": dict(self.best_metrics),
                 "rng": {"torch": torch.get_rng_state(), "loader": self.train_loader.generator.get_state()}}
 
     def restore(self, ckpt: dict) -> None:
@@ -353,63 +307,26 @@ class ClassifyTrainer:
         self.extra_trainable.load_state_dict(state["extra_trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.best_top1, self.best_metrics = state["best_top1"], state["best_metrics"]
+        self.best_fitness, self.best_metrics = state["best_top1"], state["best_metrics"]
         torch.set_rng_state(state["rng"]["torch"])
         self.train_loader.generator.set_state(state["rng"]["loader"])
         self.start_epoch = ckpt["epoch"] + 1
 
-    def run(self) -> dict:
-        """Train all epochs; returns {"save_dir", "best", "last", "epoch_seconds", best metrics}."""
-        finished = False
-        try:
-            if not hasattr(self, "model"):
-                self.setup()
-            result = self._fit()
-            finished = True
-            return result
-        except torch.cuda.OutOfMemoryError:
-            raise UserError(ddp.oom_message(self.opts.batch_size, self.dist)) from None
-        finally:
-            ddp.leave(self.dist, finished=finished)
+    def report_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        LOGGER.info(f"epoch {epoch + 1}/{self.opts.epochs}: "
+                    + "  ".join(f"{k.removeprefix('train/').removeprefix('metrics/')} {v:.4g}"
+                                for k, v in row.items()))
 
-    def _fit(self) -> dict:
-        LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
-        epoch_seconds = []
-        weights = self.save_dir / "weights"
-        try:
-            for epoch in range(self.start_epoch, self.opts.epochs):
-                t0 = time.perf_counter()
-                row = self.train_epoch(epoch)
-                epoch_seconds.append(time.perf_counter() - t0)
-                if not self.main:  # rank 0 alone evaluates, logs and saves; the others go on to the next epoch
-                    continue
-                metrics = self.evaluate()
-                row.update(metrics, **{"lr/0": self.optimizer.param_groups[0]["lr"]})
-                self.logger.log(epoch, row)
-                # best.pt before last.pt: once last.pt holds an epoch, best.pt accounts for it too. The final
-                # last.pt is the plain classifier; a run killed before it resumes from the previous one.
-                top1 = metrics["metrics/accuracy_top1"]
-                if top1 > self.best_top1 or math.isinf(top1):  # inf: no labeled val, so every epoch is best
-                    self.best_top1, self.best_metrics = metrics["metrics/accuracy_top1"], metrics
-                    self.save(weights / "best.pt", epoch, metrics)
-                self.save(weights / "last.pt", epoch, metrics, resume=epoch + 1 < self.opts.epochs)
-                LOGGER.info(f"epoch {epoch + 1}/{self.opts.epochs}: "
-                            + "  ".join(f"{k.removeprefix('train/').removeprefix('metrics/')} {v:.4g}"
-                                        for k, v in row.items()))
-        finally:
-            if self.logger:
-                self.logger.close()
-            self.cleanup()
-        if not self.main:
-            return {"save_dir": str(self.save_dir), "rank": self.dist.rank, "epoch_seconds": epoch_seconds}
-        plot_results(self.logger.csv_path)
-        LOGGER.info(f"best top-1 {self.best_top1:.4f}; results in {self.save_dir}")
-        return {"save_dir": str(self.save_dir), "best": str(weights / "best.pt"), "last": str(weights / "last.pt"),
-                "epoch_seconds": epoch_seconds, **self.best_metrics}
+    def finish(self) -> dict:
+        plot_results(self.run_logger.csv_path)
+        LOGGER.info(f"best top-1 {self.best_fitness:.4f}; results in {self.save_dir}")
+        return {"save_dir": str(self.save_dir), "best": str(self.best), "last": str(self.last),
+                "epoch_seconds": self.epoch_seconds, **self.best_metrics}
 
     def cleanup(self) -> None:
         """Remove hooks (the sparsity masks' gradient hooks for plain training)."""
-        self.compression.remove()
+        if hasattr(self, "compression"):
+            self.compression.remove()
 
 
 class KDTrainer(ClassifyTrainer):

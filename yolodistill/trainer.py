@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -28,24 +27,21 @@ from tqdm import tqdm
 from . import __version__
 from . import distributed as ddp
 from . import yolo_backend as yb
-from .checkpoint import find_last_checkpoint, save_checkpoint_atomic
+from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
-from .deploy.finetune import Compression
 from .deploy.quant import load_plain_state_dict
 from .distiller import TASK_TERMS, Distiller, loss_names
+from .engine import Engine, TrainingError, seed_everything
 from .errors import UserError
 from .inference import load_detector
 from .paths import cfg_path
-from .run_logger import METRIC_COLUMNS, RunLogger, plot_results
+from .run_logger import METRIC_COLUMNS, plot_results
 from .teacher import FrozenTeacher, load_teacher
 
 LOGGER = logging.getLogger("yolodistill")
 NOMINAL_BATCH = 64  # yolov5's nbs: gradients accumulate to this many images per optimizer step
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
-
-
-class TrainingError(UserError):
-    """Training cannot go on (e.g. the loss stays NaN); reported on one line like a user error."""
+__all__ = ["DistillTrainer", "TrainOptions", "TrainingError", "strip_checkpoint", "train"]
 
 
 @dataclass
@@ -118,35 +114,24 @@ class TrainOptions:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class DistillTrainer:
+class DistillTrainer(Engine):
     """One training run; `run()` goes through setup, epochs and the final strip/validate."""
 
+    kind = "train"
+
     def __init__(self, opt: TrainOptions):
-        self.opt = opt
-        # Under torchrun: one process per device, --batch-size split over them; rank 0 validates, logs, saves.
-        self.dist = ddp.context_from_env()
-        self.main = self.dist.is_main
-        if not self.main:  # one log, rank 0's
-            LOGGER.setLevel(logging.WARNING)
+        super().__init__(opt)
+        if not self.main:
             yb.set_yolov5_verbosity(False)
-        self.resume_ckpt: Optional[dict] = None
-        if opt.resume:
-            self._load_resume_state()
-        self.config = self.opt.distill_config()
+        self.config = self.opts.distill_config()
         self.names = loss_names(self.config)
-        self.batch_size = ddp.per_rank_batch(self.opt.batch_size, self.dist)
-        if self.dist.enabled:
-            self.device = ddp.setup(self.dist, self.opt.device)
-        else:
-            self.device = yb.select_device(self.opt.device, batch_size=self.opt.batch_size)
         self.cuda = self.device.type != "cpu"
         # yolov5's check_amp downloads weights to test AMP; AMP on CUDA is safe for these models.
         self.amp = self.cuda
 
     # ------------------------------------------------------------------ setup
-    def _load_resume_state(self) -> None:
-        last = find_last_checkpoint(self.opt.resume, self.opt.project)
-        ckpt = yb.load_yolov5_checkpoint(last, trust=self.opt.trust_checkpoint)
+    def load_resume_state(self, last: Path) -> dict:
+        ckpt = yb.load_yolov5_checkpoint(last, trust=self.opts.trust_checkpoint)
         if not isinstance(ckpt, dict) or "opt" not in ckpt or ckpt.get("model") is None:
             raise UserError(f"{last} is not a yolodistill/yolov5 training checkpoint (no 'opt'/'model' entry)")
         if ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
@@ -154,22 +139,13 @@ class DistillTrainer:
         opt = TrainOptions.from_dict(ckpt["opt"])
         opt.resume, opt.weights, opt.cfg = str(last), str(last), ""
         opt.save_dir = str(last.parent.parent)
-        opt.trust_checkpoint = self.opt.trust_checkpoint or opt.trust_checkpoint
-        self.opt, self.resume_ckpt = opt, ckpt
+        opt.trust_checkpoint = self.opts.trust_checkpoint or opt.trust_checkpoint
+        self.opts = opt
         LOGGER.info(f"Resuming training from {last} (epoch {ckpt['epoch'] + 1} of {opt.epochs})")
-
-    def _setup_run_dir(self) -> None:
-        opt = self.opt
-        if not opt.save_dir:  # chosen by rank 0 alone: ranks racing to increment exp, exp2... would disagree
-            path = str(yb.increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if self.main else None
-            opt.save_dir = ddp.broadcast(path, self.dist)
-        self.save_dir = Path(opt.save_dir)
-        self.weights_dir = self.save_dir / "weights"
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        self.last, self.best = self.weights_dir / "last.pt", self.weights_dir / "best.pt"
+        return ckpt
 
     def _setup_hyp_and_data(self) -> None:
-        opt = self.opt
+        opt = self.opts
         if opt.hyp_dict is None:
             if not opt.hyp and (opt.qat or opt.sparsity):
                 opt.hyp = str(cfg_path("hyp.finetune.yaml"))
@@ -187,8 +163,8 @@ class DistillTrainer:
                 yaml.safe_dump(self.hyp, f, sort_keys=False)
 
     def _setup_models(self) -> None:
-        opt = self.opt
-        yb.init_seeds(opt.seed + 1, deterministic=True)  # train.py's seeding (before any weight is drawn)
+        opt = self.opts
+        seed_everything(opt.seed + 1, deterministic=True)  # train.py's seeding (before any weight is drawn)
         self.teacher: Optional[FrozenTeacher] = None
         if opt.t_weights:
             self.teacher = load_teacher(opt.t_weights, cfg=opt.t_cfg, nc=self.nc, device=self.device,
@@ -203,7 +179,7 @@ class DistillTrainer:
         if self.dist.rank > 0:
             # Every rank drew the same initial weights (so 2:4 masks computed before DDP's broadcast agree);
             # from here on the other ranks differ, in augmentation. Rank 0 keeps a single process's draws.
-            yb.init_seeds(opt.seed + 1 + self.dist.rank, deterministic=True)
+            seed_everything(opt.seed + 1 + self.dist.rank, deterministic=True)
         self.gs = yb.max_stride(self.student)
         self.imgsz = yb.check_img_size(opt.imgsz, self.gs, floor=self.gs * 2)
         if self.imgsz != opt.imgsz:
@@ -211,13 +187,13 @@ class DistillTrainer:
                            f"using {self.imgsz}")
 
     def _freeze_layers(self) -> None:
-        freeze = self.opt.freeze if isinstance(self.opt.freeze, (list, tuple)) else [self.opt.freeze]
+        freeze = self.opts.freeze if isinstance(self.opts.freeze, (list, tuple)) else [self.opts.freeze]
         prefixes = [f"model.{x}." for x in (freeze if len(freeze) > 1 else range(int(freeze[0])))]
         for k, v in self.student.named_parameters():
             v.requires_grad = not any(p in k for p in prefixes)
 
     def _setup_loaders(self) -> None:
-        opt = self.opt
+        opt = self.opts
         self.train_loader, self.dataset = yb.create_train_loader(
             self.data["train"], self.imgsz, self.batch_size, self.gs, self.hyp, workers=opt.workers, seed=opt.seed,
             single_cls=opt.single_cls, cache=None if opt.cache == "val" else opt.cache, rect=opt.rect,
@@ -235,26 +211,16 @@ class DistillTrainer:
 
     def _setup_compression(self) -> None:
         """--sparsity / --qat: prune and quantize the student before the EMA copy and the hooks exist."""
-        opt = self.opt
-        self.compression = Compression(opt.qat, opt.sparsity)
-        if not self.compression.enabled:
-            return
-        if not opt.weights:
+        opt = self.opts
+        if (opt.qat or opt.sparsity) and not opt.weights:
             LOGGER.warning("WARNING: --qat/--sparsity from random weights; they are meant to fine-tune a trained "
                            "(distilled) student: pass --weights student.pt")
-        n_batches = max(1, math.ceil(opt.qat_calib_images / opt.batch_size))
-
-        def batches():
-            for i, (imgs, *_rest) in enumerate(self.train_loader):
-                if i >= n_batches:
-                    break
-                yield imgs.to(self.device, non_blocking=True).float() / 255
-
-        quant = (self.resume_ckpt or {}).get("quant")
-        self.compression.prepare(self.student, calibration=batches(), forward=self.student, quant_state=quant)
+        self.compression = self.setup_compression(
+            self.student, self.train_loader, lambda batch: batch[0].to(self.device, non_blocking=True).float() / 255,
+            quant_state=(self.resume_ckpt or {}).get("quant"))
 
     def _setup_training(self) -> None:
-        opt = self.opt
+        opt = self.opts
         self._setup_compression()
         self.scaled_hyp = yb.prepare_for_loss(self.student, self.hyp, self.nc, self.imgsz, self.class_names,
                                               self.dataset.labels, opt.label_smoothing)
@@ -289,10 +255,7 @@ class DistillTrainer:
         self.stopper = yb.EarlyStopping(patience=opt.patience)
         columns = [f"train/{n}" for n in self.names] + list(METRIC_COLUMNS) + \
                   [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))]
-        self.run_logger = RunLogger(self.save_dir, columns) if self.main else None
-        if self.main:
-            self.run_logger.truncate_after(self.start_epoch - 1)
-            self._write_opt_yaml()
+        self.open_run_logger(columns, self._opt_dict())
 
     def _setup_distributed(self) -> None:
         """Under torchrun: optional SyncBatchNorm (after the EMA copy, which keeps plain BatchNorm, as train.py),
@@ -300,7 +263,7 @@ class DistillTrainer:
         self.forward_model: nn.Module = self.student
         if not self.dist.enabled:
             return
-        if self.opt.sync_bn:
+        if self.opts.sync_bn:
             if self.device.type != "cuda":
                 raise UserError("--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU")
             nn.SyncBatchNorm.convert_sync_batchnorm(self.student)  # in place: the optimizer keeps its parameters
@@ -323,89 +286,68 @@ class DistillTrainer:
             self.distiller.adapters.load_state_dict(distill_state["adapters"])
         self.best_fitness = float(ckpt.get("best_fitness") or 0.0)
         self.start_epoch = int(ckpt["epoch"]) + 1
-        if self.start_epoch >= self.opt.epochs:  # killed after the last epoch, while stripping or validating
-            LOGGER.info(f"{self.opt.resume}: all {self.opt.epochs} epochs are done; finishing the run")
-
-    def _write_opt_yaml(self) -> None:  # rank 0 only
-        with open(self.save_dir / "opt.yaml", "w") as f:
-            yaml.safe_dump(self._opt_dict(), f, sort_keys=False)
+        if self.start_epoch >= self.opts.epochs:  # killed after the last epoch, while stripping or validating
+            LOGGER.info(f"{self.opts.resume}: all {self.opts.epochs} epochs are done; finishing the run")
 
     def _opt_dict(self) -> dict:
-        d = asdict(self.opt)
+        d = asdict(self.opts)
         d["resume"] = bool(d["resume"])
         return d
 
-    def setup(self) -> "DistillTrainer":
+    def build(self) -> None:
         """Run folder, data, teacher and student, loaders, loss, distiller, optimizer, EMA (and resume state)."""
-        self._setup_run_dir()
+        opt = self.opts
+        opt.save_dir = str(self.make_run_dir(Path(opt.save_dir) if opt.save_dir else None))
         self._setup_hyp_and_data()
         self._setup_models()
         self._setup_loaders()
         self._setup_training()
         self.last_opt_step, self.bad_steps = -1, 0
         self.nw = yb.warmup_iterations(self.hyp, len(self.train_loader))
-        return self
+        self.results, self.maps = (0.0,) * len(METRIC_COLUMNS), np.zeros(self.nc)
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> dict:
-        """Train; returns the final metrics of best.pt (or last.pt) and the run folder."""
-        finished = False
-        try:
-            self.setup()
-            if self.distiller:
-                self.distiller.attach()
-            try:
-                result = self._fit()
-                finished = True
-                return result
-            finally:
-                if self.distiller:
-                    self.distiller.remove()
-                self.compression.remove()
-                if self.run_logger:
-                    self.run_logger.close()
-        except torch.cuda.OutOfMemoryError:
-            raise TrainingError(ddp.oom_message(self.opt.batch_size, self.dist)) from None
-        finally:
-            ddp.leave(self.dist, finished=finished)
-
-    def _fit(self) -> dict:
-        opt = self.opt
-        nb = len(self.train_loader)
-        results = (0.0,) * len(METRIC_COLUMNS)
-        maps = np.zeros(self.nc)
+    def fit(self) -> dict:
         LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val; {self.train_loader.num_workers} dataloader "
-                    f"workers; logging results to {self.save_dir}; training for {opt.epochs} epochs...")
-        t0 = time.time()
-        epoch = self.start_epoch
-        for epoch in range(self.start_epoch, opt.epochs):
-            mloss = self._train_epoch(epoch, nb, maps)
-            lr = [g["lr"] for g in self.optimizer.param_groups]
-            self.scheduler.step()
-            self.ema.update_attr(self.student, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
-            stop = False
-            if self.main:
-                final_epoch = epoch + 1 == opt.epochs or self.stopper.possible_stop
-                if not opt.noval or final_epoch:
-                    results, maps = self._validate(self.ema.ema)
-                fi = float(yb.fitness(np.array(results).reshape(1, -1))[0])
-                stop = self.stopper(epoch=epoch, fitness=fi)
-                self.best_fitness = max(self.best_fitness, fi)
-                row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
-                row.update(zip(METRIC_COLUMNS, results))
-                row.update({f"x/lr{i}": v for i, v in enumerate(lr)})
-                self.run_logger.log(epoch, row)
-                if not opt.nosave or final_epoch or stop:
-                    self._save(epoch, fi)
-            if ddp.broadcast(stop, self.dist):  # every rank stops together, on rank 0's EarlyStopping
-                break
-        LOGGER.info(f"{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-        if not self.main:
-            return {"save_dir": str(self.save_dir), "rank": self.dist.rank}
-        return self._finish()
+                    f"workers; logging results to {self.save_dir}; training for {self.opts.epochs} epochs...")
+        if self.distiller:
+            self.distiller.attach()
+        return super().fit()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        mloss = self._train_epoch(epoch, len(self.train_loader), self.maps)
+        row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
+        row.update({f"x/lr{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
+        return row
+
+    def end_epoch(self, epoch: int) -> None:
+        self.scheduler.step()
+        self.ema.update_attr(self.student, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """The EMA model, every epoch or with --noval only the final one (earlier rows keep the last figures)."""
+        self._final_epoch = epoch + 1 == self.opts.epochs or self.stopper.possible_stop
+        if not self.opts.noval or self._final_epoch:
+            self.results, self.maps = self._validate(self.ema.ema)
+        return dict(zip(METRIC_COLUMNS, self.results))
+
+    def fitness(self, metrics: dict[str, float]) -> float:
+        return float(yb.fitness(np.array([metrics[c] for c in METRIC_COLUMNS]).reshape(1, -1))[0])
+
+    def should_stop(self, epoch: int, fitness: float) -> bool:
+        return bool(self.stopper(epoch=epoch, fitness=fitness))
+
+    def wants_checkpoint(self, epoch: int, stop: bool) -> bool:
+        return not self.opts.nosave or self._final_epoch or stop
+
+    def cleanup(self) -> None:
+        if getattr(self, "distiller", None):
+            self.distiller.remove()
+        if hasattr(self, "compression"):
+            self.compression.remove()
 
     def _train_epoch(self, epoch: int, nb: int, maps: np.ndarray) -> torch.Tensor:
-        opt = self.opt
+        opt = self.opts
         self.trainable.train()  # the teacher is not in here; FrozenTeacher.train() is a no-op anyway
         if opt.image_weights:
             yb.reweight_images(self.dataset, self.student, maps, self.nc)
@@ -440,7 +382,7 @@ class DistillTrainer:
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
             pred = self.distiller.forward_student(imgs) if self.distiller else self.forward_model(imgs)
             loss, items = self.loss_terms(imgs, pred, targets)
-        if not self._all_finite(loss):
+        if not self.all_finite(loss):
             self.bad_steps += 1
             LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
                            f"({self.bad_steps}/{MAX_BAD_STEPS} in a row)")
@@ -464,14 +406,6 @@ class DistillTrainer:
             self.last_opt_step = ni
         return items
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank: a step skipped on one rank must be skipped on all, or the
-        others would wait forever in DDP's gradient all-reduce."""
-        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
-        if self.dist.enabled:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite.item())
-
     def loss_terms(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor]):
         """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order."""
         bs = imgs.shape[0]
@@ -494,7 +428,7 @@ class DistillTrainer:
         if ni > self.nw:
             return
         xi = [0, self.nw]
-        self.accumulate = max(1, np.interp(ni, xi, [1, self.opt.nbs / self.opt.batch_size]).round())
+        self.accumulate = max(1, np.interp(ni, xi, [1, self.opts.nbs / self.opts.batch_size]).round())
         for j, x in enumerate(self.optimizer.param_groups):
             x["lr"] = np.interp(ni, xi, [self.hyp["warmup_bias_lr"] if j == 0 else 0.0,
                                          x["initial_lr"] * self.lf(epoch)])
@@ -511,8 +445,8 @@ class DistillTrainer:
 
     def _validate(self, model: nn.Module, verbose: bool = False):
         results, maps = yb.validate(model, self.data, self.val_loader, imgsz=self.imgsz,
-                                    batch_size=self.opt.batch_size * 2, save_dir=self.save_dir, half=self.amp,
-                                    compute_loss=self.compute_loss, single_cls=self.opt.single_cls, verbose=verbose)
+                                    batch_size=self.opts.batch_size * 2, save_dir=self.save_dir, half=self.amp,
+                                    compute_loss=self.compute_loss, single_cls=self.opts.single_cls, verbose=verbose)
         model.float()  # val.run halves the model on CUDA; keep the EMA accumulating in FP32
         return results, maps
 
@@ -539,17 +473,15 @@ class DistillTrainer:
             ckpt["distill"] = {"adapters": self.distiller.adapters.state_dict(), "config": self.config.to_dict()}
         return ckpt
 
-    def _save(self, epoch: int, fi: float) -> None:
-        # best.pt first: once last.pt records an epoch (and the best fitness it reached), best.pt holds it too,
-        # so a run killed between the two writes resumes without losing its best model.
-        if fi >= self.best_fitness:
-            save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=False), self.best)
-        save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=True), self.last)
-        if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
+    def save(self, path: Path, epoch: int, *, training_state: bool) -> None:
+        save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=training_state), path)
+
+    def after_save(self, epoch: int) -> None:
+        if self.opts.save_period > 0 and epoch % self.opts.save_period == 0:
             save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=False),
                                    self.weights_dir / f"epoch{epoch}.pt")
 
-    def _finish(self) -> dict:
+    def finish(self) -> dict:
         """Strip last/best to plain students (yolov5's strip_optimizer) and validate best.pt per class."""
         for f in (self.last, self.best):
             if f.exists():
@@ -561,7 +493,7 @@ class DistillTrainer:
             model = load_detector(final).to(self.device)  # with its INT8 quantizers after --qat
             metrics, _ = self._validate(model, verbose=True)
             results = dict(zip(METRIC_COLUMNS, metrics))
-        if not self.opt.noplots:
+        if not self.opts.noplots:
             plot_results(self.run_logger.csv_path)
         LOGGER.info(f"Results saved to {self.save_dir}")
         return {"save_dir": str(self.save_dir), "best": str(final), **results}

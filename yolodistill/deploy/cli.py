@@ -68,7 +68,7 @@ def add_benchmark(sub: argparse._SubParsersAction, flag) -> None:
 def _run_benchmark(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from ..classification.trainer import increment_dir
+    from ..engine import increment_dir
     from .benchmark import benchmark
 
     out = increment_dir(Path(args.project) / args.name, args.exist_ok)
