@@ -28,7 +28,7 @@ import torch
 
 from yolodistill import yolo_backend as yb
 from yolodistill.checkpoint import save_checkpoint_atomic
-from yolodistill.deploy import quant as q
+from yolodistill.compress import quant as q
 from yolodistill.deploy.export import export
 from yolodistill.inference import val
 from yolodistill.paths import cfg_path

@@ -53,9 +53,9 @@ def _clip_flags(g, flag, *, required: bool = True) -> None:
 
 
 def _load_clip(args):
-    from ..errors import UserError
+    from yolodistill.errors import UserError
     from .clip_teacher import load_clip
-    from ..engine import select_device
+    from yolodistill.engine import select_device
 
     if not args.pretrained and not args.random_init:
         raise UserError("--pretrained /path/to/open_clip_model.safetensors is required (weights come from local "
@@ -66,7 +66,7 @@ def _load_clip(args):
 
 def _options(args: argparse.Namespace, *required: str):
     """The run's options; with --resume only the checkpoint's count, so the flags a new run needs are optional."""
-    from ..errors import UserError
+    from yolodistill.errors import UserError
     from .trainer import ClassifyOptions
 
     if args.resume:
@@ -196,9 +196,9 @@ def _run_clip_distill(args):
 
 
 def _run_embed(args):
-    from ..errors import UserError
+    from yolodistill.errors import UserError
     from .embed import embed_classifiers, embed_clip
-    from ..engine import select_device
+    from yolodistill.engine import select_device
 
     if bool(args.clip) == bool(args.teacher):
         raise UserError("give the teacher as --clip MODEL --pretrained FILE, or as --teacher CKPT [CKPT ...]")

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import save_checkpoint_atomic
-from ..errors import UserError
+from yolodistill.checkpoint import save_checkpoint_atomic
+from yolodistill.errors import UserError
 
 __all__ = ["ClipTeacher", "LinearHead", "fit_linear_probe", "load_clip", "load_head", "read_prompts", "save_head",
            "text_head"]

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import UserError
+from yolodistill.errors import UserError
 
 LOGGER = logging.getLogger("yolodistill")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

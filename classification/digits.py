@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from yolodistill.errors import UserError
 
 SPLIT_SEED = 0  # the fixed test split
 TEST_SIZE = 0.3

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import UserError
+from yolodistill.errors import UserError
 
 LOGGER = logging.getLogger("yolodistill")
 MODES = ("copy", "link", "list")

@@ -16,8 +16,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import save_checkpoint_atomic
-from ..errors import UserError
+from yolodistill.checkpoint import save_checkpoint_atomic
+from yolodistill.errors import UserError
 
 LOGGER = logging.getLogger("yolodistill")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -140,7 +140,7 @@ def last_feature_layer(model: nn.Module) -> str:
 def checkpoint_dict(model: nn.Module, *, arch: str, classes: Sequence[str], imgsz: int, mean: Sequence[float],
                     std: Sequence[float], epoch: int = -1, metrics: Optional[dict] = None, **extra: Any) -> dict:
     """The plain, weights-only-loadable checkpoint of a classifier (tensors on the CPU)."""
-    from ..deploy.quant import split_state_dict
+    from yolodistill.compress.quant import split_state_dict
 
     num_classes = extra.pop("num_classes", len(classes))
     # A QAT student is saved plain, its INT8 ranges beside the weights (None for every other student).
@@ -158,7 +158,7 @@ def save_classifier(path: str | Path, model: nn.Module, **meta: Any) -> None:
 
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, weights-only; anything else is a one-line UserError."""
-    from ..checkpoint import TRUST_HINT, CheckpointError, load_checkpoint
+    from yolodistill.checkpoint import TRUST_HINT, CheckpointError, load_checkpoint
 
     p = Path(path)
     if not p.is_file():
@@ -180,7 +180,7 @@ def classifier_from_checkpoint(ckpt: dict, *, quantized: bool = True) -> nn.Modu
     model = build_classifier(ckpt["arch"], ckpt["num_classes"], imgsz=ckpt["imgsz"])
     model.load_state_dict(ckpt["model"])
     if quantized and ckpt.get("quant"):
-        from ..deploy.quant import attach_quantizers
+        from yolodistill.compress.quant import attach_quantizers
 
         attach_quantizers(model, ckpt["quant"])
     return model.eval()

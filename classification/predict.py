@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import UserError
+from yolodistill.errors import UserError
 from .data import IMAGE_SUFFIXES, build_transform, list_images, read_image
 from .models import build_classifier, read_checkpoint
-from ..engine import select_device
+from yolodistill.engine import select_device
 
 LOGGER = logging.getLogger("yolodistill")
 

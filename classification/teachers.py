@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from yolodistill.errors import UserError
 from .models import load_classifier
 
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from .. import distributed as ddp
-from ..engine import Engine, seed_everything
-from ..errors import UserError
-from ..run_logger import plot_results
+from yolodistill import distributed as ddp
+from yolodistill.engine import Engine, seed_everything
+from yolodistill.errors import UserError
+from yolodistill.run_logger import plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, list_images, readable, split_folders
 from .losses import embedding_cosine, embedding_mse, hinton_loss, kd_kl_loss, soft_targets
 from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, last_feature_layer,
@@ -438,8 +438,8 @@ class FeatureKD:
     """Feature distillation for classifiers with detection's hooks, adapters and feature-loss registry."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, opts: ClassifyOptions, teacher_imgsz: int):
-        from ..hooks import FeatureRecorder, StudentWithAdapters, adapter_key, build_adapters, probe_feature_shapes
-        from ..losses import build_feature_loss
+        from yolodistill.hooks import FeatureRecorder, StudentWithAdapters, adapter_key, build_adapters, probe_feature_shapes
+        from yolodistill.losses import build_feature_loss
 
         if opts.feature_layers == "auto":
             pairs = [(last_feature_layer(student), last_feature_layer(teacher))]

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import UserError
+from yolodistill.errors import UserError
 
 _INDEXED = re.compile(r"^([^.]+)\.(\d+)$")  # "model.17": a YOLOv5 layer, the names users usually mean
 

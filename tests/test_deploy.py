@@ -18,10 +18,10 @@ from torch import nn
 
 from yolodistill import yolo_backend as yb
 from yolodistill.cli import main
-from yolodistill.deploy import quant as q
+from yolodistill.compress import quant as q
 from yolodistill.deploy.benchmark import COLUMNS, RATIO_COLUMNS, ModelResult, gflops, ratio_row, time_side_by_side
 from yolodistill.deploy.onnx_export import TOLERANCES
-from yolodistill.deploy.sparsity import magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
+from yolodistill.compress.sparsity import magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
 from yolodistill.deploy.student import CLASSIFY, DETECT, Deployable
 from yolodistill.deploy.tensorrt import tensorrt_status
 
@@ -157,7 +157,7 @@ def test_detector_export_simplified_keeps_parity(teacher_weights, tmp_path):
 
 
 def test_onnx_detector_wraps_the_file_for_val(teacher_weights, tmp_path):
-    from yolodistill.deploy.runtime import OnnxDetector
+    from yolodistill.onnx_runtime import OnnxDetector
 
     weights = copy_weights(teacher_weights, tmp_path)
     assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
@@ -380,7 +380,7 @@ def test_violations_2to4_counts_a_broken_group():
 
 
 def test_sparsity_pattern_other_than_2to4_is_a_user_error():
-    from yolodistill.deploy.finetune import Compression
+    from yolodistill.compress import Compression
     from yolodistill.errors import UserError
 
     assert Compression(sparsity="2:4").sparsity == "2:4" and not Compression().enabled
@@ -748,7 +748,7 @@ class _OffsetSession:
 
 
 def test_parity_failure_writes_nothing(teacher_weights, tmp_path, capsys, monkeypatch):
-    from yolodistill.deploy import runtime
+    from yolodistill import onnx_runtime as runtime
 
     real = runtime.ort_session
     monkeypatch.setattr(runtime, "ort_session", lambda path, **kw: _OffsetSession(real(path, **kw), 0.5))

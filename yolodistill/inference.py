@@ -17,7 +17,7 @@ def load_detector(weights: str | Path, *, trust: bool = False):
     """The FP32 detector of a checkpoint, with its INT8 fake quantizers back on after --qat (so val scores what
     deploys); an .onnx file runs through onnxruntime instead."""
     if str(weights).endswith(".onnx"):
-        from .deploy.runtime import OnnxDetector
+        from .onnx_runtime import OnnxDetector
 
         if not Path(weights).is_file():
             raise UserError(f"{weights} not found")
@@ -25,7 +25,7 @@ def load_detector(weights: str | Path, *, trust: bool = False):
     ckpt = yb.load_detection_checkpoint(weights, trust=trust)
     model = yb.checkpoint_model(ckpt)
     if ckpt.get("quant"):
-        from .deploy.quant import attach_quantizers
+        from .compress.quant import attach_quantizers
 
         attach_quantizers(model, ckpt["quant"])
     return model

@@ -29,7 +29,7 @@ from . import distributed as ddp
 from . import yolo_backend as yb
 from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
-from .deploy.quant import load_plain_state_dict
+from .compress.quant import load_plain_state_dict
 from .distiller import TASK_TERMS, Distiller, loss_names
 from .engine import Engine, TrainingError, seed_everything
 from .errors import UserError

@@ -1,7 +1,7 @@
 """One deployment path for detection and classification students: ONNX (with a parity check through
-onnxruntime), TensorRT engines, INT8 quantization-aware training, 2:4 sparsity, and the teacher-vs-student
-speed and memory table.
+onnxruntime), TensorRT engines, and the teacher-vs-student speed and memory table. It reads checkpoints
+(with their INT8 ranges and 2:4 masks from yolodistill.compress) and never imports a trainer.
 
-Modules: student (any checkpoint -> a traceable model), onnx_export, runtime (onnxruntime sessions),
-tensorrt (engines, optional), quant (INT8 fake quantization), sparsity (2:4 masks), benchmark.
+Modules: student (any checkpoint -> a traceable model), onnx_export, tensorrt (engines, optional),
+export (the `export` command's steps), benchmark.
 """

@@ -158,7 +158,7 @@ def _slim(proto):
 
 def _parity(dep: Deployable, path: Path, precision: str, tolerance, batch: int) -> OnnxExport:
     """Run the file in onnxruntime and the FP32 PyTorch model on the same input; count disagreements."""
-    from .runtime import ort_session
+    from ..onnx_runtime import ort_session
 
     x = dep.example_input(batch, seed=1)  # not the tracing input: a graph that baked it in would show up here
     with torch.no_grad():

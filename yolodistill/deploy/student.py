@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from . import quant as q
+from ..compress import quant as q
 
 DETECT, CLASSIFY = "detect", "classify"
 INPUT_NAME = "images"  # yolov5's name; DetectMultiBackend and trtexec command lines expect it

@@ -144,7 +144,7 @@ class Engine:
         """--qat / --sparsity on `model`, calibrated on the first --qat-calib-images training images
         (`images` turns a loader batch into the model's input); returns the Compression, which is a no-op
         when neither is asked for."""
-        from ..deploy.finetune import Compression
+        from ..compress import Compression
 
         o = self.opts
         compression = Compression(o.qat, o.sparsity)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from .errors import UserError
 
 LOGGER = logging.getLogger("yolodistill")
 
