@@ -41,14 +41,16 @@ def _step(trainer: DistillTrainer, imgs, targets, distil: bool) -> dict[str, flo
     clock = _Clock()
     d = trainer.distiller if distil else None
     if d is not None:
-        teacher_raw = d.teacher(imgs)  # the trainer runs the teacher first (see Distiller.forward_student)
+        teacher_raw = d.teacher(imgs)  # the distiller runs the teacher first (see yolodistill/distiller.py)
         clock.lap("teacher forward")
     pred = trainer.student(imgs)
     clock.lap("student forward")
     loss, _ = trainer.compute_loss(pred, targets)
     clock.lap("task loss")
     if d is not None:
-        out = sum(output_distillation_loss(pred, teacher_raw, d.nc, d.gains["box"], d.gains["obj"], d.gains["cls"]))
+        term = d.output_term
+        out = sum(output_distillation_loss(pred, teacher_raw, term.nc, term.gains["box"], term.gains["obj"],
+                                           term.gains["cls"]))
         clock.lap("output loss")
         s_feats, t_feats = d._student_rec.pop(), d._teacher_rec.pop()
         feat = torch.stack([d.feature_loss(d.adapters[adapter_key(p.student, p.teacher)](

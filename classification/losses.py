@@ -30,14 +30,18 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temper
     return F.kl_div(log_p_student, teacher_probs, reduction="batchmean") * temperature ** 2
 
 
+def labeled_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled rows only (unlabeled ones carry label -1); 0 for a batch without labels."""
+    labeled = labels != UNLABELED
+    return (F.cross_entropy(student_logits[labeled].float(), labels[labeled]) if labeled.any()
+            else student_logits.sum() * 0.0)
+
+
 def hinton_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor, *,
                 temperature: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha * soft term, (1 - alpha) * hard term); unlabeled rows (label -1) get only the soft term."""
     soft = alpha * kd_kl_loss(student_logits, teacher_probs, temperature)
-    labeled = labels != UNLABELED
-    hard = (F.cross_entropy(student_logits[labeled].float(), labels[labeled]) if labeled.any()
-            else student_logits.sum() * 0.0)
-    return soft, (1 - alpha) * hard
+    return soft, (1 - alpha) * labeled_cross_entropy(student_logits, labels)
 
 
 def embedding_mse(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,9 @@ from yolodistill.engine import Engine, seed_everything
 from yolodistill.errors import UserError
 from yolodistill.run_logger import plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, list_images, readable, split_folders
-from .losses import embedding_cosine, embedding_mse, hinton_loss, kd_kl_loss, soft_targets
+from yolodistill.config import LayerPair, parse_layer_pairs
+from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
+from .losses import embedding_cosine, embedding_mse, kd_kl_loss, labeled_cross_entropy, soft_targets
 from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, last_feature_layer,
                      read_checkpoint, save_classifier)
 
@@ -383,44 +385,45 @@ class KDTrainer(ClassifyTrainer):
         return super().labeled_dataset(folder, train=train)
 
     def build_extras(self) -> None:
+        from yolodistill.distiller import DistillationModel, HintonTerm
+
         o = self.opts
-        self.teachers = None
+        self.teachers = teacher = None
         if o.teacher:
             from .teachers import ClassifierTeachers
 
             self.teachers = ClassifierTeachers(o.teacher, self.device)
             if self.teachers.classes != self.classes:
                 raise UserError(f"teacher classes {self.teachers.classes} differ from the data's {self.classes}")
-        self.features = None
-        if o.feature_layers:
-            self.features = FeatureKD(self.model, self.teachers.members[0], o, self.teachers.metas[0]["imgsz"])
-            self.extra_trainable["adapters"] = self.features.adapters.to(self.device)
+            teacher = self.live_teacher_probs
+        pairs, feature_teacher, teacher_imgsz = (), None, None
+        if o.feature_layers:  # on the first (or only) teacher
+            feature_teacher, teacher_imgsz = self.teachers.members[0], self.teachers.metas[0]["imgsz"]
+            pairs = feature_layer_pairs(o.feature_layers, self.model, feature_teacher)
+        self.distiller = DistillationModel(self.model, teacher, output_term=HintonTerm(o.temperature, o.alpha),
+                                           pairs=pairs, feature_teacher=feature_teacher, feature_loss=o.feature_loss,
+                                           feature_weight=o.f_weight, imgsz=o.imgsz, teacher_imgsz=teacher_imgsz,
+                                           device=self.device).attach()
+        self.extra_trainable["adapters"] = self.distiller.adapters
 
-    def teacher_probs(self, images, teacher_rows) -> torch.Tensor:
-        if self.teachers is not None:
-            t_logits = self.teachers(images, self.mean, self.std)  # (B, n, C)
-        else:
-            t_logits = teacher_rows.view(len(teacher_rows), -1, len(self.classes))
+    def live_teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """The teachers' softened probabilities (an ensemble averages its members')."""
+        t_logits = self.teachers(images, self.mean, self.std)  # (B, n, C)
         return soft_targets(list(t_logits.unbind(1)), self.opts.temperature)
 
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
-        o = self.opts
-        # The teacher runs before the student (as in detection's distiller): its hooks record its features.
-        probs = self.teacher_probs(images, teacher_rows)
-        if self.features is None:
-            logits = self.train_model(images)
-        else:
-            t_feats = self.features.t_rec.pop()
-            logits, adapted = self.train_model(images, {t: tuple(f.shape[-2:]) for t, f in t_feats.items()})
-        soft, hard = hinton_loss(logits, probs, labels, temperature=o.temperature, alpha=o.alpha)
-        terms = {"distill/kd": soft, "ce": hard}
-        if self.features is not None:
-            terms["distill/feature"] = o.f_weight * self.features.loss(adapted, t_feats)
-        return terms
+        stored = None
+        if self.teachers is None:  # the store's logits of the batch's images
+            rows = teacher_rows.view(len(teacher_rows), -1, len(self.classes))
+            stored = soft_targets(list(rows.unbind(1)), self.opts.temperature)
+        logits, terms = self.train_model(images, teacher_output=stored)
+        hard = (1 - self.opts.alpha) * labeled_cross_entropy(logits, labels)
+        return {DISTILL_KD: terms[DISTILL_KD], "ce": hard,
+                **({DISTILL_FEATURE: terms[DISTILL_FEATURE]} if DISTILL_FEATURE in terms else {})}
 
     def student_module(self) -> nn.Module:
-        """The student, or with feature KD the student and its adapters as one module."""
-        return self.features.module if self.features is not None else self.model
+        """The student with its adapters and (outside its parameters) the teachers: what DDP wraps."""
+        return self.distiller
 
     def checkpoint_meta(self) -> dict:
         meta = super().checkpoint_meta()
@@ -430,47 +433,15 @@ class KDTrainer(ClassifyTrainer):
 
     def cleanup(self) -> None:
         super().cleanup()
-        if getattr(self, "features", None) is not None:
-            self.features.remove()
+        if getattr(self, "distiller", None) is not None:
+            self.distiller.remove()
 
 
-class FeatureKD:
-    """Feature distillation for classifiers with detection's hooks, adapters and feature-loss registry."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, opts: ClassifyOptions, teacher_imgsz: int):
-        from yolodistill.hooks import FeatureRecorder, StudentWithAdapters, adapter_key, build_adapters, probe_feature_shapes
-        from yolodistill.losses import build_feature_loss
-
-        if opts.feature_layers == "auto":
-            pairs = [(last_feature_layer(student), last_feature_layer(teacher))]
-        else:
-            try:
-                pairs = [tuple(p.split(":")) for p in opts.feature_layers.split(",")]
-                assert all(len(p) == 2 and all(p) for p in pairs)
-            except AssertionError:
-                raise UserError(f"--feature-layers {opts.feature_layers!r}: expected 'auto' or "
-                                f"student_layer:teacher_layer[,...] (names from named_modules())") from None
-        self.pairs = pairs
-        s_shapes = probe_feature_shapes(student, [s for s, _ in pairs], opts.imgsz)
-        t_shapes = probe_feature_shapes(teacher, [t for _, t in pairs], teacher_imgsz)
-        self.adapters = build_adapters(s_shapes, t_shapes, pairs)
-        self.keys = [adapter_key(s, t) for s, t in pairs]
-        self.loss_fn = build_feature_loss(opts.feature_loss)
-        self.s_rec = FeatureRecorder(student, [s for s, _ in pairs]).attach()
-        self.t_rec = FeatureRecorder(teacher, [t for _, t in pairs], detach=True).attach()
-        # detection's student + adapters module: what the optimizer trains and DDP wraps
-        self.module = StudentWithAdapters(student, self.adapters, pairs, self.s_rec)
-
-    def loss(self, adapted: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean over pairs of the feature loss between adapted student features and the teacher's."""
-        total = 0.0
-        for (_, t), key in zip(self.pairs, self.keys):
-            total = total + self.loss_fn(adapted[key], t_feats[t])
-        return total / len(self.pairs)
-
-    def remove(self) -> None:
-        self.s_rec.remove()
-        self.t_rec.remove()
+def feature_layer_pairs(spec: str, student: nn.Module, teacher: nn.Module) -> tuple[LayerPair, ...]:
+    """--feature-layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer[,...]."""
+    if spec == "auto":
+        return (LayerPair(last_feature_layer(student), last_feature_layer(teacher)),)
+    return parse_layer_pairs([spec], flag="--feature-layers")
 
 
 class ClipDistillTrainer(ClassifyTrainer):

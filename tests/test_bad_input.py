@@ -114,8 +114,8 @@ def test_nan_loss_skips_then_stops(capsys, caplog, teacher_weights, tiny_data, t
     caplog.set_level(logging.WARNING, logger="yolodistill")
     real = trainer_mod.DistillTrainer.loss_terms
 
-    def nan_loss(self, imgs, pred, targets):
-        total, items = real(self, imgs, pred, targets)
+    def nan_loss(self, imgs, pred, targets, terms):
+        total, items = real(self, imgs, pred, targets, terms)
         return total * float("nan"), items
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "loss_terms", nan_loss)

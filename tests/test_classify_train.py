@@ -11,6 +11,7 @@ from yolodistill.classification.embed import embed_classifiers
 from yolodistill.classification.models import build_classifier, load_classifier
 from yolodistill.classification.teachers import ClassifierTeachers
 from yolodistill.classification.trainer import ClassifyOptions, KDTrainer
+from yolodistill.config import LayerPair
 from yolodistill.run_logger import read_results
 
 from .conftest import CLASSIFY_IMGSZ, SHAPES, assert_same_training, initial_weights, one_torch_thread
@@ -53,11 +54,11 @@ def test_distill_with_feature_kd(shapes_data, shape_teachers, tmp_path):
     opts = _options(shapes_data, tmp_path, "kd", epochs=2, teacher=[str(shape_teachers[0])], feature_layers="auto")
     trainer = KDTrainer(opts).setup()
     # "auto": the deepest feature map of each, cnn_small's stages.1 (16 ch, /2) -> cnn's stages.2 (128 ch, /4)
-    assert trainer.features.pairs == [("stages.1", "stages.2")]
+    assert trainer.distiller.pairs == (LayerPair("stages.1", "stages.2"),)
     assert trainer.model.stages[1]._forward_hooks and trainer.teachers.members[0].stages[2]._forward_hooks
     teacher_before = {k: v.clone() for k, v in trainer.teachers.state_dict().items()}  # BN statistics included
     student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    adapters_before = [p.detach().clone() for p in trainer.features.adapters.parameters()]
+    adapters_before = [p.detach().clone() for p in trainer.distiller.adapters.parameters()]
     assert adapters_before  # 16 -> 128 channels: a 1x1 conv
 
     result = trainer.run()
@@ -68,10 +69,10 @@ def test_distill_with_feature_kd(shapes_data, shape_teachers, tmp_path):
         assert torch.equal(v, teacher_before[k]), k
     assert not torch.equal(trainer.model.stages[0][0].weight, student_before["stages.0.0.weight"])
     # the feature term trained the adapter
-    assert any(not torch.equal(p, q) for p, q in zip(trainer.features.adapters.parameters(), adapters_before))
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.distiller.adapters.parameters(), adapters_before))
     # hooks are gone from both models once training ends
     assert _no_hooks(trainer.model) and _no_hooks(trainer.teachers)
-    assert not trainer.features.s_rec.attached and not trainer.features.t_rec.attached
+    assert not trainer.distiller.attached
 
     save_dir = tmp_path / "kd"
     assert result["save_dir"] == str(save_dir)

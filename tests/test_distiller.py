@@ -7,7 +7,8 @@ import torch
 
 from yolodistill import yolo_backend as yb
 from yolodistill.config import DistillConfig, LayerPair
-from yolodistill.distiller import DISTILL_FEATURE, DISTILL_OUTPUT, Distiller, loss_names
+from yolodistill.distiller import (DISTILL_FEATURE, DISTILL_OUTPUT, DistillationModel, detection_distiller,
+                                   loss_names)
 from yolodistill.errors import UserError
 from yolodistill.teacher import FrozenTeacher
 
@@ -23,9 +24,10 @@ def _models(nc: int = 2, teacher_cfg: str = "yolov5s.yaml"):
     return student, FrozenTeacher(teacher_model)
 
 
-def _distiller(student, teacher, **cfg) -> Distiller:
+def _distiller(student, teacher, **cfg) -> DistillationModel:
     config = DistillConfig(**{"output": True, "feature": True, **cfg})
-    return Distiller(student, teacher, config, gains=GAINS, imgsz=IMGSZ, device=torch.device("cpu")).attach()
+    return detection_distiller(student, teacher, config, gains=GAINS, imgsz=IMGSZ,
+                               device=torch.device("cpu")).attach()
 
 
 def test_gradients_reach_student_and_adapters_never_teacher():
@@ -33,7 +35,7 @@ def test_gradients_reach_student_and_adapters_never_teacher():
     d = _distiller(student, teacher)
     student.train()
     imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
-    terms = d.terms(imgs, d.forward_student(imgs))
+    _, terms = d(imgs)
     assert set(terms) == {DISTILL_OUTPUT, DISTILL_FEATURE}
     sum(terms.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -50,9 +52,11 @@ def test_teacher_stays_frozen_in_eval_mode_with_unchanged_bn():
     container = torch.nn.ModuleDict({"student": student, "teacher": teacher})
     container.train()  # a parent's train() must not reach the teacher
     assert not teacher.training and not teacher.model.training
-    opt = torch.optim.SGD(d.trainable().parameters(), lr=0.1)
+    opt = torch.optim.SGD(d.parameters(), lr=0.1)
+    # the teacher is outside the module tree: neither the optimizer nor DDP nor a state_dict sees it
+    assert not any(k.startswith("teacher") for k in d.state_dict())
     imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
-    sum(d.terms(imgs, d.forward_student(imgs)).values()).backward()
+    sum(d(imgs)[1].values()).backward()
     opt.step()
     for k, v in teacher.model.state_dict().items():
         if k in buffers:
@@ -84,9 +88,8 @@ def test_zero_distillation_when_student_is_teacher():
     model.eval()  # both in eval so BN uses the same (running) statistics
     d = _distiller(model, FrozenTeacher(twin))
     imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
-    raw = yb.raw_head_outputs(model(imgs))
-    terms = d.terms(imgs, raw)
-    assert all(float(v) == 0.0 for v in terms.values())
+    _, terms = d(imgs)
+    assert set(terms) == {DISTILL_OUTPUT, DISTILL_FEATURE} and all(float(v) == 0.0 for v in terms.values())
     d.remove()
 
 
@@ -94,7 +97,9 @@ def test_default_layers_are_detect_inputs_and_names_declared_once():
     student, teacher = _models()
     d = _distiller(student, teacher)
     assert d.pairs == tuple(LayerPair(f"model.{i}", f"model.{i}") for i in (17, 20, 23))
-    assert loss_names(d.config) == ("box_loss", "obj_loss", "cls_loss", DISTILL_OUTPUT, DISTILL_FEATURE)
+    assert d.term_names() == (DISTILL_OUTPUT, DISTILL_FEATURE)
+    assert loss_names(DistillConfig(output=True, feature=True)) == ("box_loss", "obj_loss", "cls_loss",
+                                                                    DISTILL_OUTPUT, DISTILL_FEATURE)
     assert loss_names(DistillConfig(output=True)) == ("box_loss", "obj_loss", "cls_loss", DISTILL_OUTPUT)
     d.remove()
 
@@ -102,13 +107,13 @@ def test_default_layers_are_detect_inputs_and_names_declared_once():
 def test_mismatched_heads_are_refused_before_training():
     student, _ = _models()
     with pytest.raises(UserError, match="same nc"):
-        Distiller(student, FrozenTeacher(yb.build_model("yolov5s.yaml", 3)), DistillConfig(output=True),
-                  gains=GAINS, imgsz=IMGSZ, device=torch.device("cpu"))
+        detection_distiller(student, FrozenTeacher(yb.build_model("yolov5s.yaml", 3)), DistillConfig(output=True),
+                            gains=GAINS, imgsz=IMGSZ, device=torch.device("cpu"))
     other = yb.build_model("yolov5s.yaml", 2)
     yb.detect_head(other).anchors.mul_(1.5)
     with pytest.raises(UserError, match="same anchors"):
-        Distiller(student, FrozenTeacher(other), DistillConfig(output=True), gains=GAINS, imgsz=IMGSZ,
-                  device=torch.device("cpu"))
+        detection_distiller(student, FrozenTeacher(other), DistillConfig(output=True), gains=GAINS, imgsz=IMGSZ,
+                            device=torch.device("cpu"))
 
 
 def test_unknown_layer_is_a_user_error():
@@ -129,7 +134,8 @@ def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
     trainer.compute_loss = None  # must not be called for an unlabeled batch
     student.train()
     imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
-    total, items = trainer.loss_terms(imgs, student(imgs), None)
+    pred, terms = trainer.distiller(imgs)
+    total, items = trainer.loss_terms(imgs, pred, None, terms)
     assert items[:3].abs().sum() == 0 and (items[3:] > 0).all()
     assert torch.isclose(total, items.sum() * 2)
     total.backward()
@@ -138,7 +144,7 @@ def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
 
 
 def test_teacher_runs_once_and_before_the_student():
-    """forward_student runs the teacher first (memory, see step_profile) and terms() reuses its outputs."""
+    """Each call runs the teacher first (memory, see step_profile), once, and keeps nothing for the next call."""
     student, teacher = _models()
     d = _distiller(student, teacher)
     calls = []
@@ -146,10 +152,28 @@ def test_teacher_runs_once_and_before_the_student():
     h2 = student.register_forward_pre_hook(lambda m, a: calls.append("student"))
     student.train()
     imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
-    d.terms(imgs, d.forward_student(imgs))
+    d(imgs)
     assert calls == ["teacher", "student"]
-    # terms() for a batch other than the one forward_student saw never reuses stale teacher outputs
-    d.terms(imgs, d.forward_student(imgs.clone()))
-    assert calls[2:] == ["teacher", "student", "teacher"]
+    d(imgs.clone())
+    assert calls[2:] == ["teacher", "student"]
     h1.remove(), h2.remove()
+    d.remove()
+
+
+def test_a_given_teacher_output_replaces_the_teacher():
+    """teacher_output (e.g. cached logits) is used as is: the teacher does not run."""
+    student, teacher = _models()
+    d = detection_distiller(student, teacher, DistillConfig(output=True), gains=GAINS, imgsz=IMGSZ,
+                            device=torch.device("cpu")).attach()
+    calls = []
+    h = teacher.model.register_forward_pre_hook(lambda m, a: calls.append("teacher"))
+    student.train()
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    live = teacher(imgs)
+    calls.clear()
+    _, given = d(imgs, teacher_output=live)
+    _, computed = d(imgs)
+    assert calls == ["teacher"]  # only the second call ran it
+    assert torch.equal(given[DISTILL_OUTPUT], computed[DISTILL_OUTPUT])
+    h.remove()
     d.remove()

@@ -72,25 +72,26 @@ class DistillConfig:
         return cls(**d, layers=None if layers is None else parse_layer_pairs(layers))
 
 
-def layer_name(token: str) -> str:
+def layer_name(token: str, flag: str = "--d_layers") -> str:
     """`17` -> `model.17` (a YOLOv5 layer index); anything else is taken as a module path."""
     token = token.strip()
     if not token:
-        raise UserError("empty layer name in --d_layers")
+        raise UserError(f"empty layer name in {flag}")
     return f"model.{int(token)}" if token.lstrip("-").isdigit() else token
 
 
-def parse_layer_pairs(specs: Sequence[str]) -> tuple[LayerPair, ...]:
-    """Parse `--d_layers` tokens: `S:T` pairs or a single `L` meaning the same layer in both models."""
+def parse_layer_pairs(specs: Sequence[str], flag: str = "--d_layers") -> tuple[LayerPair, ...]:
+    """Parse layer-pair tokens (spaces or commas between them): `S:T` pairs or a single `L` meaning the same
+    layer in both models; `flag` names the option in messages."""
     pairs = []
     for spec in specs:
         for token in str(spec).replace(",", " ").split():
             student, sep, teacher = token.partition(":")
-            if sep and not teacher:
-                raise UserError(f"--d_layers entry {token!r} has no teacher layer after ':'")
-            pairs.append(LayerPair(layer_name(student), layer_name(teacher if sep else student)))
+            if sep and not (student and teacher):
+                raise UserError(f"{flag} entry {token!r} needs student_layer:teacher_layer")
+            pairs.append(LayerPair(layer_name(student, flag), layer_name(teacher if sep else student, flag)))
     if not pairs:
-        raise UserError("--d_layers was given but names no layer")
+        raise UserError(f"{flag} was given but names no layer")
     if len(set(pairs)) != len(pairs):
-        raise UserError(f"--d_layers repeats a pair: {' '.join(map(str, pairs))}")
+        raise UserError(f"{flag} repeats a pair: {' '.join(map(str, pairs))}")
     return tuple(pairs)

@@ -1,37 +1,184 @@
-"""Student + frozen teacher + feature recorders + adapters -> named distillation loss terms.
+"""Student + frozen teacher + adapters as one module, for both tasks: forward(x) -> (student output, terms).
 
-The one-way flow of a step: student forward (student hooks record features) -> teacher forward
-under no_grad (teacher hooks record detached features) -> adapters map student features to the
-teacher's shapes -> pure-tensor losses -> a dict of weighted terms the trainer adds to the task loss.
+The one-way flow of a step: teacher forward under no_grad (its hooks record detached features) -> student
+forward (its hooks record features) -> adapters map student features to the teacher's shapes -> pure-tensor
+losses -> a dict of named, weighted terms the trainer adds to its task loss. The teacher runs first so that
+its forward pass does not compete with the student's live autograd graph for memory (measured on CPU: 73 ms
+first against 102 ms after, benchmarks/step_profile.py).
+
+What is distilled is named terms side by side: an output term (detection's objectness-weighted MSE of the
+heads, classification's Hinton KD) and the feature term (any registered feature loss over layer pairs).
+Nothing is kept between calls: each forward returns everything its batch needs. The module's parameters
+are the student's and the adapters' (what the optimizer trains and DistributedDataParallel wraps); the
+teacher is held outside the module tree, so neither sees it.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from . import yolo_backend as yb
+from .classification.losses import kd_kl_loss
 from .config import DistillConfig, LayerPair
 from .errors import UserError
-from .hooks import FeatureRecorder, StudentWithAdapters, adapter_key, build_adapters, probe_feature_shapes
+from .hooks import FeatureRecorder, adapter_key, build_adapters, probe_feature_shapes
 from .losses import build_feature_loss, output_distillation_loss
 from .teacher import FrozenTeacher
 
 # Loss names are declared here once; the progress bar, results.csv, TensorBoard and results.png
-# all take their columns from `loss_names()`.
+# all take their columns from them.
 TASK_TERMS = ("box_loss", "obj_loss", "cls_loss")
 DISTILL_OUTPUT = "distill/output"
 DISTILL_FEATURE = "distill/feature"
+DISTILL_KD = "distill/kd"
 
 
 def loss_names(config: DistillConfig) -> tuple[str, ...]:
-    """Every loss term logged for a run with this config, in display order."""
+    """Every loss term logged for a detection run with this config, in display order."""
     return TASK_TERMS + ((DISTILL_OUTPUT,) if config.output else ()) + ((DISTILL_FEATURE,) if config.feature else ())
 
 
+# ---- output terms: (student output, teacher output) -> one weighted term ----------------------------------
+class YoloOutputTerm:
+    """Detection: objectness-weighted MSE between the student's and the teacher's raw head outputs, its
+    box/obj/cls parts scaled by yolov5's loss gains, times `weight`."""
+
+    name = DISTILL_OUTPUT
+
+    def __init__(self, nc: int, gains: dict, weight: float):
+        self.nc, self.weight = nc, weight
+        self.gains = {k: float(gains[k]) for k in ("box", "obj", "cls")}
+
+    def __call__(self, student_out: Any, teacher_raw: Sequence[torch.Tensor]) -> torch.Tensor:
+        student_raw = yb.raw_head_outputs(student_out)  # a model in eval mode also returns its decoded boxes
+        lbox, lobj, lcls = output_distillation_loss(student_raw, teacher_raw, self.nc, self.gains["box"],
+                                                    self.gains["obj"], self.gains["cls"])
+        return self.weight * (lbox + lobj + lcls)
+
+    def describe(self) -> str:
+        return f"{self.weight:g}*output_mse"
+
+
+class HintonTerm:
+    """Classification: alpha * T^2 * KL(teacher probabilities at T || student at T) (Hinton et al. 2015);
+    the teacher output is its (ensemble's) softened probabilities. The (1 - alpha) * CE part is the task's."""
+
+    name = DISTILL_KD
+
+    def __init__(self, temperature: float, alpha: float):
+        self.temperature, self.alpha = temperature, alpha
+
+    def __call__(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+        return self.alpha * kd_kl_loss(student_logits, teacher_probs, self.temperature)
+
+    def describe(self) -> str:
+        return f"{self.alpha:g}*T^2*KL(T={self.temperature:g})"
+
+
+class DistillationModel(nn.Module):
+    """The student, its adapters and (outside the module tree) the frozen teacher.
+
+    forward(x, teacher_output=None) -> (student output, {term name: weighted term}). `teacher_output`
+    replaces the teacher's forward when the caller has it already (classification's cached logits store).
+    Feature distillation records `pairs` of layers with forward hooks: on `student` and on `feature_teacher`
+    (the teacher's module that holds the named layers; the teacher itself by default).
+    """
+
+    def __init__(self, student: nn.Module, teacher: Optional[Callable[[torch.Tensor], Any]], *,
+                 output_term: Optional[Callable] = None, pairs: Sequence[LayerPair] = (),
+                 feature_teacher: Optional[nn.Module] = None, feature_loss: str = "mse",
+                 feature_loss_kwargs: Optional[dict] = None, feature_weight: float = 1.0,
+                 imgsz: int = 640, teacher_imgsz: Optional[int] = None, device: Optional[torch.device] = None):
+        super().__init__()
+        self.student = student
+        self._teacher = (teacher,)  # a tuple: not a submodule, so not trained, wrapped or saved
+        self.output_term = output_term
+        self.pairs = tuple(pairs)
+        self.feature_weight = feature_weight
+        self.feature_loss_name = feature_loss
+        self.adapters = nn.ModuleDict()
+        self._student_rec = self._teacher_rec = None
+        self.feature_loss: Optional[nn.Module] = None
+        if self.pairs:
+            feature_teacher = feature_teacher if feature_teacher is not None else teacher
+            s_names, t_names = [p.student for p in self.pairs], [p.teacher for p in self.pairs]
+            # Recorders validate the names before the probe runs any forward pass.
+            self._student_rec = FeatureRecorder(student, s_names)
+            self._teacher_rec = FeatureRecorder(feature_teacher, t_names, detach=True)
+            s_shapes = probe_feature_shapes(student, s_names, imgsz, device)
+            t_shapes = probe_feature_shapes(feature_teacher, t_names, teacher_imgsz or imgsz, device)
+            self.adapters = build_adapters(s_shapes, t_shapes, [(p.student, p.teacher) for p in self.pairs])
+            if device is not None:
+                self.adapters.to(device)
+            self.feature_loss = build_feature_loss(feature_loss, **(feature_loss_kwargs or {}))
+
+    @property
+    def teacher(self) -> Optional[Callable[[torch.Tensor], Any]]:
+        return self._teacher[0]
+
+    def term_names(self) -> tuple[str, ...]:
+        return ((self.output_term.name,) if self.output_term else ()) + ((DISTILL_FEATURE,) if self.pairs else ())
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+    def attach(self) -> "DistillationModel":
+        """Register the forward hooks (after ModelEMA's deep copy, so the EMA never carries them)."""
+        for rec in (self._student_rec, self._teacher_rec):
+            if rec is not None:
+                rec.attach()
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook this distiller registered."""
+        for rec in (self._student_rec, self._teacher_rec):
+            if rec is not None:
+                rec.remove()
+
+    @property
+    def attached(self) -> bool:
+        return any(rec is not None and rec.attached for rec in (self._student_rec, self._teacher_rec))
+
+    @contextmanager
+    def student_detached(self) -> Iterator[None]:
+        """Inside the block the student has no hooks: deep copies and checkpoints stay plain."""
+        if self._student_rec is None:
+            yield
+        else:
+            with self._student_rec.detached():
+                yield
+
+    # ---- the step ------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, teacher_output: Any = None) -> tuple[Any, dict[str, torch.Tensor]]:
+        if teacher_output is None and self.teacher is not None:
+            with torch.no_grad():
+                teacher_output = self.teacher(x)
+        t_feats = self._teacher_rec.pop() if self._teacher_rec is not None else {}
+        out = self.student(x)
+        terms: dict[str, torch.Tensor] = {}
+        if self.output_term is not None:
+            terms[self.output_term.name] = self.output_term(out, teacher_output)
+        if self.pairs:
+            s_feats = self._student_rec.pop()
+            losses = []
+            for p in self.pairs:
+                adapted = self.adapters[adapter_key(p.student, p.teacher)](s_feats[p.student],
+                                                                          size=t_feats[p.teacher].shape[-2:])
+                losses.append(self.feature_loss(adapted.float(), t_feats[p.teacher].float()))
+            terms[DISTILL_FEATURE] = self.feature_weight * torch.stack(losses).mean()
+        return out, terms
+
+    def describe(self) -> str:
+        """The distillation terms as a formula, for the log."""
+        parts = [self.output_term.describe()] if self.output_term is not None else []
+        if self.pairs:
+            parts.append(f"{self.feature_weight:g}*{self.feature_loss_name}[{', '.join(map(str, self.pairs))}]")
+        return " + ".join(parts)
+
+
+# ---- detection ---------------------------------------------------------------------------------------------
 def default_layer_pairs(student: nn.Module, teacher: nn.Module) -> tuple[LayerPair, ...]:
     """Pair the layers that feed Detect, level by level (P3-P3, P4-P4, P5-P5)."""
     s_layers, t_layers = yb.detect_input_layers(student), yb.detect_input_layers(teacher)
@@ -58,110 +205,14 @@ def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
                         "cfg to inherit the teacher's anchors, or use a teacher trained with the same ones)")
 
 
-class Distiller:
-    """Computes the distillation terms of one batch; owns the hooks and the adapters."""
-
-    def __init__(self, student: nn.Module, teacher: FrozenTeacher, config: DistillConfig, *, gains: dict,
-                 imgsz: int, device: torch.device):
-        self.student, self.teacher, self.config = student, teacher, config
-        self.gains = {k: float(gains[k]) for k in ("box", "obj", "cls")}
-        self.nc = yb.num_classes(student)
-        self.pairs: tuple[LayerPair, ...] = ()
-        self.adapters = nn.ModuleDict()
-        self.feature_loss: nn.Module | None = None
-        self._student_rec = self._teacher_rec = None
-        if config.output:
-            check_output_compatible(student, teacher.model)
-        if config.feature:
-            self.pairs = config.layers or default_layer_pairs(student, teacher.model)
-            s_names = [p.student for p in self.pairs]
-            t_names = [p.teacher for p in self.pairs]
-            # Recorders validate the names before the probe runs any forward pass.
-            self._student_rec = FeatureRecorder(student, s_names)
-            self._teacher_rec = FeatureRecorder(teacher.model, t_names, detach=True)
-            s_shapes = probe_feature_shapes(student, s_names, imgsz, device)
-            t_shapes = probe_feature_shapes(teacher.model, t_names, imgsz, device)
-            self.adapters = build_adapters(s_shapes, t_shapes, [(p.student, p.teacher) for p in self.pairs])
-            self.adapters.to(device)
-            self.feature_loss = build_feature_loss(config.feature_loss, **config.feature_loss_kwargs)
-        self.module = StudentWithAdapters(student, self.adapters, [(p.student, p.teacher) for p in self.pairs],
-                                          self._student_rec)
-        self.forward_module: nn.Module = self.module  # the DistributedDataParallel wrapper under torchrun
-        self._step = None  # (imgs, teacher raw, teacher features, adapted student features) of the last batch
-
-    # ------------------------------------------------------------------ hooks
-    def attach(self) -> "Distiller":
-        """Register the forward hooks (after ModelEMA's deep copy, so the EMA never carries them)."""
-        for rec in (self._student_rec, self._teacher_rec):
-            if rec is not None:
-                rec.attach()
-        return self
-
-    def remove(self) -> None:
-        """Remove every hook this distiller registered."""
-        for rec in (self._student_rec, self._teacher_rec):
-            if rec is not None:
-                rec.remove()
-
-    def student_detached(self):
-        """Context in which the student has no hooks: deep copies and checkpoints stay plain YOLOv5."""
-        return nullcontext() if self._student_rec is None else self._student_rec.detached()
-
-    def trainable(self) -> nn.Module:
-        """Student and adapters as one module, for the optimizer (both learn), gradient clipping and DDP."""
-        return self.module
-
-    # ------------------------------------------------------------------ losses
-    def forward_student(self, imgs: torch.Tensor) -> list[torch.Tensor]:
-        """Student raw head outputs (B, A, H, W, 5 + nc), recording its features; the teacher runs first.
-
-        The teacher goes before the student so that its forward pass is not competing with the
-        student's live autograd graph for memory: measured on CPU, 73 ms first against 102 ms
-        after (benchmarks/step_profile.py). `terms()` then reuses its outputs for the same batch.
-        """
-        teacher_raw = self.teacher(imgs) if self.config.enabled else None
-        t_feats = self._teacher_rec.pop() if self._teacher_rec is not None else {}
-        raw, adapted = self.forward_module(imgs, {k: tuple(v.shape[-2:]) for k, v in t_feats.items()})
-        self._step = (imgs, teacher_raw, t_feats, adapted)
-        return raw
-
-    def _batch(self, imgs: torch.Tensor):
-        """Teacher outputs, teacher features and adapted student features of `imgs`: those forward_student
-        saved, or (a student run some other way) computed now from the student's recorded features."""
-        step, self._step = self._step, None
-        if step is not None and step[0] is imgs:
-            return step[1:]
-        teacher_raw = self.teacher(imgs) if self.config.enabled else None
-        if not self.config.feature:
-            return teacher_raw, {}, {}
-        t_feats = self._teacher_rec.pop()
-        if step is not None:  # forward_student already took (and adapted) the student's features
-            return teacher_raw, t_feats, step[3]
-        s_feats = self._student_rec.pop()
-        adapted = {adapter_key(p.student, p.teacher): self.adapters[adapter_key(p.student, p.teacher)](
-            s_feats[p.student], size=t_feats[p.teacher].shape[-2:]) for p in self.pairs}
-        return teacher_raw, t_feats, adapted
-
-    def terms(self, imgs: torch.Tensor, student_raw: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Weighted distillation terms for the batch `imgs` (per-image scale, like yolov5's loss items)."""
-        teacher_raw, t_feats, adapted = self._batch(imgs)
-        out: dict[str, torch.Tensor] = {}
-        if self.config.output:
-            lbox, lobj, lcls = output_distillation_loss(student_raw, teacher_raw, self.nc,
-                                                        self.gains["box"], self.gains["obj"], self.gains["cls"])
-            out[DISTILL_OUTPUT] = self.config.output_weight * (lbox + lobj + lcls)
-        if self.config.feature:
-            losses = [self.feature_loss(adapted[adapter_key(p.student, p.teacher)].float(), t_feats[p.teacher].float())
-                      for p in self.pairs]
-            out[DISTILL_FEATURE] = self.config.feature_weight * torch.stack(losses).mean()
-        return out
-
-    def describe(self) -> str:
-        """The total loss as a formula, for the log."""
-        parts = ["(box + obj + cls)"]
-        if self.config.output:
-            parts.append(f"{self.config.output_weight:g}*output_mse")
-        if self.config.feature:
-            layers = ", ".join(map(str, self.pairs))
-            parts.append(f"{self.config.feature_weight:g}*{self.config.feature_loss}[{layers}]")
-        return "loss = (" + " + ".join(parts) + ") * batch_size"
+def detection_distiller(student: nn.Module, teacher: FrozenTeacher, config: DistillConfig, *, gains: dict,
+                        imgsz: int, device: torch.device) -> DistillationModel:
+    """The DistillationModel of a YOLOv5 student and teacher, as `config` asks (output, features or both)."""
+    output_term = None
+    if config.output:
+        check_output_compatible(student, teacher.model)
+        output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight)
+    pairs = (config.layers or default_layer_pairs(student, teacher.model)) if config.feature else ()
+    return DistillationModel(student, teacher, output_term=output_term, pairs=pairs, feature_teacher=teacher.model,
+                             feature_loss=config.feature_loss, feature_loss_kwargs=config.feature_loss_kwargs,
+                             feature_weight=config.feature_weight, imgsz=imgsz, device=device)

@@ -30,7 +30,7 @@ from . import yolo_backend as yb
 from .checkpoint import save_checkpoint_atomic
 from .config import DistillConfig, parse_layer_pairs
 from .compress.quant import load_plain_state_dict
-from .distiller import TASK_TERMS, Distiller, loss_names
+from .distiller import TASK_TERMS, detection_distiller, loss_names
 from .engine import Engine, TrainingError, seed_everything
 from .errors import UserError
 from .inference import load_detector
@@ -227,12 +227,13 @@ class DistillTrainer(Engine):
         self.compute_loss = yb.ComputeLoss(self.student)
         self.distiller = None
         if self.teacher is not None and self.config.enabled:
-            self.distiller = Distiller(self.student, self.teacher, self.config, gains=self.scaled_hyp,
+            self.distiller = detection_distiller(self.student, self.teacher, self.config, gains=self.scaled_hyp,
                                        imgsz=self.imgsz, device=self.device)
-            LOGGER.info(self.distiller.describe())
+            LOGGER.info(f"loss = ((box + obj + cls) + {self.distiller.describe()}) * batch_size")
         elif self.teacher is not None:
             LOGGER.warning("WARNING: --t_weights given without --d_output/--d_feature: the teacher is not used")
-        self.trainable = self.distiller.trainable() if self.distiller else self.student
+        # student + adapters when distilling: what the optimizer trains, gradients are clipped over and DDP wraps
+        self.trainable = self.distiller if self.distiller else self.student
 
         if opt.nbs < 1:
             raise UserError(f"--nbs must be at least 1, got {opt.nbs}")
@@ -260,7 +261,7 @@ class DistillTrainer(Engine):
     def _setup_distributed(self) -> None:
         """Under torchrun: optional SyncBatchNorm (after the EMA copy, which keeps plain BatchNorm, as train.py),
         then DDP around the student, or around student + adapters when distilling."""
-        self.forward_model: nn.Module = self.student
+        self.forward_model: nn.Module = self.trainable
         if not self.dist.enabled:
             return
         if self.opts.sync_bn:
@@ -268,10 +269,7 @@ class DistillTrainer(Engine):
                 raise UserError("--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm does not run on the CPU")
             nn.SyncBatchNorm.convert_sync_batchnorm(self.student)  # in place: the optimizer keeps its parameters
             LOGGER.info("Using SyncBatchNorm()")
-        if self.distiller is not None:
-            self.distiller.forward_module = ddp.wrap(self.distiller.module, self.dist, self.device)
-        else:
-            self.forward_model = ddp.wrap(self.student, self.dist, self.device)
+        self.forward_model = ddp.wrap(self.trainable, self.dist, self.device)
         LOGGER.info(f"DDP: rank {self.dist.rank} of {self.dist.world_size} on {self.device}, "
                     f"{self.batch_size} images per rank")
 
@@ -380,8 +378,8 @@ class DistillTrainer(Engine):
         gets only the distillation terms. Returns the per-term loss items, or None for a skipped step.
         """
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            pred = self.distiller.forward_student(imgs) if self.distiller else self.forward_model(imgs)
-            loss, items = self.loss_terms(imgs, pred, targets)
+            pred, terms = self.forward_model(imgs) if self.distiller else (self.forward_model(imgs), {})
+            loss, items = self.loss_terms(imgs, pred, targets, terms)
         if not self.all_finite(loss):
             self.bad_steps += 1
             LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
@@ -406,7 +404,8 @@ class DistillTrainer(Engine):
             self.last_opt_step = ni
         return items
 
-    def loss_terms(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor]):
+    def loss_terms(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor],
+                   distill_terms: dict[str, torch.Tensor]):
         """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order."""
         bs = imgs.shape[0]
         total = torch.zeros((), device=imgs.device)
@@ -418,7 +417,7 @@ class DistillTrainer(Engine):
         elif not self.distiller:
             raise UserError("a batch without labels needs distillation (--d_output or --d_feature)")
         if self.distiller:
-            for name, value in self.distiller.terms(imgs, pred).items():
+            for name, value in distill_terms.items():
                 total = total + value.float() * bs
                 items[name] = value.detach().float()
         return total, torch.stack([items[n].reshape(()) for n in self.names])
