@@ -96,28 +96,3 @@ def build_adapters(student_shapes: dict[str, torch.Size], teacher_shapes: dict[s
             scale = (t_shape[2] / s_shape[2], t_shape[3] / s_shape[3])
             adapters[key] = FeatureAdapter(s_shape[1], t_shape[1], scale)
     return adapters
-
-
-class StudentWithAdapters(nn.Module):
-    """The student and its adapters as one module: what the optimizer trains and, under torch.distributed,
-    what DistributedDataParallel wraps, so the adapters' gradients are averaged over the ranks with the
-    student's. forward() runs the student and maps each recorded student feature to its teacher's shape."""
-
-    def __init__(self, student: nn.Module, adapters: nn.ModuleDict, pairs: Sequence[tuple[str, str]],
-                 recorder: Optional[FeatureRecorder]):
-        super().__init__()
-        self.student, self.adapters = student, adapters  # parameter names student.*, adapters.*
-        self.pairs, self.recorder = [tuple(p) for p in pairs], recorder
-
-    def forward(self, x: torch.Tensor, sizes: Optional[dict] = None):
-        """(student output, {adapter key: adapted student feature (B, Ct, Ht, Wt)}); `sizes` are the teacher
-        features' (Ht, Wt) by teacher layer name (default: from the layers' stride ratio)."""
-        out = self.student(x)
-        if self.recorder is None or not self.pairs:
-            return out, {}
-        s_feats = self.recorder.pop()
-        adapted = {}
-        for s_name, t_name in self.pairs:
-            key = adapter_key(s_name, t_name)
-            adapted[key] = self.adapters[key](s_feats[s_name], size=(sizes or {}).get(t_name))
-        return out, adapted

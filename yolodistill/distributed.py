@@ -120,10 +120,6 @@ def exit_rank(code: int) -> NoReturn:
     os._exit(code)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
     """--batch-size is the global batch, as in yolov5: each rank takes its share."""
     if batch_size % ctx.world_size:

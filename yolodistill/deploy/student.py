@@ -110,7 +110,3 @@ def _classifier(path: Path, ckpt: dict, imgsz) -> Deployable:
             "std": list(ckpt["std"]), "arch": ckpt["arch"]}
     return Deployable(model=model.float().eval(), task=CLASSIFY, imgsz=size, source=path, output_names=["logits"],
                       metadata=meta, quantized=bool(ckpt.get("quant")), sparsity=ckpt.get("sparsity"))
-
-
-def checkpoint_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
