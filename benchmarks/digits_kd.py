@@ -41,7 +41,8 @@ from yolodistill.classification.data import ImageDataset, LabeledFolder
 from yolodistill.classification.digits import write_digits
 from yolodistill.classification.embed import embed_classifiers
 from yolodistill.classification.teachers import ClassifierTeachers
-from yolodistill.classification.trainer import ClassifyOptions, ClassifyTrainer, KDTrainer
+from yolodistill.classification.distill import KDTrainer
+from yolodistill.classification.trainer import ClassifyOptions, ClassifyTrainer
 
 TOP1 = "metrics/accuracy_top1"
 ROWS = {  # report row -> results key

@@ -12,8 +12,8 @@ from importlib import import_module
 _PUBLIC = {
     "ClassifyOptions": "trainer",
     "ClassifyTrainer": "trainer",
-    "KDTrainer": "trainer",
-    "ClipDistillTrainer": "trainer",
+    "KDTrainer": "distill",
+    "ClipDistillTrainer": "clip_distill",
     "ClassifierTeachers": "teachers",
     "hinton_loss": "losses",
     "kd_kl_loss": "losses",

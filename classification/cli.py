@@ -184,13 +184,13 @@ def _run_train(args):
 
 
 def _run_distill(args):
-    from .trainer import KDTrainer
+    from .distill import KDTrainer
 
     KDTrainer(_options(args, "data")).run()
 
 
 def _run_clip_distill(args):
-    from .trainer import ClipDistillTrainer
+    from .clip_distill import ClipDistillTrainer
 
     ClipDistillTrainer(_options(args, "store", "head")).run()
 

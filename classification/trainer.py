@@ -1,4 +1,5 @@
-"""Classifier training: from labels, by Hinton KD (live teachers or a cached store), or from CLIP embeddings.
+"""Classifier training from labels on the shared engine; distill.py (Hinton KD) and clip_distill.py (CLIP
+embeddings) change only the loss and what the model outputs.
 
 One epoch loop, three loss recipes. Each trainer declares its loss names once; they drive the
 progress bar, results.csv (train/<name>) and results.png. Checkpoints are plain classifiers (see
@@ -17,18 +18,14 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from yolodistill import distributed as ddp
 from yolodistill.engine import Engine, seed_everything
 from yolodistill.errors import UserError
 from yolodistill.run_logger import plot_results
-from .data import ImageDataset, LabeledFolder, build_transform, list_images, readable, split_folders
-from yolodistill.config import LayerPair, parse_layer_pairs
-from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
-from .losses import embedding_cosine, embedding_mse, kd_kl_loss, labeled_cross_entropy, soft_targets
-from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, last_feature_layer,
-                     read_checkpoint, save_classifier)
+from .data import ImageDataset, LabeledFolder, build_transform, split_folders
+from .models import build_classifier, classifier_from_checkpoint, default_normalisation, read_checkpoint, save_classifier
 
 LOGGER = logging.getLogger("yolodistill")
 ACC_COLUMNS = ("metrics/accuracy_top1", "metrics/accuracy_top5", "val/loss")  # yolov5 classify's names
@@ -329,209 +326,3 @@ class ClassifyTrainer(Engine):
         """Remove hooks (the sparsity masks' gradient hooks for plain training)."""
         if hasattr(self, "compression"):
             self.compression.remove()
-
-
-class KDTrainer(ClassifyTrainer):
-    """Hinton KD from live teachers (an ensemble when several) or a logits store, plus optional feature KD."""
-
-    kind = "distill"
-
-    @property
-    def names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("distill/kd", "ce") + (("distill/feature",) if self.opts.feature_layers else ())
-
-    def build_data(self) -> None:
-        super().build_data()
-        o = self.opts
-        if not (0 <= o.alpha <= 1) or o.temperature <= 0:
-            raise UserError("--alpha must be in [0, 1] and --temperature positive")
-        if bool(o.teacher) == bool(o.teacher_store):
-            raise UserError("give the teacher as --teacher CKPT [CKPT ...] or as --teacher-store DIR (one of them)")
-        self.store = None
-        if o.teacher_store:
-            if o.feature_layers:
-                raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
-            self.store = self.open_logits_store(o.teacher_store)
-        sets = [self.labeled_dataset(self.train_folder, train=True)]
-        for folder in o.unlabeled:
-            root = Path(folder)
-            keys = readable(root, list_images(root), "unlabeled folder")
-            sets.append(ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys)))
-        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
-        self.train_loader = self.loader(self.train_set, train=True)
-        if o.unlabeled:
-            LOGGER.info(f"+ {len(self.train_set) - len(sets[0])} unlabeled images (distillation term only)")
-
-    def open_logits_store(self, path: str):
-        from .store import TeacherStore
-
-        store = TeacherStore.open(path, kind="logits")
-        classes = store.teacher.get("classes")
-        if classes != self.classes:
-            raise UserError(f"store {path} was built by teachers with classes {classes}, the data has {self.classes}")
-        return store
-
-    def store_rows(self, root: Path, keys) -> Optional[list[int]]:
-        """Store rows of a folder's images (the folder lies under the store's source folder); None without a store."""
-        if self.store is None:
-            return None
-        prefix = self.store.prefix_of(root)
-        return self.store.rows_of([prefix + k for k in keys])
-
-    def labeled_dataset(self, folder: LabeledFolder, *, train: bool) -> ImageDataset:
-        if train and getattr(self, "store", None) is not None:
-            return ImageDataset(folder.root, folder.keys, folder.labels, self.transform(True),
-                                self.store_rows(folder.root, folder.keys))
-        return super().labeled_dataset(folder, train=train)
-
-    def build_extras(self) -> None:
-        from yolodistill.distiller import DistillationModel, HintonTerm
-
-        o = self.opts
-        self.teachers = teacher = None
-        if o.teacher:
-            from .teachers import ClassifierTeachers
-
-            self.teachers = ClassifierTeachers(o.teacher, self.device)
-            if self.teachers.classes != self.classes:
-                raise UserError(f"teacher classes {self.teachers.classes} differ from the data's {self.classes}")
-            teacher = self.live_teacher_probs
-        pairs, feature_teacher, teacher_imgsz = (), None, None
-        if o.feature_layers:  # on the first (or only) teacher
-            feature_teacher, teacher_imgsz = self.teachers.members[0], self.teachers.metas[0]["imgsz"]
-            pairs = feature_layer_pairs(o.feature_layers, self.model, feature_teacher)
-        self.distiller = DistillationModel(self.model, teacher, output_term=HintonTerm(o.temperature, o.alpha),
-                                           pairs=pairs, feature_teacher=feature_teacher, feature_loss=o.feature_loss,
-                                           feature_weight=o.f_weight, imgsz=o.imgsz, teacher_imgsz=teacher_imgsz,
-                                           device=self.device).attach()
-        self.extra_trainable["adapters"] = self.distiller.adapters
-
-    def live_teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """The teachers' softened probabilities (an ensemble averages its members')."""
-        t_logits = self.teachers(images, self.mean, self.std)  # (B, n, C)
-        return soft_targets(list(t_logits.unbind(1)), self.opts.temperature)
-
-    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
-        stored = None
-        if self.teachers is None:  # the store's logits of the batch's images
-            rows = teacher_rows.view(len(teacher_rows), -1, len(self.classes))
-            stored = soft_targets(list(rows.unbind(1)), self.opts.temperature)
-        logits, terms = self.train_model(images, teacher_output=stored)
-        hard = (1 - self.opts.alpha) * labeled_cross_entropy(logits, labels)
-        return {DISTILL_KD: terms[DISTILL_KD], "ce": hard,
-                **({DISTILL_FEATURE: terms[DISTILL_FEATURE]} if DISTILL_FEATURE in terms else {})}
-
-    def student_module(self) -> nn.Module:
-        """The student with its adapters and (outside its parameters) the teachers: what DDP wraps."""
-        return self.distiller
-
-    def checkpoint_meta(self) -> dict:
-        meta = super().checkpoint_meta()
-        meta["distill"] = {"temperature": self.opts.temperature, "alpha": self.opts.alpha,
-                           "teachers": (self.teachers.identity if self.teachers is not None else self.store.teacher)}
-        return meta
-
-    def cleanup(self) -> None:
-        super().cleanup()
-        if getattr(self, "distiller", None) is not None:
-            self.distiller.remove()
-
-
-def feature_layer_pairs(spec: str, student: nn.Module, teacher: nn.Module) -> tuple[LayerPair, ...]:
-    """--feature-layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer[,...]."""
-    if spec == "auto":
-        return (LayerPair(last_feature_layer(student), last_feature_layer(teacher)),)
-    return parse_layer_pairs([spec], flag="--feature-layers")
-
-
-class ClipDistillTrainer(ClassifyTrainer):
-    """A CNN student learns an OpenCLIP teacher's image embeddings (cached in a store), on unlabeled images.
-
-    The student outputs an embedding (D,); the teacher's head (text prompts or linear probe) turns
-    either embedding into class logits, so accuracy is measured the way the student will be used.
-    """
-
-    kind = "clip-distill"
-    LOSSES = ("cosine", "mse", "kl")
-
-    @property
-    def names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (f"distill/{self.opts.loss}",)
-
-    def build_data(self) -> None:
-        from .clip_teacher import load_head
-        from .store import TeacherStore
-
-        o = self.opts
-        if o.loss not in self.LOSSES:
-            raise UserError(f"--loss {o.loss!r}: choose {', '.join(self.LOSSES)}")
-        if not o.store or not o.head:
-            raise UserError("clip-distill needs --store (from `classify embed --clip`) and --head "
-                            "(from `classify text-embed` or `classify probe`)")
-        self.store = TeacherStore.open(o.store, kind="embedding")
-        self.head, head_teacher = load_head(o.head)
-        if head_teacher != self.store.teacher:
-            from .store import describe_teacher
-
-            raise UserError(f"head {o.head} was made with {describe_teacher(head_teacher)}, the "
-                            f"store {o.store} with {describe_teacher(self.store.teacher)}: use one teacher for both")
-        # Fix: the same teacher name can still mean two widths (a random-init model config edited between
-        # `embed` and `text-embed`); without this the run trained a student that predict refuses, or failed
-        # with a shape traceback in evaluation.
-        if self.head.weight.shape[1] != self.store.dim:
-            raise UserError(f"head {o.head} takes {self.head.weight.shape[1]}-d embeddings, the store {o.store} "
-                            f"holds {self.store.dim}-d ones: make both with one teacher")
-        self.head.to(self.device).requires_grad_(False)
-        self.classes = list(self.head.classes)
-        self.mean, self.std = self.normalisation()
-        sources = [Path(s) for s in ([o.source] if isinstance(o.source, str) else o.source) if s] or \
-            [Path(self.store.source)]
-        sets = []
-        for root in sources:
-            keys = readable(root, list_images(root), "training folder")
-            prefix = self.store.prefix_of(root)
-            sets.append(ImageDataset(root, keys, None, self.transform(True),
-                                     self.store.rows_of([prefix + k for k in keys])))
-        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
-        self.train_loader = self.loader(self.train_set, train=True)
-        self.val_loader = None
-        if o.val:
-            self.val_folder = LabeledFolder.scan(o.val).with_classes(self.classes)
-            self.val_loader = self.loader(self.labeled_dataset(self.val_folder, train=False), train=False)
-        LOGGER.info(f"{len(self.train_set)} training images; teacher embeddings from {o.store} "
-                    f"(dim {self.store.dim}); {len(self.classes)} classes")
-
-    def num_outputs(self) -> int:
-        return self.store.dim
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.model(images))
-
-    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
-        o = self.opts
-        emb = self.train_model(images)
-        if o.loss == "kl":
-            probs = soft_targets(self.head(teacher_rows), o.temperature)
-            return {"distill/kl": kd_kl_loss(self.head(emb), probs, o.temperature)}
-        fn = embedding_cosine if o.loss == "cosine" else embedding_mse
-        return {f"distill/{o.loss}": fn(emb, teacher_rows)}
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        if self.val_loader is None:  # no labeled images: accuracy unknown, every epoch counts as best
-            return {"metrics/accuracy_top1": float("inf"), "metrics/accuracy_top5": float("nan"),
-                    "val/loss": float("nan")}
-        return super().evaluate()
-
-    def checkpoint_meta(self) -> dict:
-        head = self.head
-        return dict(arch=self.opts.model, classes=self.classes, num_classes=self.store.dim, imgsz=self.opts.imgsz,
-                    mean=self.mean, std=self.std, teacher=self.store.teacher,
-                    head={"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
-                          "scale": float(head.scale), "classes": list(head.classes)})
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)

@@ -23,7 +23,7 @@ TIERS = [
      "yolodistill.synth", "yolodistill.losses.registry", "yolodistill.classification.digits",
      "yolodistill.classification"],
     # what to distil, and where the process runs
-    ["yolodistill.config", "yolodistill.distributed"],
+    ["yolodistill.config", "yolodistill.distributed", "yolodistill.train_options"],
     # models, hooks and adapters, data, compression, runtimes
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
      "yolodistill.onnx_runtime", "yolodistill.classification.models", "yolodistill.classification.data",
@@ -35,6 +35,7 @@ TIERS = [
     ["yolodistill.engine"],
     # the tasks: training, inference
     ["yolodistill.trainer", "yolodistill.inference", "yolodistill.classification.trainer",
+     "yolodistill.classification.distill", "yolodistill.classification.clip_distill",
      "yolodistill.classification.predict", "yolodistill.classification.embed", "yolodistill.classification.filter"],
     # deployment reads what the tasks wrote
     ["yolodistill.deploy", "yolodistill.quickstart"],

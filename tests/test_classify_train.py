@@ -10,7 +10,8 @@ import torch
 from yolodistill.classification.embed import embed_classifiers
 from yolodistill.classification.models import build_classifier, load_classifier
 from yolodistill.classification.teachers import ClassifierTeachers
-from yolodistill.classification.trainer import ClassifyOptions, KDTrainer
+from yolodistill.classification.distill import KDTrainer
+from yolodistill.classification.trainer import ClassifyOptions
 from yolodistill.config import LayerPair
 from yolodistill.run_logger import read_results
 

@@ -21,7 +21,8 @@ import pytest
 
 from yolodistill import yolo_backend as yb  # imported here, not under capsys: yolov5's log handler keeps its stream
 from yolodistill.classification.models import read_checkpoint
-from yolodistill.classification.trainer import ClassifyOptions, KDTrainer
+from yolodistill.classification.distill import KDTrainer
+from yolodistill.classification.trainer import ClassifyOptions
 from yolodistill.cli import main
 from yolodistill.run_logger import read_results
 

@@ -1,0 +1,103 @@
+"""`classify clip-distill`: a CNN student learns an OpenCLIP teacher's image embeddings from a store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from yolodistill.errors import UserError
+from .data import ImageDataset, LabeledFolder, list_images, readable
+from .losses import embedding_cosine, embedding_mse, kd_kl_loss, soft_targets
+from .trainer import ClassifyTrainer
+
+LOGGER = logging.getLogger("yolodistill")
+
+
+class ClipDistillTrainer(ClassifyTrainer):
+    """A CNN student learns an OpenCLIP teacher's image embeddings (cached in a store), on unlabeled images.
+
+    The student outputs an embedding (D,); the teacher's head (text prompts or linear probe) turns
+    either embedding into class logits, so accuracy is measured the way the student will be used.
+    """
+
+    kind = "clip-distill"
+    LOSSES = ("cosine", "mse", "kl")
+
+    @property
+    def names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (f"distill/{self.opts.loss}",)
+
+    def build_data(self) -> None:
+        from .clip_teacher import load_head
+        from .store import TeacherStore
+
+        o = self.opts
+        if o.loss not in self.LOSSES:
+            raise UserError(f"--loss {o.loss!r}: choose {', '.join(self.LOSSES)}")
+        if not o.store or not o.head:
+            raise UserError("clip-distill needs --store (from `classify embed --clip`) and --head "
+                            "(from `classify text-embed` or `classify probe`)")
+        self.store = TeacherStore.open(o.store, kind="embedding")
+        self.head, head_teacher = load_head(o.head)
+        if head_teacher != self.store.teacher:
+            from .store import describe_teacher
+
+            raise UserError(f"head {o.head} was made with {describe_teacher(head_teacher)}, the "
+                            f"store {o.store} with {describe_teacher(self.store.teacher)}: use one teacher for both")
+        # Fix: the same teacher name can still mean two widths (a random-init model config edited between
+        # `embed` and `text-embed`); without this the run trained a student that predict refuses, or failed
+        # with a shape traceback in evaluation.
+        if self.head.weight.shape[1] != self.store.dim:
+            raise UserError(f"head {o.head} takes {self.head.weight.shape[1]}-d embeddings, the store {o.store} "
+                            f"holds {self.store.dim}-d ones: make both with one teacher")
+        self.head.to(self.device).requires_grad_(False)
+        self.classes = list(self.head.classes)
+        self.mean, self.std = self.normalisation()
+        sources = [Path(s) for s in ([o.source] if isinstance(o.source, str) else o.source) if s] or \
+            [Path(self.store.source)]
+        sets = []
+        for root in sources:
+            keys = readable(root, list_images(root), "training folder")
+            prefix = self.store.prefix_of(root)
+            sets.append(ImageDataset(root, keys, None, self.transform(True),
+                                     self.store.rows_of([prefix + k for k in keys])))
+        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
+        self.train_loader = self.loader(self.train_set, train=True)
+        self.val_loader = None
+        if o.val:
+            self.val_folder = LabeledFolder.scan(o.val).with_classes(self.classes)
+            self.val_loader = self.loader(self.labeled_dataset(self.val_folder, train=False), train=False)
+        LOGGER.info(f"{len(self.train_set)} training images; teacher embeddings from {o.store} "
+                    f"(dim {self.store.dim}); {len(self.classes)} classes")
+
+    def num_outputs(self) -> int:
+        return self.store.dim
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.model(images))
+
+    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
+        o = self.opts
+        emb = self.train_model(images)
+        if o.loss == "kl":
+            probs = soft_targets(self.head(teacher_rows), o.temperature)
+            return {"distill/kl": kd_kl_loss(self.head(emb), probs, o.temperature)}
+        fn = embedding_cosine if o.loss == "cosine" else embedding_mse
+        return {f"distill/{o.loss}": fn(emb, teacher_rows)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.val_loader is None:  # no labeled images: accuracy unknown, every epoch counts as best
+            return {"metrics/accuracy_top1": float("inf"), "metrics/accuracy_top5": float("nan"),
+                    "val/loss": float("nan")}
+        return super().evaluate()
+
+    def checkpoint_meta(self) -> dict:
+        head = self.head
+        return dict(arch=self.opts.model, classes=self.classes, num_classes=self.store.dim, imgsz=self.opts.imgsz,
+                    mean=self.mean, std=self.std, teacher=self.store.teacher,
+                    head={"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
+                          "scale": float(head.scale), "classes": list(head.classes)})

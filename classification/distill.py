@@ -1,0 +1,135 @@
+"""`classify distill`: Hinton KD from live teachers (an ensemble when several) or a cached logits store,
+optionally with feature KD, and unlabeled folders that get the distillation term only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset
+
+from yolodistill.config import LayerPair, parse_layer_pairs
+from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
+from yolodistill.errors import UserError
+from .data import ImageDataset, LabeledFolder, list_images, readable
+from .losses import labeled_cross_entropy, soft_targets
+from .models import last_feature_layer
+from .trainer import ClassifyTrainer
+
+LOGGER = logging.getLogger("yolodistill")
+
+
+class KDTrainer(ClassifyTrainer):
+    """Hinton KD from live teachers (an ensemble when several) or a logits store, plus optional feature KD."""
+
+    kind = "distill"
+
+    @property
+    def names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("distill/kd", "ce") + (("distill/feature",) if self.opts.feature_layers else ())
+
+    def build_data(self) -> None:
+        super().build_data()
+        o = self.opts
+        if not (0 <= o.alpha <= 1) or o.temperature <= 0:
+            raise UserError("--alpha must be in [0, 1] and --temperature positive")
+        if bool(o.teacher) == bool(o.teacher_store):
+            raise UserError("give the teacher as --teacher CKPT [CKPT ...] or as --teacher-store DIR (one of them)")
+        self.store = None
+        if o.teacher_store:
+            if o.feature_layers:
+                raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
+            self.store = self.open_logits_store(o.teacher_store)
+        sets = [self.labeled_dataset(self.train_folder, train=True)]
+        for folder in o.unlabeled:
+            root = Path(folder)
+            keys = readable(root, list_images(root), "unlabeled folder")
+            sets.append(ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys)))
+        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
+        self.train_loader = self.loader(self.train_set, train=True)
+        if o.unlabeled:
+            LOGGER.info(f"+ {len(self.train_set) - len(sets[0])} unlabeled images (distillation term only)")
+
+    def open_logits_store(self, path: str):
+        from .store import TeacherStore
+
+        store = TeacherStore.open(path, kind="logits")
+        classes = store.teacher.get("classes")
+        if classes != self.classes:
+            raise UserError(f"store {path} was built by teachers with classes {classes}, the data has {self.classes}")
+        return store
+
+    def store_rows(self, root: Path, keys) -> Optional[list[int]]:
+        """Store rows of a folder's images (the folder lies under the store's source folder); None without a store."""
+        if self.store is None:
+            return None
+        prefix = self.store.prefix_of(root)
+        return self.store.rows_of([prefix + k for k in keys])
+
+    def labeled_dataset(self, folder: LabeledFolder, *, train: bool) -> ImageDataset:
+        if train and getattr(self, "store", None) is not None:
+            return ImageDataset(folder.root, folder.keys, folder.labels, self.transform(True),
+                                self.store_rows(folder.root, folder.keys))
+        return super().labeled_dataset(folder, train=train)
+
+    def build_extras(self) -> None:
+        from yolodistill.distiller import DistillationModel, HintonTerm
+
+        o = self.opts
+        self.teachers = teacher = None
+        if o.teacher:
+            from .teachers import ClassifierTeachers
+
+            self.teachers = ClassifierTeachers(o.teacher, self.device)
+            if self.teachers.classes != self.classes:
+                raise UserError(f"teacher classes {self.teachers.classes} differ from the data's {self.classes}")
+            teacher = self.live_teacher_probs
+        pairs, feature_teacher, teacher_imgsz = (), None, None
+        if o.feature_layers:  # on the first (or only) teacher
+            feature_teacher, teacher_imgsz = self.teachers.members[0], self.teachers.metas[0]["imgsz"]
+            pairs = feature_layer_pairs(o.feature_layers, self.model, feature_teacher)
+        self.distiller = DistillationModel(self.model, teacher, output_term=HintonTerm(o.temperature, o.alpha),
+                                           pairs=pairs, feature_teacher=feature_teacher, feature_loss=o.feature_loss,
+                                           feature_weight=o.f_weight, imgsz=o.imgsz, teacher_imgsz=teacher_imgsz,
+                                           device=self.device).attach()
+        self.extra_trainable["adapters"] = self.distiller.adapters
+
+    def live_teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """The teachers' softened probabilities (an ensemble averages its members')."""
+        t_logits = self.teachers(images, self.mean, self.std)  # (B, n, C)
+        return soft_targets(list(t_logits.unbind(1)), self.opts.temperature)
+
+    def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
+        stored = None
+        if self.teachers is None:  # the store's logits of the batch's images
+            rows = teacher_rows.view(len(teacher_rows), -1, len(self.classes))
+            stored = soft_targets(list(rows.unbind(1)), self.opts.temperature)
+        logits, terms = self.train_model(images, teacher_output=stored)
+        hard = (1 - self.opts.alpha) * labeled_cross_entropy(logits, labels)
+        return {DISTILL_KD: terms[DISTILL_KD], "ce": hard,
+                **({DISTILL_FEATURE: terms[DISTILL_FEATURE]} if DISTILL_FEATURE in terms else {})}
+
+    def student_module(self) -> nn.Module:
+        """The student with its adapters and (outside its parameters) the teachers: what DDP wraps."""
+        return self.distiller
+
+    def checkpoint_meta(self) -> dict:
+        meta = super().checkpoint_meta()
+        meta["distill"] = {"temperature": self.opts.temperature, "alpha": self.opts.alpha,
+                           "teachers": (self.teachers.identity if self.teachers is not None else self.store.teacher)}
+        return meta
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if getattr(self, "distiller", None) is not None:
+            self.distiller.remove()
+
+
+def feature_layer_pairs(spec: str, student: nn.Module, teacher: nn.Module) -> tuple[LayerPair, ...]:
+    """--feature-layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer[,...]."""
+    if spec == "auto":
+        return (LayerPair(last_feature_layer(student), last_feature_layer(teacher)),)
+    return parse_layer_pairs([spec], flag="--feature-layers")
