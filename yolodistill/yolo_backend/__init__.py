@@ -1,0 +1,29 @@
+"""The one place that talks to the `yolov5` package (7.0.14): a YOLOv5 upgrade touches only this folder.
+
+Everything here composes yolov5's own parts (models, dataloader, ComputeLoss, ModelEMA,
+smart_optimizer, val) and fences off what does not work offline or with current PyTorch:
+check_dataset (downloads a font), check_amp (downloads weights), attempt_load (torch.load
+with weights_only=True fails on pickled modules) and detect.run (same loader). By section:
+_yolov5 (the imports and facts of the package), files (hyp, model and dataset yamls), models,
+data (dataloaders), evaluation (val, detect), schedule (LR and warmup).
+"""
+
+from ._yolov5 import *  # noqa: F401,F403 -- yolov5's parts, named in _yolov5.__all__
+from ._yolov5 import __all__ as _parts
+from .data import (autoanchor, check_labels, create_train_loader, create_val_loader, reweight_images,
+                   report_scan)
+from .evaluation import detect_images, image_sources, validate
+from .files import count_images, default_hyp_path, load_data_yaml, load_hyp, resolve_hyp, resolve_model_cfg
+from .models import (build_model, checkpoint_model, copy_anchors, create_student, detect_head, detect_input_layers,
+                     export_metadata, export_model, forward_raw, head_layout, load_detection_checkpoint, load_model,
+                     load_yolov5_checkpoint, max_stride, model_stats, num_classes, prepare_for_loss,
+                     raw_head_outputs)
+from .schedule import lr_lambda, warmup_iterations
+
+__all__ = [*_parts, "autoanchor", "build_model", "check_labels", "checkpoint_model", "copy_anchors",
+           "count_images", "create_student", "create_train_loader", "create_val_loader", "default_hyp_path",
+           "detect_head", "detect_images", "detect_input_layers", "export_metadata", "export_model", "forward_raw",
+           "head_layout", "image_sources", "load_data_yaml", "load_detection_checkpoint", "load_hyp", "load_model",
+           "load_yolov5_checkpoint", "lr_lambda", "max_stride", "model_stats", "num_classes", "prepare_for_loss",
+           "raw_head_outputs", "report_scan", "resolve_hyp", "resolve_model_cfg", "reweight_images", "validate",
+           "warmup_iterations"]

@@ -1,0 +1,129 @@
+"""yolov5's dataloaders, and what their label scan dropped told on yolodistill's logger."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch.nn as nn
+
+from ..errors import UserError
+from ._yolov5 import IMG_FORMATS, yolov5_dataloaders
+
+
+def create_train_loader(path, imgsz: int, batch_size: int, stride: int, hyp: dict, *, workers: int, seed: int,
+                        single_cls: bool = False, cache: Optional[str] = None, rect: bool = False,
+                        image_weights: bool = False, quad: bool = False, rank: int = -1):
+    """yolov5's augmenting (mosaic) training dataloader and its dataset; rank >= 0 (under torchrun) gives a
+    DistributedSampler, each rank a disjoint shard of every epoch."""
+    return _create_loader(path, imgsz, batch_size, stride, single_cls, hyp=hyp, augment=True, cache=cache,
+                          rect=rect, workers=workers, image_weights=image_weights, quad=quad,
+                          prefix="train: ", shuffle=True, seed=seed, rank=rank)
+
+
+def create_val_loader(path, imgsz: int, batch_size: int, stride: int, hyp: Optional[dict], *, workers: int,
+                      single_cls: bool = False, cache: Optional[str] = None, square: bool = False):
+    """yolov5's rectangular validation dataloader (as train.py builds it); `square` pads every image to
+    imgsz x imgsz, as yolov5's val does for exported models with a fixed input size."""
+    return _create_loader(path, imgsz, batch_size, stride, single_cls, hyp=hyp, cache=cache, rect=not square,
+                          workers=workers, pad=0.0 if square else 0.5, prefix="val: ")[0]
+
+
+def _create_loader(path, *args, **kwargs):
+    try:
+        loader, dataset = yolov5_dataloaders.create_dataloader(path, *args, **kwargs)
+    except MemoryError:
+        raise
+    except Exception as e:  # yolov5 reports unreadable data with bare Exception and AssertionError
+        raise UserError(f"cannot load images from {path}: {str(e).splitlines()[0]}") from None
+    if kwargs.get("rank", -1) in (-1, 0):
+        report_scan(path, dataset, kwargs.get("prefix", ""))
+    return loader, dataset
+
+
+def _listed_images(path) -> list[str]:
+    """Image files as yolov5's LoadImagesAndLabels lists them: folders recursively, .txt files line by line."""
+    import glob
+    import os
+
+    files: list[str] = []
+    for p in map(Path, path if isinstance(path, (list, tuple)) else [path]):
+        if p.is_dir():
+            files += glob.glob(str(p / "**" / "*.*"), recursive=True)
+        elif p.is_file():
+            parent = str(p.parent) + os.sep
+            lines = p.read_text(errors="ignore").strip().splitlines()
+            files += [x.replace("./", parent, 1) if x.startswith("./") else x for x in lines]
+    return sorted(x.replace("/", os.sep) for x in files if x.split(".")[-1].lower() in IMG_FORMATS)
+
+
+def _skip_reason(im_file: str) -> str:
+    """Why yolov5's scan dropped an image: its own message, or plainer words when the image does not decode."""
+    from PIL import Image
+
+    if not Path(im_file).is_file():  # a stale line of a .txt image list
+        return "file not found"
+    try:
+        with Image.open(im_file) as im:
+            im.verify()
+    except Exception:  # noqa: BLE001 - PIL's plugins raise anything on junk (an ImportError of a HEIF plugin, seen)
+        return "not a readable image (empty, truncated or not an image file)"
+    label = yolov5_dataloaders.img2label_paths([im_file])[0]
+    # yolov5 words a short line among good ones as a numpy error ("inhomogeneous shape"): name the line instead.
+    lines = Path(label).read_text(errors="ignore").splitlines() if Path(label).is_file() else []
+    for i, line in enumerate(lines, 1):
+        n = len(line.split())
+        if 0 < n < 5 or n == 6:
+            return f"{label} line {i} has {n} numbers, a box label needs 5 (class x_center y_center width height)"
+    msg = yolov5_dataloaders.verify_image_label((im_file, label, ""))[-1]
+    reason = " ".join(msg.partition("ignoring corrupt image/label: ")[2].split()).replace("[ ", "[")  # numpy pads
+    return reason or "rejected by yolov5's image/label check"
+
+
+def report_scan(path, dataset, prefix: str = "") -> dict:
+    """Log, on yolodistill's logger, what yolov5's label scan dropped and how many images train as background.
+
+    yolov5 drops an image whose file or label file is corrupt (wrong column count, coordinates outside
+    [0, 1], negative values) and prints why only on its own logger and progress bar; the counts here
+    reach the user's log. Returns {"found", "skipped": [image, ...], "background"}.
+    """
+    log = logging.getLogger("yolodistill")
+    found = _listed_images(path)
+    kept = set(dataset.im_files)
+    skipped = [f for f in found if f not in kept]
+    background = sum(1 for lb in dataset.labels if len(lb) == 0)
+    if skipped:
+        shown = "; ".join(f"{f}: {_skip_reason(f)}" for f in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        log.warning(f"{prefix}WARNING: skipped {len(skipped)} of {len(found)} images with a corrupt image or label "
+                    f"file ({shown}{more}); using the other {len(dataset.im_files)}")
+    if background:
+        log.warning(f"{prefix}WARNING: {background} of {len(dataset.im_files)} images have no labels (empty or "
+                    f"missing label file) and count as background images with no objects")
+    return {"found": len(found), "skipped": skipped, "background": background}
+
+
+def autoanchor(dataset, model: nn.Module, *, thr: float, imgsz: int) -> None:
+    """yolov5's AutoAnchor: re-fit the anchors to the labels when they fit poorly."""
+    from yolov5.utils.autoanchor import check_anchors
+    check_anchors(dataset, model=model, thr=thr, imgsz=imgsz)
+
+
+def reweight_images(dataset, model: nn.Module, maps: np.ndarray, nc: int) -> None:
+    """--image-weights: resample the epoch's images towards classes with low mAP (train.py's rule)."""
+    import random
+
+    from yolov5.utils.general import labels_to_image_weights
+    cw = model.class_weights.cpu().numpy() * (1 - maps) ** 2 / nc
+    iw = labels_to_image_weights(dataset.labels, nc=nc, class_weights=cw)
+    dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
+
+
+def check_labels(dataset, nc: int, data_path: str) -> None:
+    """Class ids of the training labels must be < nc (train.py asserts this)."""
+    labels = np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
+    if len(labels) and int(labels[:, 0].max()) >= nc:
+        raise UserError(f"label class {int(labels[:, 0].max())} exceeds nc={nc} in {data_path}; "
+                        f"class ids must be 0..{nc - 1}")
