@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import fields
+
+from yolodistill.options import add_options, add_shared, flag, from_args
 
 LOGGER = logging.getLogger("yolodistill")
 
@@ -16,36 +17,7 @@ Several --teacher checkpoints form an ensemble (softened probabilities averaged)
 """
 
 
-def _common_training(p: argparse.ArgumentParser, flag, *, model_default: str) -> None:
-    t = p.add_argument_group("training")
-    flag(t, "--model", default=model_default, help="timm model name, or built-in: mlp_small, mlp, mlp_large, "
-                                                   "cnn_small, cnn, cnn_large")
-    flag(t, "--pretrained", default="", help="local timm weights file (nothing is downloaded)")
-    flag(t, "--imgsz", "--img", "--img-size", type=int, default=224, help="train/val image size (pixels)")
-    flag(t, "--epochs", type=int, default=10, help="training epochs")
-    flag(t, "--batch-size", type=int, default=64, help="batch size")
-    flag(t, "--optimizer", choices=["SGD", "Adam", "AdamW"], default="AdamW", help="optimizer")
-    flag(t, "--lr0", type=float, default=1e-3, help="initial learning rate (cosine decay to 1%%)")
-    flag(t, "--weight-decay", type=float, default=5e-5, help="weight decay")
-    flag(t, "--label-smoothing", type=float, default=0.0, help="label smoothing epsilon (cross-entropy)")
-    flag(t, "--no-augment", dest="augment", action="store_false", help="no random resized crop or flip")
-    flag(t, "--fliplr", type=float, default=0.5, help="horizontal flip probability (0 for digits, text)")
-    flag(t, "--workers", type=int, default=4, help="dataloader workers")
-    flag(t, "--device", default="", help="cuda device, i.e. 0, or cpu")
-    flag(t, "--project", default="runs/classify", help="save to project/name")
-    flag(t, "--name", default="exp", help="save to project/name")
-    flag(t, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    flag(t, "--seed", type=int, default=0, help="random seed")
-    flag(t, "--resume", nargs="?", const=True, default=False, help="continue an interrupted run from its last.pt "
-         "or run folder (default: the newest under --project); every other option comes from the checkpoint")
-    c = p.add_argument_group("deployment fine-tuning (from a trained student, a few epochs, low --lr0)")
-    flag(c, "--weights", default="", help="start from this classifier checkpoint (its model replaces --model)")
-    flag(c, "--qat", action="store_true", help="INT8 quantization-aware training; `export` then writes Q/DQ nodes")
-    flag(c, "--qat-calib-images", type=int, default=512, help="training images calibrating the INT8 ranges")
-    flag(c, "--sparsity", default="", choices=["", "2:4"], help="2:4 structured sparsity with fixed masks")
-
-
-def _clip_flags(g, flag, *, required: bool = True) -> None:
+def _clip_flags(g, *, required: bool = True) -> None:
     flag(g, "--clip", required=required, default=None, help="OpenCLIP model name, e.g. ViT-B-32")
     flag(g, "--pretrained", default="", help="local OpenCLIP weights file (open_clip_model.safetensors)")
     flag(g, "--clip-config", default=None, help="OpenCLIP model-config JSON for a custom model")
@@ -75,11 +47,12 @@ def _options(args: argparse.Namespace, *required: str):
     if missing:
         raise UserError(f"the following arguments are required: {', '.join(missing)} "
                         f"(or --resume to continue a run)")
-    names = {f.name for f in fields(ClassifyOptions)}
-    return ClassifyOptions(**{k: v for k, v in vars(args).items() if k in names})
+    return from_args(ClassifyOptions, args)
 
 
-def add_classify(sub: argparse._SubParsersAction, flag) -> None:
+def add_classify(sub: argparse._SubParsersAction) -> None:
+    from .trainer import ClassifyOptions
+
     p = sub.add_parser("classify", help="classification: train, distil (KD, ensembles, CLIP-to-CNN), predict",
                        description="Classifier distillation. Data: ImageFolder layout, DATA/train/<class>/<image> "
                                    "and DATA/val/<class>/<image>. Unreadable or truncated images are skipped with "
@@ -87,44 +60,32 @@ def add_classify(sub: argparse._SubParsersAction, flag) -> None:
     cs = p.add_subparsers(dest="classify_command", metavar="CLASSIFY_COMMAND", required=True)
 
     t = cs.add_parser("train", help="train a teacher or a baseline student from labels")
-    flag(t, "--data", default="", help="dataset folder with train/ and val/ (or test/); required")
-    _common_training(t, flag, model_default="resnet18")
+    add_options(t, ClassifyOptions, command="train")
     t.set_defaults(func=_run_train)
 
     d = cs.add_parser("distill", help="Hinton KD from one teacher or an ensemble, plus feature KD",
                       description=KD_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    flag(d, "--data", default="", help="dataset folder with train/ and val/ (or test/); required")
-    _common_training(d, flag, model_default="resnet18")
-    k = d.add_argument_group("distillation")
-    flag(k, "--teacher", nargs="+", default=[], help="teacher checkpoint(s) from `classify train`; several = ensemble")
-    flag(k, "--teacher-store", default="", help="cached teacher logits from `classify embed --teacher`")
-    flag(k, "--temperature", "-T", type=float, default=4.0, help="softmax temperature T")
-    flag(k, "--alpha", type=float, default=0.9, help="weight of the KD term; 1 - alpha weighs cross-entropy")
-    flag(k, "--unlabeled", nargs="+", default=[], help="folders of unlabeled images (KD term only)")
-    flag(k, "--feature-layers", default="", help="'auto' (deepest feature map of each) or s_layer:t_layer[,...]")
-    flag(k, "--feature-loss", default="mse", help="feature loss from the registry: mse, cwd, pkd, or a plugin")
-    flag(k, "--f-weight", type=float, default=1.0, help="weight of the feature term")
+    add_options(d, ClassifyOptions, command="distill")
     d.set_defaults(func=_run_distill)
 
     e = cs.add_parser("embed", help="run a teacher once over a folder into a memory-mapped store")
     flag(e, "--source", required=True, help="image folder (all images under it, recursively)")
     flag(e, "--out", required=True, help="store folder to write")
     g = e.add_argument_group("teacher: an OpenCLIP model, or classifier checkpoint(s)")
-    _clip_flags(g, flag, required=False)
+    _clip_flags(g, required=False)
     flag(g, "--teacher", nargs="+", default=[], help="classifier checkpoint(s): their logits are stored")
     flag(e, "--batch-size", type=int, default=64, help="batch size")
-    flag(e, "--workers", type=int, default=4, help="dataloader workers")
-    flag(e, "--device", default="", help="cuda device, i.e. 0, or cpu")
+    add_shared(e, workers=4, device="")
     flag(e, "--dtype", choices=["float32", "float16"], default="float32", help="storage type (float16 halves disk)")
     flag(e, "--exist-ok", action="store_true", help="replace an existing store")
     e.set_defaults(func=_run_embed)
 
     te = cs.add_parser("text-embed", help="prompts file (one class a line) -> zero-shot text head")
-    _clip_flags(te, flag)
+    _clip_flags(te)
     flag(te, "--prompts", required=True, help="one class description per line ('name: a photo of a ...' or text)")
     flag(te, "--classes-from", default="", help="labeled folder whose class folders the prompts must match")
     flag(te, "--out", required=True, help="head file to write (.pt)")
-    flag(te, "--device", default="", help="cuda device, i.e. 0, or cpu")
+    add_shared(te, device="")
     te.set_defaults(func=_run_text_embed)
 
     pr = cs.add_parser("probe", help="linear-probe head on the stored embeddings of labeled images")
@@ -135,16 +96,8 @@ def add_classify(sub: argparse._SubParsersAction, flag) -> None:
     pr.set_defaults(func=_run_probe)
 
     c = cs.add_parser("clip-distill", help="train a timm CNN to reproduce OpenCLIP embeddings (no labels needed)")
-    flag(c, "--store", default="", help="embedding store from `classify embed --clip`; required")
-    flag(c, "--head", default="", help="head from `classify text-embed` or `classify probe` (same teacher); "
-                                        "required")
-    flag(c, "--source", nargs="+", default=[], help="training image folder(s) under the store's source "
-                                                    "(default: the store's source folder)")
-    flag(c, "--val", default="", help="labeled folder <class>/<image> to report accuracy through the head")
-    flag(c, "--loss", choices=["cosine", "mse", "kl"], default="cosine", help="embedding loss, or KL on class "
-                                                                               "probabilities through the head")
-    flag(c, "--temperature", "-T", type=float, default=1.0, help="temperature of --loss kl")
-    _common_training(c, flag, model_default="resnet18")
+    add_options(c, ClassifyOptions, command="clip-distill", defaults={"temperature": 1.0},
+                helps={"temperature": "temperature of --loss kl"})
     c.set_defaults(func=_run_clip_distill)
 
     pd = cs.add_parser("predict", help="top-k classes of image files or folders")

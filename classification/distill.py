@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -128,8 +128,11 @@ class KDTrainer(ClassifyTrainer):
             self.distiller.remove()
 
 
-def feature_layer_pairs(spec: str, student: nn.Module, teacher: nn.Module) -> tuple[LayerPair, ...]:
-    """--feature-layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer[,...]."""
-    if spec == "auto":
+def feature_layer_pairs(spec: Union[str, Sequence[str]], student: nn.Module,
+                        teacher: nn.Module) -> tuple[LayerPair, ...]:
+    """--feature-layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer pairs
+    (separated by spaces or commas)."""
+    tokens = [spec] if isinstance(spec, str) else list(spec)
+    if tokens == ["auto"]:
         return (LayerPair(last_feature_layer(student), last_feature_layer(teacher)),)
-    return parse_layer_pairs([spec], flag="--feature-layers")
+    return parse_layer_pairs(tokens, flag="--feature-layers")

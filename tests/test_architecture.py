@@ -23,7 +23,7 @@ TIERS = [
      "yolodistill.synth", "yolodistill.losses.registry", "yolodistill.classification.digits",
      "yolodistill.classification"],
     # what to distil, and where the process runs
-    ["yolodistill.config", "yolodistill.distributed", "yolodistill.train_options"],
+    ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.train_options"],
     # models, hooks and adapters, data, compression, runtimes
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
      "yolodistill.onnx_runtime", "yolodistill.classification.models", "yolodistill.classification.data",

@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
+from .options import add_options, add_shared, flag, from_args
+
 DEFAULTS_DOC = """\
 distillation defaults, and why:
   --d_weight 1.0   the output term is on the same per-image scale as yolov5's box/obj/cls losses
@@ -26,103 +28,43 @@ distillation defaults, and why:
 """
 
 
-def _flag(parser: argparse._ActionsContainer, name: str, *aliases: str, **kwargs) -> None:
-    """Add a flag under both spellings (`--t_weights` and `--t-weights`), like users type them."""
-    spellings = [name, *aliases]
-    for s in list(spellings):
-        for alt in (s.replace("_", "-"), s[:2] + s[2:].replace("-", "_")):
-            if alt not in spellings:
-                spellings.append(alt)
-    parser.add_argument(*spellings, **kwargs)
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import DEFAULT_FEATURE_LOSS, DEFAULT_FEATURE_WEIGHT, DEFAULT_OUTPUT_WEIGHT
+    from .train_options import TrainOptions
 
     p = sub.add_parser("train", help="train a YOLOv5 student, optionally distilled from a teacher",
                        description="Train a YOLOv5 student with yolov5's recipe, plus output and feature "
                                    "distillation from a frozen teacher.",
                        epilog=DEFAULTS_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    y = p.add_argument_group("yolov5 train.py options (same meaning)")
-    _flag(y, "--weights", default="", help="initial student weights (.pt); empty: train from --cfg")
-    _flag(y, "--cfg", default="", help="student model yaml (path, or a packaged name such as yolov5n.yaml)")
-    _flag(y, "--data", default="", help="dataset yaml (YOLOv5 format)")
-    _flag(y, "--hyp", default="", help="hyperparameters yaml (default: yolov5's hyp.scratch-low.yaml)")
-    _flag(y, "--epochs", type=int, default=100, help="total training epochs")
-    _flag(y, "--batch-size", type=int, default=16, help="batch size")
-    _flag(y, "--imgsz", "--img", "--img-size", type=int, default=640, help="train/val image size (pixels)")
-    _flag(y, "--rect", action="store_true", help="rectangular training")
-    _flag(y, "--resume", nargs="?", const=True, default=False, help="resume the most recent or the given last.pt")
-    _flag(y, "--nosave", action="store_true", help="only save the final checkpoint")
-    _flag(y, "--noval", action="store_true", help="only validate the final epoch")
-    _flag(y, "--noautoanchor", action="store_true", help="disable AutoAnchor")
-    _flag(y, "--noplots", action="store_true", help="save no plot files")
-    _flag(y, "--cache", nargs="?", const="ram", default=None, help="cache images in ram or disk")
-    _flag(y, "--image-weights", action="store_true", help="weighted image selection for training")
-    _flag(y, "--device", default="", help="cuda device, i.e. 0 or cpu")
-    _flag(y, "--multi-scale", action="store_true", help="vary img-size +/- 50%%")
-    _flag(y, "--single-cls", action="store_true", help="train multi-class data as single-class")
-    _flag(y, "--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
-    _flag(y, "--workers", type=int, default=8, help="max dataloader workers")
-    _flag(y, "--project", default="runs/train", help="save to project/name")
-    _flag(y, "--name", default="exp", help="save to project/name")
-    _flag(y, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    _flag(y, "--quad", action="store_true", help="quad dataloader")
-    _flag(y, "--cos-lr", action="store_true", help="cosine LR scheduler")
-    _flag(y, "--nbs", type=int, default=64,
-          help="nominal batch: gradients accumulate to this many images per optimizer step (yolov5: 64)")
-    _flag(y, "--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
-    _flag(y, "--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
-    _flag(y, "--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
-    _flag(y, "--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
-    _flag(y, "--seed", type=int, default=0, help="global training seed")
-    _flag(y, "--sync-bn", action="store_true", help="SyncBatchNorm across ranks (under torchrun)")
-    d = p.add_argument_group("distillation")
-    _flag(d, "--t_weights", default="", help="teacher checkpoint (.pt), frozen during training")
-    _flag(d, "--t_cfg", default="", help="teacher model yaml, if its weights should go into a fresh model")
-    _flag(d, "--d_output", action="store_true", help="distil the detection outputs only")
-    _flag(d, "--d_feature", action="store_true", help="distil features and outputs")
-    _flag(d, "--d_weight", type=float, default=DEFAULT_OUTPUT_WEIGHT, help="output distillation weight")
-    _flag(d, "--f_weight", type=float, default=DEFAULT_FEATURE_WEIGHT, help="feature distillation weight")
-    _flag(d, "--d_layers", nargs="+", default=None, metavar="S:T",
-          help="student:teacher layer pairs by index (17:17) or module name (model.17:model.17)")
-    _flag(d, "--feature-loss", default=DEFAULT_FEATURE_LOSS, help="feature loss name from the registry")
-    _flag(d, "--trust-checkpoint", action="store_true",
-          help="load checkpoints with full pickle (runs code in the file): only for files you trust")
-    c = p.add_argument_group("deployment fine-tuning (from a trained student: --weights best.pt, a few epochs, "
-                             "low lr; the teacher keeps distilling)")
-    _flag(c, "--qat", action="store_true", help="INT8 quantization-aware training; `export` then writes Q/DQ nodes")
-    _flag(c, "--qat-calib-images", type=int, default=512, help="training images calibrating the INT8 ranges")
-    _flag(c, "--sparsity", default="", choices=["", "2:4"], help="2:4 structured sparsity with fixed masks")
+    add_options(p, TrainOptions)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from .trainer import DistillTrainer, TrainOptions
 
-    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
-    if opts.get("resume"):
-        # Like train.py: a resumed run takes every option from its checkpoint.
-        opts = {"resume": opts["resume"], "project": opts["project"], "trust_checkpoint": opts["trust_checkpoint"]}
-    DistillTrainer(TrainOptions(**opts)).run()
+    if args.resume:  # like train.py: a resumed run takes every option from its checkpoint
+        opts = TrainOptions(resume=args.resume, project=args.project, trust_checkpoint=args.trust_checkpoint)
+    else:
+        opts = from_args(TrainOptions, args)
+    DistillTrainer(opts).run()
+
+
+def _add_inference(p: argparse.ArgumentParser, *, inputs: tuple[str, str], conf: float, iou: float) -> None:
+    """What val and detect share (yolov5's val.py and detect.py spelling and defaults)."""
+    flag(p, "--weights", required=True, help="checkpoint (.pt), or an exported .onnx for val")
+    flag(p, inputs[0], required=True, help=inputs[1])
+    flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    flag(p, "--conf-thres", type=float, default=conf, help="confidence threshold")
+    flag(p, "--iou-thres", type=float, default=iou, help="NMS IoU threshold")
 
 
 def _add_val(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("val", help="validate a checkpoint's mAP on a dataset (yolov5 val)")
-    _flag(p, "--weights", required=True, help="checkpoint (.pt)")
-    _flag(p, "--data", required=True, help="dataset yaml")
-    _flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    _flag(p, "--batch-size", type=int, default=32, help="batch size")
-    _flag(p, "--device", default="", help="cuda device, i.e. 0 or cpu")
-    _flag(p, "--task", default="val", choices=["train", "val", "test"], help="dataset split")
-    _flag(p, "--conf-thres", type=float, default=0.001, help="confidence threshold")
-    _flag(p, "--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    _flag(p, "--workers", type=int, default=8, help="max dataloader workers")
-    _flag(p, "--single-cls", action="store_true", help="treat as single-class dataset")
-    _flag(p, "--project", default="runs/val", help="save to project/name")
-    _flag(p, "--name", default="exp", help="save to project/name")
-    _flag(p, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    _flag(p, "--trust-checkpoint", action="store_true", help="full pickle load, for trusted files only")
+    _add_inference(p, inputs=("--data", "dataset yaml"), conf=0.001, iou=0.6)
+    flag(p, "--batch-size", type=int, default=32, help="batch size")
+    flag(p, "--task", default="val", choices=["train", "val", "test"], help="dataset split")
+    flag(p, "--single-cls", action="store_true", help="treat as single-class dataset")
+    add_shared(p, workers=8, device="", project="runs/val", name="exp", exist_ok=False, trust_checkpoint=False)
     p.set_defaults(func=_run_val)
 
 
@@ -137,20 +79,12 @@ def _run_val(args: argparse.Namespace) -> None:
 
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="detect objects in images with a checkpoint (yolov5 detect)")
-    _flag(p, "--weights", required=True, help="checkpoint (.pt)")
-    _flag(p, "--source", required=True, help="image file, folder, glob or .txt list")
-    _flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    _flag(p, "--conf-thres", type=float, default=0.25, help="confidence threshold")
-    _flag(p, "--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
-    _flag(p, "--max-det", type=int, default=1000, help="maximum detections per image")
-    _flag(p, "--device", default="", help="cuda device, i.e. 0 or cpu")
-    _flag(p, "--save-txt", action="store_true", help="save results to *.txt (YOLO format + conf)")
-    _flag(p, "--nosave", action="store_true", help="do not save annotated images")
-    _flag(p, "--line-thickness", type=int, default=2, help="bounding box thickness (pixels)")
-    _flag(p, "--project", default="runs/detect", help="save to project/name")
-    _flag(p, "--name", default="exp", help="save to project/name")
-    _flag(p, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    _flag(p, "--trust-checkpoint", action="store_true", help="full pickle load, for trusted files only")
+    _add_inference(p, inputs=("--source", "image file, folder, glob or .txt list"), conf=0.25, iou=0.45)
+    flag(p, "--max-det", type=int, default=1000, help="maximum detections per image")
+    flag(p, "--save-txt", action="store_true", help="save results to *.txt (YOLO format + conf)")
+    flag(p, "--nosave", action="store_true", help="do not save annotated images")
+    flag(p, "--line-thickness", type=int, default=2, help="bounding box thickness (pixels)")
+    add_shared(p, device="", project="runs/detect", name="exp", exist_ok=False, trust_checkpoint=False)
     p.set_defaults(func=_run_detect)
 
 
@@ -169,12 +103,12 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
                                    "student alone and a yolov5n student distilled from the teacher, then print "
                                    "params, GFLOPs, mAP and CPU latency and plot val mAP per epoch. Under 20 "
                                    "minutes on 2 CPU cores; --fast is a smoke run of under 3 minutes.")
-    _flag(p, "--out", default="runs/quickstart", help="folder for data, runs, table and plot")
-    _flag(p, "--fast", action="store_true", help="tiny sizes: checks the pipeline, not the accuracy")
-    _flag(p, "--device", default="cpu", help="cpu or a cuda device such as 0")
-    _flag(p, "--teacher-epochs", type=int, default=None, help="override the plan's teacher epochs")
-    _flag(p, "--student-epochs", type=int, default=None, help="override the plan's student epochs")
-    _flag(p, "--seed", type=int, default=None, help="dataset and training seed")
+    flag(p, "--out", default="runs/quickstart", help="folder for data, runs, table and plot")
+    flag(p, "--fast", action="store_true", help="tiny sizes: checks the pipeline, not the accuracy")
+    flag(p, "--device", default="cpu", help="cpu or a cuda device such as 0")
+    flag(p, "--teacher-epochs", type=int, default=None, help="override the plan's teacher epochs")
+    flag(p, "--student-epochs", type=int, default=None, help="override the plan's student epochs")
+    flag(p, "--seed", type=int, default=None, help="dataset and training seed")
     p.set_defaults(func=_run_quickstart)
 
 
@@ -193,36 +127,36 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                                         "small and large objects, rotation, texture, occlusion, clutter, blur; "
                                         "how hard is a dial (--difficulty and its knobs). Same seed and "
                                         "setting, same bytes.")
-    _flag(s, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
-    _flag(s, "--n-train", type=int, default=800, help="training images")
-    _flag(s, "--n-val", type=int, default=200, help="validation images")
-    _flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
-    _flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
-    _flag(s, "--seed", type=int, default=0, help="random seed")
+    flag(s, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
+    flag(s, "--n-train", type=int, default=800, help="training images")
+    flag(s, "--n-val", type=int, default=200, help="validation images")
+    flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
+    flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
+    flag(s, "--seed", type=int, default=0, help="random seed")
     from .synth import STYLES
 
-    _flag(s, "--style", choices=STYLES, default="flat",
+    flag(s, "--style", choices=STYLES, default="flat",
           help="the look: flat (gradients, saturated fills) or textured (brick/grain/speckle under uneven "
                "light, pale outlined shapes with shadows): a second domain for fine-tuning")
-    _flag(s, "--difficulty", type=float, default=1.0,
+    flag(s, "--difficulty", type=float, default=1.0,
           help="every knob below at once, 0 (easiest) to 1 (hardest: the original data)")
     k = s.add_argument_group("difficulty knobs (0-1; each overrides --difficulty)")
-    _flag(k, "--clutter", type=float, help="distractors: none at 0, two to six behind and one in front at 1")
-    _flag(k, "--lookalikes", type=float, help="how alike squares/rectangles and circles/rings are")
-    _flag(k, "--blur", type=float, help="share of blurred images (up to 35%%) and blur strength")
-    _flag(k, "--small", type=float, help="smallest object: 11%% of the image side at 0, 4%% at 1")
-    _flag(k, "--occlusion", type=float, help="objects never overlap at 0; up to half hidden at 1")
-    _flag(k, "--noise", type=float, help="background blotches and pixel noise, 30%% to 100%%")
-    _flag(s, "--exist-ok", action="store_true", help="write into a non-empty folder")
+    flag(k, "--clutter", type=float, help="distractors: none at 0, two to six behind and one in front at 1")
+    flag(k, "--lookalikes", type=float, help="how alike squares/rectangles and circles/rings are")
+    flag(k, "--blur", type=float, help="share of blurred images (up to 35%%) and blur strength")
+    flag(k, "--small", type=float, help="smallest object: 11%% of the image side at 0, 4%% at 1")
+    flag(k, "--occlusion", type=float, help="objects never overlap at 0; up to half hidden at 1")
+    flag(k, "--noise", type=float, help="background blotches and pixel noise, 30%% to 100%%")
+    flag(s, "--exist-ok", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=_run_synth)
     g = data_sub.add_parser("digits", help="scikit-learn's 8x8 digits as ImageFolder folders (classification)",
                             description="Real handwritten digits (1,797 images, shipped with scikit-learn): "
                                         "OUT/full/{train,val}, OUT/few/{train,val} (a few labels per class) and "
                                         "OUT/unlabeled. The 70/30 train/val split is fixed; --seed picks the few.")
-    _flag(g, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
-    _flag(g, "--few", type=int, default=10, help="labeled images per class in OUT/few/train")
-    _flag(g, "--seed", type=int, default=0, help="which few images are labeled")
-    _flag(g, "--exist-ok", action="store_true", help="write into a non-empty folder")
+    flag(g, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
+    flag(g, "--few", type=int, default=10, help="labeled images per class in OUT/few/train")
+    flag(g, "--seed", type=int, default=0, help="which few images are labeled")
+    flag(g, "--exist-ok", action="store_true", help="write into a non-empty folder")
     g.set_defaults(func=_run_digits)
 
 
@@ -239,7 +173,7 @@ def _run_synth(args: argparse.Namespace) -> None:
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     from .classification.cli import add_classify
 
-    add_classify(sub, _flag)
+    add_classify(sub)
 
 
 def _run_digits(args: argparse.Namespace) -> None:
@@ -252,8 +186,8 @@ def _run_digits(args: argparse.Namespace) -> None:
 def _add_deploy(sub: argparse._SubParsersAction) -> None:
     from .deploy.cli import add_benchmark, add_export
 
-    add_export(sub, _flag)
-    add_benchmark(sub, _flag)
+    add_export(sub)
+    add_benchmark(sub)
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (

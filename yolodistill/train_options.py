@@ -3,66 +3,75 @@ distillation, compression and torchrun's; kept in opt.yaml and in last.pt for --
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional, Union
 
 from .config import DistillConfig, parse_layer_pairs
 from .errors import UserError
+from .options import RunOptions, option, shared
 
 NOMINAL_BATCH = 64  # yolov5's nbs: gradients accumulate to this many images per optimizer step
 
 
-@dataclass
-class TrainOptions:
-    """yolov5 train.py's options (same names and defaults where they make sense) plus distillation."""
+Y = "yolov5 train.py options (same meaning)"
+D = "distillation"
+C = ("deployment fine-tuning (from a trained student: --weights best.pt, a few epochs, low lr; the teacher keeps "
+     "distilling)")
 
-    data: str = ""
-    weights: str = ""
-    cfg: str = ""
-    hyp: str = ""
-    epochs: int = 100
-    batch_size: int = 16
-    nbs: int = NOMINAL_BATCH  # gradients accumulate to this many images per optimizer step (yolov5's nbs)
-    imgsz: int = 640
-    rect: bool = False
-    resume: Union[bool, str] = False
-    nosave: bool = False
-    noval: bool = False
-    noautoanchor: bool = False
-    noplots: bool = False
-    cache: Optional[str] = None
-    image_weights: bool = False
-    device: str = ""
-    multi_scale: bool = False
-    single_cls: bool = False
-    optimizer: str = "SGD"
-    workers: int = 8
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    quad: bool = False
-    cos_lr: bool = False
-    label_smoothing: float = 0.0
-    patience: int = 100
-    freeze: list = field(default_factory=lambda: [0])
-    save_period: int = -1
-    seed: int = 0
+
+@dataclass
+class TrainOptions(RunOptions):
+    """yolov5 train.py's options (same names and defaults where they make sense) plus distillation; each
+    field is also the `yolodistill train` flag of the same name (yolodistill.options)."""
+
+    weights: str = option("", "initial student weights (.pt); empty: train from --cfg", group=Y)
+    cfg: str = option("", "student model yaml (path, or a packaged name such as yolov5n.yaml)", group=Y)
+    data: str = option("", "dataset yaml (YOLOv5 format)", group=Y)
+    hyp: str = option("", "hyperparameters yaml (default: yolov5's hyp.scratch-low.yaml)", group=Y)
+    epochs: int = option(100, "total training epochs", group=Y)
+    batch_size: int = option(16, "batch size (over all processes under torchrun)", group=Y)
+    imgsz: int = option(640, "train/val image size (pixels)", flags=("--img", "--img-size"), group=Y)
+    rect: bool = option(False, "rectangular training", group=Y)
+    resume: Union[bool, str] = option(False, "resume the most recent or the given last.pt", group=Y, nargs="?",
+                                      const=True)
+    nosave: bool = option(False, "only save the final checkpoint", group=Y)
+    noval: bool = option(False, "only validate the final epoch", group=Y)
+    noautoanchor: bool = option(False, "disable AutoAnchor", group=Y)
+    noplots: bool = option(False, "save no plot files", group=Y)
+    cache: Optional[str] = option(None, "cache images in ram or disk", group=Y, nargs="?", const="ram")
+    image_weights: bool = option(False, "weighted image selection for training", group=Y)
+    multi_scale: bool = option(False, "vary img-size +/- 50%%", group=Y)
+    single_cls: bool = option(False, "train multi-class data as single-class", group=Y)
+    optimizer: str = option("SGD", "optimizer", group=Y, choices=["SGD", "Adam", "AdamW"])
+    quad: bool = option(False, "quad dataloader", group=Y)
+    cos_lr: bool = option(False, "cosine LR scheduler", group=Y)
+    nbs: int = option(NOMINAL_BATCH, "nominal batch: gradients accumulate to this many images per optimizer "
+                                     "step (yolov5: 64)", group=Y)
+    label_smoothing: float = option(0.0, "label smoothing epsilon", group=Y)
+    patience: int = option(100, "EarlyStopping patience (epochs without improvement)", group=Y)
+    freeze: list = option([0], "freeze layers: backbone=10, first3=0 1 2", group=Y, nargs="+", type=int)
+    save_period: int = option(-1, "save a checkpoint every x epochs (disabled if < 1)", group=Y)
+    sync_bn: bool = option(False, "SyncBatchNorm across ranks (under torchrun)", group=Y)
+    trust_checkpoint: bool = shared("trust_checkpoint", False)
     # distillation
-    t_weights: str = ""
-    t_cfg: str = ""
-    d_output: bool = False
-    d_feature: bool = False
-    d_weight: float = DistillConfig.output_weight
-    f_weight: float = DistillConfig.feature_weight
-    d_layers: Optional[list] = None
-    feature_loss: str = DistillConfig.feature_loss
-    trust_checkpoint: bool = False
+    t_weights: str = option("", "teacher checkpoint (.pt), frozen during training", primary="--t_weights",
+                            flags=("--teacher",), group=D)
+    t_cfg: str = option("", "teacher model yaml, if its weights should go into a fresh model", primary="--t_cfg",
+                        group=D)
+    d_output: bool = option(False, "distil the detection outputs only", primary="--d_output", group=D)
+    d_feature: bool = option(False, "distil features and outputs", primary="--d_feature", group=D)
+    d_weight: float = option(DistillConfig.output_weight, "output distillation weight", primary="--d_weight",
+                             group=D)
+    f_weight: float = option(DistillConfig.feature_weight, "feature distillation weight", primary="--f_weight",
+                             group=D)
+    d_layers: Optional[list] = option(None, "student:teacher layer pairs by index (17:17) or module name "
+                                            "(model.17:model.17)", primary="--d_layers", group=D, nargs="+",
+                                      metavar="S:T")
+    feature_loss: str = option(DistillConfig.feature_loss, "feature loss name from the registry", group=D)
     # deployment fine-tuning (usually from a distilled student, with the teacher still distilling)
-    qat: bool = False  # INT8 fake quantization; the checkpoint gets a `quant` entry, export gives Q/DQ nodes
-    qat_calib_images: int = 512  # training images that calibrate the activation ranges
-    sparsity: str = ""  # "2:4": fixed magnitude masks, re-applied after every optimizer step
-    # torchrun (DistributedDataParallel): BatchNorm statistics over all ranks' batches
-    sync_bn: bool = False
+    qat: bool = option(False, "INT8 quantization-aware training; `export` then writes Q/DQ nodes", group=C)
+    qat_calib_images: int = option(512, "training images calibrating the INT8 ranges", group=C)
+    sparsity: str = option("", "2:4 structured sparsity with fixed masks", group=C, choices=["", "2:4"])
     # filled in by the trainer, kept for --resume
     save_dir: str = ""
     hyp_dict: Optional[dict] = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..options import add_shared, flag
 
-def add_export(sub: argparse._SubParsersAction, flag) -> None:
+
+def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="student checkpoint -> ONNX (parity-checked) and a TensorRT engine",
                        description="Export a detection or classification checkpoint (plain, --qat INT8 or 2:4 "
                                    "sparse; the checkpoint says which) to ONNX with the TorchScript exporter, check "
@@ -28,7 +30,7 @@ def add_export(sub: argparse._SubParsersAction, flag) -> None:
               "for a Q/DQ (QAT) model mean |ort - torch| <= RTOL * mean |torch| (default 0.05)")
     flag(p, "--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
     flag(p, "--max-batch", type=int, default=None, help="TensorRT max batch with --dynamic (default --batch)")
-    flag(p, "--trust-checkpoint", action="store_true", help="full pickle load (only for files you trust)")
+    add_shared(p, trust_checkpoint=False)
     p.set_defaults(func=_run_export)
 
 
@@ -41,7 +43,7 @@ def _run_export(args: argparse.Namespace) -> None:
            tolerance=args.tolerance, workspace=args.workspace, max_batch=args.max_batch, trust=args.trust_checkpoint)
 
 
-def add_benchmark(sub: argparse._SubParsersAction, flag) -> None:
+def add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="teacher vs student: latency, throughput, memory, params, GFLOPs",
                        description="Time the models side by side (interleaved rounds) on one backend and print "
                                    "the table and the ratios (speed x, memory x, params x, GFLOPs x) against the "
@@ -57,11 +59,8 @@ def add_benchmark(sub: argparse._SubParsersAction, flag) -> None:
     flag(p, "--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
     flag(p, "--device", default="cpu", help="torch backend: cpu or a cuda device such as 0")
     flag(p, "--half", action="store_true", help="FP16 (torch on CUDA, tensorrt)")
-    flag(p, "--project", default="runs/benchmark", help="save to project/name")
-    flag(p, "--name", default="exp", help="save to project/name")
-    flag(p, "--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     flag(p, "--no-memory", dest="memory", action="store_false", help="skip the per-model memory measurement")
-    flag(p, "--trust-checkpoint", action="store_true", help="full pickle load (only for files you trust)")
+    add_shared(p, project="runs/benchmark", name="exp", exist_ok=False, trust_checkpoint=False)
     p.set_defaults(func=_run_benchmark)
 
 

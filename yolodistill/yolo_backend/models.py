@@ -25,7 +25,8 @@ def build_model(cfg: str | Path | dict, nc: int, anchors: Any = None) -> nn.Modu
     try:
         return DetectionModel(cfg, ch=3, nc=nc, anchors=anchors)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-        raise UserError(f"cannot build a YOLOv5 model from {cfg if isinstance(cfg, str) else 'the yaml'}: {e}") from None
+        what = cfg if isinstance(cfg, str) else "the yaml"
+        raise UserError(f"cannot build a YOLOv5 model from {what}: {e}") from None
 
 
 def load_yolov5_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
