@@ -51,13 +51,19 @@ def _options(args: argparse.Namespace, *required: str):
 
 
 def add_classify(sub: argparse._SubParsersAction) -> None:
-    from .trainer import ClassifyOptions
-
     p = sub.add_parser("classify", help="classification: train, distil (KD, ensembles, CLIP-to-CNN), predict",
                        description="Classifier distillation. Data: ImageFolder layout, DATA/train/<class>/<image> "
                                    "and DATA/val/<class>/<image>. Unreadable or truncated images are skipped with "
                                    "a count.")
     cs = p.add_subparsers(dest="classify_command", metavar="CLASSIFY_COMMAND", required=True)
+    _add_training(cs)
+    _add_teacher_tools(cs)
+    _add_student_tools(cs)
+
+
+def _add_training(cs: argparse._SubParsersAction) -> None:
+    """train, distill, clip-distill: their flags are ClassifyOptions' fields."""
+    from .trainer import ClassifyOptions
 
     t = cs.add_parser("train", help="train a teacher or a baseline student from labels")
     add_options(t, ClassifyOptions, command="train")
@@ -68,6 +74,14 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
     add_options(d, ClassifyOptions, command="distill")
     d.set_defaults(func=_run_distill)
 
+    c = cs.add_parser("clip-distill", help="train a timm CNN to reproduce OpenCLIP embeddings (no labels needed)")
+    add_options(c, ClassifyOptions, command="clip-distill", defaults={"temperature": 1.0},
+                helps={"temperature": "temperature of --loss kl"})
+    c.set_defaults(func=_run_clip_distill)
+
+
+def _add_teacher_tools(cs: argparse._SubParsersAction) -> None:
+    """embed (a teacher run once into a store), text-embed and probe (the heads of a CLIP teacher)."""
     e = cs.add_parser("embed", help="run a teacher once over a folder into a memory-mapped store")
     flag(e, "--source", required=True, help="image folder (all images under it, recursively)")
     flag(e, "--out", required=True, help="store folder to write")
@@ -95,26 +109,26 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
     flag(pr, "--weight-decay", type=float, default=1e-3, help="L2 penalty of the logistic regression")
     pr.set_defaults(func=_run_probe)
 
-    c = cs.add_parser("clip-distill", help="train a timm CNN to reproduce OpenCLIP embeddings (no labels needed)")
-    add_options(c, ClassifyOptions, command="clip-distill", defaults={"temperature": 1.0},
-                helps={"temperature": "temperature of --loss kl"})
-    c.set_defaults(func=_run_clip_distill)
 
+def _add_prediction(p: argparse.ArgumentParser, *, topk: int) -> None:
+    """What predict and demo share."""
+    flag(p, "--weights", required=True, help="student checkpoint (best.pt)")
+    flag(p, "--head", default="", help="another head for a CLIP-distilled student (same teacher)")
+    flag(p, "--topk", type=int, default=topk, help="classes to show")
+    add_shared(p, device="cpu")
+
+
+def _add_student_tools(cs: argparse._SubParsersAction) -> None:
+    """predict and demo (a trained student on files or a camera), filter (a CLIP teacher picks images)."""
     pd = cs.add_parser("predict", help="top-k classes of image files or folders")
-    flag(pd, "--weights", required=True, help="student checkpoint (best.pt)")
+    _add_prediction(pd, topk=5)
     flag(pd, "--source", nargs="+", required=True, help="image files and/or folders")
-    flag(pd, "--head", default="", help="another head for a CLIP-distilled student (same teacher)")
-    flag(pd, "--topk", type=int, default=5, help="classes to show")
-    flag(pd, "--device", default="cpu", help="cpu or a cuda device such as 0")
     flag(pd, "--save-csv", default="", help="also write the predictions to this CSV file")
     pd.set_defaults(func=_run_predict)
 
     dm = cs.add_parser("demo", help="live top-k on camera frames (OpenCV); q quits")
-    flag(dm, "--weights", required=True, help="student checkpoint (best.pt)")
+    _add_prediction(dm, topk=3)
     flag(dm, "--camera", default="0", help="camera index, or a video file")
-    flag(dm, "--head", default="", help="another head for a CLIP-distilled student (same teacher)")
-    flag(dm, "--topk", type=int, default=3, help="classes to show")
-    flag(dm, "--device", default="cpu", help="cpu or a cuda device such as 0")
     flag(dm, "--no-show", dest="show", action="store_false", help="print instead of opening a window")
     flag(dm, "--max-frames", type=int, default=0, help="stop after this many frames (0: until q)")
     dm.set_defaults(func=_run_demo)

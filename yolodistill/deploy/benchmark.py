@@ -212,6 +212,33 @@ def measure_memory_cuda(make_runner: Callable[[], Callable[[], object]]) -> tupl
 
 
 # ---------------------------------------------------------------------------------------------- the command
+def _prepare(label: str, dep: Deployable, backend: str, out: Path, *, batch: int, half: bool, threads: int,
+             cuda: bool, torch_device: torch.device) -> tuple["ModelResult", Path, Callable[[], None]]:
+    """One model's row (params, GFLOPs, file size, CUDA memory), the file it runs from, and its timed call."""
+    r = ModelResult(model=label, task=dep.task, params_M=sum(p.numel() for p in dep.model.parameters()) / 1e6,
+                    GFLOPs=gflops(dep))
+    artifact = Path(dep.source)
+    if backend in ("onnxruntime", "tensorrt"):
+        from .onnx_export import export_onnx
+
+        artifact = export_onnx(dep, out / f"{label}.onnx", batch=batch, half=half and backend == "tensorrt").path
+    if backend == "tensorrt":
+        from .tensorrt import build_engine
+
+        artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch,
+                                sparse=dep.sparsity is not None)
+    r.file_MB = artifact.stat().st_size / 2**20
+    if backend == "onnxruntime":
+        run = _ort_runner(artifact, threads, batch, dep)
+    elif backend == "tensorrt":
+        r.peak_memory_MB, run = measure_memory_cuda(lambda: _trt_runner(artifact, batch, dep))
+    elif cuda:
+        r.peak_memory_MB, run = measure_memory_cuda(lambda: _torch_runner(dep, batch, torch_device, half))
+    else:
+        run = _torch_runner(dep, batch, torch_device, False)
+    return r, artifact, run
+
+
 def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntime", imgsz=None, batch: int = 1,
               runs: int = 200, warmup: int = 20, threads: int = 0, device: str = "cpu", half: bool = False,
               out: Union[str, Path] = "runs/benchmark", plot: bool = True, memory: bool = True,
@@ -240,29 +267,10 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
 
     results, runners, artifacts = [], [], []
     for label, dep in zip(labels, deps):
-        r = ModelResult(model=label, task=dep.task, params_M=sum(p.numel() for p in dep.model.parameters()) / 1e6,
-                        GFLOPs=gflops(dep))
-        artifact = Path(dep.source)
-        if backend in ("onnxruntime", "tensorrt"):
-            from .onnx_export import export_onnx
-
-            artifact = export_onnx(dep, out / f"{label}.onnx", batch=batch, half=half and backend == "tensorrt").path
-        if backend == "tensorrt":
-            from .tensorrt import build_engine
-
-            artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch,
-                                    sparse=dep.sparsity is not None)
-        r.file_MB = artifact.stat().st_size / 2**20
-        artifacts.append(artifact)
-        if backend == "onnxruntime":
-            run = _ort_runner(artifact, threads, batch, dep)
-        elif backend == "tensorrt":
-            r.peak_memory_MB, run = measure_memory_cuda(lambda a=artifact, d=dep: _trt_runner(a, batch, d))
-        elif cuda:
-            r.peak_memory_MB, run = measure_memory_cuda(lambda d=dep: _torch_runner(d, batch, torch_device, half))
-        else:
-            run = _torch_runner(dep, batch, torch_device, False)
+        r, artifact, run = _prepare(label, dep, backend, out, batch=batch, half=half, threads=threads,
+                                    cuda=cuda, torch_device=torch_device)
         results.append(r)
+        artifacts.append(artifact)
         runners.append(run)
     if memory and not cuda:
         peaks = measure_memory_cpu(backend, artifacts, batch=batch, threads=threads, imgsz=imgsz)

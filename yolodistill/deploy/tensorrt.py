@@ -111,14 +111,8 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = Fal
         raise UserError(f"the TensorRT workspace must be positive, got {workspace_gb} GB")
     ok, reason = tensorrt_status()
     if not ok:
-        name, dims = _onnx_input(onnx_path, model)
-        shapes = _profile_shapes(onnx_path, dims, dynamic=dynamic, batch=batch, max_batch=max_batch)
-        line = trtexec_command(onnx_path, engine_path, half=half, int8=int8, input_name=name, workspace_gb=workspace_gb,
-                               sparse=sparse, **dict(zip(("min_shape", "shape", "max_shape"), shapes or ())))
-        # on 10.x, trtexec --int8 without Q/DQ nodes or a --calib cache uses placeholder scales
-        note = " (its INT8 is for timing only: the ONNX has no Q/DQ nodes)" if int8 and not _has_qdq(model) else ""
-        raise TensorRTUnavailable(f"cannot build a TensorRT engine here: {reason}. The same build with trtexec{note}: "
-                                  f"{line}")
+        _unavailable(reason, onnx_path, engine_path, model, half=half, int8=int8, dynamic=dynamic, batch=batch,
+                     max_batch=max_batch, workspace_gb=workspace_gb, sparse=sparse)
 
     import tensorrt as trt
 
@@ -160,6 +154,19 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = Fal
                         f"(verbose=True shows more)")
     _write_bytes_atomic(engine_path, serialized, what="TensorRT engine")
     return engine_path
+
+
+def _unavailable(reason: str, onnx_path: Path, engine_path: Path, model: Any, *, half: bool, int8: bool,
+                 dynamic: bool, batch: int, max_batch: int | None, workspace_gb: float, sparse: bool) -> None:
+    """No TensorRT here: raise with the trtexec line that builds the same engine where it is."""
+    name, dims = _onnx_input(onnx_path, model)
+    shapes = _profile_shapes(onnx_path, dims, dynamic=dynamic, batch=batch, max_batch=max_batch)
+    line = trtexec_command(onnx_path, engine_path, half=half, int8=int8, input_name=name, workspace_gb=workspace_gb,
+                           sparse=sparse, **dict(zip(("min_shape", "shape", "max_shape"), shapes or ())))
+    # on 10.x, trtexec --int8 without Q/DQ nodes or a --calib cache uses placeholder scales
+    note = " (its INT8 is for timing only: the ONNX has no Q/DQ nodes)" if int8 and not _has_qdq(model) else ""
+    raise TensorRTUnavailable(f"cannot build a TensorRT engine here: {reason}. The same build with trtexec{note}: "
+                              f"{line}")
 
 
 def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
