@@ -9,6 +9,7 @@ from pathlib import Path
 from . import yolo_backend as yb
 from .errors import UserError
 from .run_logger import METRIC_COLUMNS
+from .students import DETECT, load_student
 
 LOGGER = logging.getLogger("yolodistill")
 
@@ -22,13 +23,7 @@ def load_detector(weights: str | Path, *, trust: bool = False):
         if not Path(weights).is_file():
             raise UserError(f"{weights} not found")
         return OnnxDetector(weights)
-    ckpt = yb.load_detection_checkpoint(weights, trust=trust)
-    model = yb.checkpoint_model(ckpt)
-    if ckpt.get("quant"):
-        from .compress.quant import attach_quantizers
-
-        attach_quantizers(model, ckpt["quant"])
-    return model
+    return load_student(weights, trust=trust, task=DETECT).model
 
 
 def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, device: str = "", task: str = "val",

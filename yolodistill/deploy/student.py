@@ -1,7 +1,6 @@
 """Any student checkpoint -> a model ready to trace for deployment, whichever task wrote it.
 
-The checkpoint says what it is: a yolodistill classifier checkpoint carries `format`, a YOLOv5 checkpoint
-carries a DetectionModel. Both are loaded weights-only. A QAT checkpoint (a `quant` entry) gets its INT8
+yolodistill.students reads the checkpoint (and tells the formats apart). A QAT checkpoint (a `quant` entry) gets its INT8
 fake quantizers back, so the export has QuantizeLinear/DequantizeLinear nodes.
 """
 
@@ -14,10 +13,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..errors import UserError
 from ..compress import quant as q
-
-DETECT, CLASSIFY = "detect", "classify"
+from ..errors import UserError
+from ..students import CLASSIFY, DETECT, Student, load_student
 INPUT_NAME = "images"  # yolov5's name; DetectMultiBackend and trtexec command lines expect it
 
 
@@ -62,45 +60,33 @@ def _size(imgsz: Union[int, Sequence[int], None], default: int) -> tuple[int, in
 def load_deployable(path: Union[str, Path], *, imgsz: Union[int, Sequence[int], None] = None,
                     dynamic: bool = False, trust: bool = False) -> Deployable:
     """Read a detection or classification student (or teacher) checkpoint for export or benchmarking."""
-    from .. import yolo_backend as yb
-    from ..classification.models import CHECKPOINT_FORMAT
-
-    path = Path(path)
-    ckpt = yb.load_yolov5_checkpoint(path, trust=trust)  # weights-only; a classifier checkpoint is plain data
-    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-        return _classifier(path, ckpt, imgsz)
-    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    if not isinstance(model, yb.DetectionModel):
-        raise UserError(f"{path} is neither a YOLOv5 detection checkpoint nor a yolodistill classifier checkpoint")
-    return _detector(path, ckpt, imgsz, dynamic)
+    student = load_student(path, trust=trust)
+    if student.task == CLASSIFY:
+        return _classifier(student, imgsz)
+    return _detector(student, imgsz, dynamic)
 
 
-def _detector(path: Path, ckpt: dict, imgsz, dynamic: bool) -> Deployable:
+def _detector(student: Student, imgsz, dynamic: bool) -> Deployable:
     from .. import yolo_backend as yb
 
-    trained = (ckpt.get("opt") or {}).get("imgsz") if isinstance(ckpt.get("opt"), dict) else None
-    base = yb.checkpoint_model(ckpt)
-    size = _size(imgsz, int(trained or 640))
-    stride = yb.max_stride(base)
+    size = _size(imgsz, int(student.meta["imgsz"] or 640))
+    stride = student.meta["stride"]
     if any(s % stride for s in size):
         raise UserError(f"--imgsz {size[0]}x{size[1]} is not a multiple of the model's stride {stride}")
     # Fused first: BN folds into the conv weights exactly, and per-channel weight ranges follow the fold.
-    model = yb.export_model(base, dynamic=dynamic)
-    quant = ckpt.get("quant")
-    if quant:
-        q.attach_quantizers(model, quant)
+    model = yb.export_model(yb.checkpoint_model(student.checkpoint), dynamic=dynamic)
+    if student.quant:
+        q.attach_quantizers(model, student.quant)
         q.refresh_weight_ranges(model)
-    meta = yb.export_metadata(base)
-    return Deployable(model=model, task=DETECT, imgsz=size, source=path, output_names=["output0"],
-                      metadata={"stride": meta["stride"], "names": meta["names"], "task": DETECT},
-                      quantized=bool(quant), sparsity=ckpt.get("sparsity"))
+    return Deployable(model=model, task=DETECT, imgsz=size, source=student.path, output_names=["output0"],
+                      metadata={"stride": stride, "names": student.meta["names"], "task": DETECT},
+                      quantized=bool(student.quant), sparsity=student.sparsity)
 
 
-def _classifier(path: Path, ckpt: dict, imgsz) -> Deployable:
-    from ..classification.models import classifier_from_checkpoint
+def _classifier(student: Student, imgsz) -> Deployable:
     from ..classification.predict import head_from_checkpoint
 
-    model = classifier_from_checkpoint(ckpt)
+    ckpt, path, model = student.checkpoint, student.path, student.model
     classes = list(ckpt["classes"])
     if ckpt.get("head"):  # a CLIP-distilled student: the deployed graph ends in its class head
         model = nn.Sequential(model, head_from_checkpoint(ckpt["head"])).eval()
