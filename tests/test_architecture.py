@@ -143,3 +143,14 @@ def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {_module_name(init) for folder in PACKAGES.values() for init in folder.rglob("__init__.py")}
     assert on_disk - listed == set()
+
+
+def test_deploy_imports_no_trainer():
+    """Deployment reads checkpoints; it never builds a training run."""
+    modules = _modules()
+    training = ("yolodistill.engine", "yolodistill.trainer", "yolodistill.classification.trainer",
+                "yolodistill.classification.distill", "yolodistill.classification.clip_distill")
+    for name, path in modules.items():
+        if name.startswith("yolodistill.deploy.") and name != "yolodistill.deploy.cli":
+            bad = [t for t in _imports(name, path, set(modules)) if t.startswith(training)]
+            assert not bad, f"{name} imports {bad}"

@@ -97,12 +97,15 @@ def _run_detect(args: argparse.Namespace) -> None:
            trust=args.trust_checkpoint)
 
 
+QUICKSTART_DOC = ("Generate the synthetic dataset, train a yolov5s teacher (cached), a yolov5n student alone and a "
+                  "yolov5n student distilled from the teacher, then print params, GFLOPs, mAP and CPU latency and "
+                  "plot val mAP per epoch. Under 20 minutes on 2 CPU cores; --fast is a smoke run of under 3 "
+                  "minutes.")
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="the whole story on generated data: teacher, student alone, distilled",
-                       description="Generate the synthetic dataset, train a yolov5s teacher (cached), a yolov5n "
-                                   "student alone and a yolov5n student distilled from the teacher, then print "
-                                   "params, GFLOPs, mAP and CPU latency and plot val mAP per epoch. Under 20 "
-                                   "minutes on 2 CPU cores; --fast is a smoke run of under 3 minutes.")
+                       description=QUICKSTART_DOC)
     flag(p, "--out", default="runs/quickstart", help="folder for data, runs, table and plot")
     flag(p, "--fast", action="store_true", help="tiny sizes: checks the pipeline, not the accuracy")
     flag(p, "--device", default="cpu", help="cpu or a cuda device such as 0")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from . import yolo_backend as yb
+from .engine import increment_dir, select_device
 from .errors import UserError
 from .run_logger import METRIC_COLUMNS
 from .students import DETECT, load_student
@@ -34,7 +35,7 @@ def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, devi
     data_dict = yb.load_data_yaml(data)
     if task not in data_dict:
         raise UserError(f"dataset yaml {data} has no '{task}' split")
-    dev = yb.select_device(device, batch_size=batch_size)
+    dev = select_device(device)
     model = load_detector(weights, trust=trust).to(dev).eval()
     exported = str(weights).endswith(".onnx")
     nc = 1 if single_cls else int(data_dict["nc"])
@@ -49,7 +50,7 @@ def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, devi
                         f"pass --imgsz {model.input_hw[0]}")
     loader = yb.create_val_loader(data_dict[task], size, batch_size, stride, None, workers=workers,
                                   single_cls=single_cls, square=exported)
-    save_dir = Path(yb.increment_path(Path(project) / name, exist_ok=exist_ok))
+    save_dir = increment_dir(Path(project) / name, exist_ok)
     metrics, _ = yb.validate(model, data_dict, loader, imgsz=size, batch_size=batch_size, save_dir=save_dir,
                              half=dev.type != "cpu" and not exported, single_cls=single_cls, verbose=verbose,
                              conf_thres=conf_thres, iou_thres=iou_thres)
@@ -62,11 +63,13 @@ def detect(weights: str, source: str, *, imgsz: int = 640, device: str = "", con
            exist_ok: bool = False, save_txt: bool = False, nosave: bool = False, line_width: int = 2,
            trust: bool = False) -> dict:
     """Detect objects in images; saves annotated copies (and YOLO-format txt labels with --save-txt)."""
+    if str(weights).endswith(".onnx"):
+        raise UserError(f"detect runs .pt checkpoints; score {weights} with `yolodistill val --weights {weights}`")
     files = yb.image_sources(source)
-    dev = yb.select_device(device)
-    model = yb.load_model(weights, trust=trust).to(dev).eval()
+    dev = select_device(device)
+    model = load_detector(weights, trust=trust).to(dev).eval()  # a --qat student with its INT8 quantizers
     size = yb.check_img_size(imgsz, yb.max_stride(model))
-    save_dir = Path(yb.increment_path(Path(project) / name, exist_ok=exist_ok))
+    save_dir = increment_dir(Path(project) / name, exist_ok)
     summary = yb.detect_images(model, files, imgsz=size, device=dev, save_dir=save_dir, conf_thres=conf_thres,
                                iou_thres=iou_thres, max_det=max_det, save_txt=save_txt, save_img=not nosave,
                                line_width=line_width)

@@ -84,28 +84,38 @@ class FakeQuantizer(nn.Module):
         return f"int8 {kind}{', dynamic' if self.dynamic else ''}"
 
 
-class QuantConv2d(nn.Conv2d):
+class _InputAndWeightQuantizers:
+    """What QuantConv2d and QuantLinear add to their layer: the input fake-quantized per tensor (calibrated),
+    the weight per output channel (its range read from the weight itself)."""
+
+    def _add_quantizers(self, out_channels: int) -> None:
+        self.input_quantizer = FakeQuantizer()
+        self.weight_quantizer = FakeQuantizer(out_channels, axis=0, dynamic=True)
+
+    def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_quantizer(x), self.weight_quantizer(self.weight)
+
+
+class QuantConv2d(_InputAndWeightQuantizers, nn.Conv2d):
     """nn.Conv2d whose input and weight pass through INT8 fake quantization."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.input_quantizer = FakeQuantizer()
-        self.weight_quantizer = FakeQuantizer(self.out_channels, axis=0, dynamic=True)
+        self._add_quantizers(self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(*self._quantized(x), self.bias)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_InputAndWeightQuantizers, nn.Linear):
     """nn.Linear whose input and weight pass through INT8 fake quantization."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.input_quantizer = FakeQuantizer()
-        self.weight_quantizer = FakeQuantizer(self.out_features, axis=0, dynamic=True)
+        self._add_quantizers(self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return nn.functional.linear(*self._quantized(x), self.bias)
 
 
 _QUANT_CLASS = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

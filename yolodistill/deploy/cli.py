@@ -8,12 +8,14 @@ import logging
 from ..options import add_shared, flag
 
 
+EXPORT_DOC = ("Export a detection or classification checkpoint (plain, --qat INT8 or 2:4 sparse; the checkpoint "
+              "says which) to ONNX with the TorchScript exporter, check it with the ONNX checker and against "
+              "PyTorch through onnxruntime, and optionally build a TensorRT engine. Files go beside the weights.")
+
+
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="student checkpoint -> ONNX (parity-checked) and a TensorRT engine",
-                       description="Export a detection or classification checkpoint (plain, --qat INT8 or 2:4 "
-                                   "sparse; the checkpoint says which) to ONNX with the TorchScript exporter, check "
-                                   "it with the ONNX checker and against PyTorch through onnxruntime, and "
-                                   "optionally build a TensorRT engine. Files go beside the weights.")
+                       description=EXPORT_DOC)
     flag(p, "--weights", required=True, help="checkpoint: a YOLOv5 detector or a yolodistill classifier")
     flag(p, "--include", nargs="+", default=["onnx"], help="onnx, engine (engine implies onnx)")
     flag(p, "--imgsz", "--img", "--img-size", type=int, nargs="+", default=None,

@@ -14,20 +14,19 @@ with warnings.catch_warnings():
     from yolov5.models.yolo import Detect, DetectionModel
     from yolov5.utils import dataloaders as yolov5_dataloaders
     from yolov5.utils.callbacks import Callbacks
-    from yolov5.utils.general import (LOGGER, TQDM_BAR_FORMAT, check_img_size, increment_path, init_seeds,
-                                      intersect_dicts, labels_to_class_weights, non_max_suppression, one_cycle,
-                                      scale_boxes, xyxy2xywh)
+    from yolov5.utils.general import (LOGGER, TQDM_BAR_FORMAT, check_img_size, intersect_dicts,
+                                      labels_to_class_weights, non_max_suppression, one_cycle, scale_boxes,
+                                      xyxy2xywh)
     from yolov5.utils.loss import ComputeLoss
     from yolov5.utils.metrics import fitness
     from yolov5.utils.plots import Annotator, colors
-    from yolov5.utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, select_device, smart_optimizer
+    from yolov5.utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, smart_optimizer
 
 __all__ = [
     "Annotator", "Callbacks", "ComputeLoss", "Detect", "DetectionModel", "EarlyStopping", "IMG_FORMATS", "LOGGER",
     "ModelEMA", "STANDARD_CFGS", "TQDM_BAR_FORMAT", "YOLOV5_CHECKPOINT_ALIASES", "YOLOV5_CHECKPOINT_MODULES",
-    "YOLOV5_DIR", "YOLOV5_VERSION", "check_img_size", "colors", "de_parallel", "fitness", "increment_path",
-    "init_seeds", "intersect_dicts", "labels_to_class_weights", "non_max_suppression", "one_cycle", "scale_boxes",
-    "select_device", "set_yolov5_verbosity", "smart_optimizer", "xyxy2xywh", "yolov5_dataloaders", "yolov5_val",
+    "YOLOV5_DIR", "YOLOV5_VERSION", "check_img_size", "colors", "de_parallel", "fitness", "intersect_dicts",
+    "labels_to_class_weights", "non_max_suppression", "one_cycle", "scale_boxes", "set_yolov5_verbosity", "smart_optimizer", "xyxy2xywh", "yolov5_dataloaders", "yolov5_val",
 ]
 
 YOLOV5_DIR = Path(yolov5.__file__).resolve().parent
