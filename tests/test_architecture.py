@@ -154,3 +154,13 @@ def test_deploy_imports_no_trainer():
         if name.startswith("yolodistill.deploy.") and name != "yolodistill.deploy.cli":
             bad = [t for t in _imports(name, path, set(modules)) if t.startswith(training)]
             assert not bad, f"{name} imports {bad}"
+
+
+def test_every_public_name_resolves():
+    """The lazily loaded public names point at something that exists (a rename must update them)."""
+    import yolodistill
+    import yolodistill.classification as classification
+
+    for package in (yolodistill, classification):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, (package.__name__, name)

@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "train": "trainer",
-    "TrainOptions": "trainer",
+    "TrainOptions": "train_options",
     "DistillTrainer": "trainer",
     "DistillConfig": "config",
     "LayerPair": "config",
-    "Distiller": "distiller",
+    "DistillationModel": "distiller",
+    "detection_distiller": "distiller",
+    "load_student": "students",
     "FrozenTeacher": "teacher",
     "load_teacher": "teacher",
     "val": "inference",
