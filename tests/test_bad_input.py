@@ -112,13 +112,13 @@ def test_nan_loss_skips_then_stops(capsys, caplog, teacher_weights, tiny_data, t
     from yolodistill import trainer as trainer_mod
 
     caplog.set_level(logging.WARNING, logger="yolodistill")
-    real = trainer_mod.DistillTrainer.loss_terms
+    real = trainer_mod.DistillTrainer.total_loss
 
     def nan_loss(self, imgs, pred, targets, terms):
         total, items = real(self, imgs, pred, targets, terms)
         return total * float("nan"), items
 
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "loss_terms", nan_loss)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "total_loss", nan_loss)
     monkeypatch.setattr(trainer_mod, "MAX_BAD_STEPS", 2)
     _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
                           str(teacher_weights), "--d_output"), "NaN")

@@ -123,7 +123,7 @@ def test_unknown_layer_is_a_user_error():
 
 
 def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
-    """trainer.loss_terms with targets=None: task terms are zero, distillation terms drive the step."""
+    """trainer.total_loss with targets=None: task terms are zero, distillation terms drive the step."""
     from yolodistill.trainer import DistillTrainer, TrainOptions
 
     student, teacher = _models()
@@ -135,7 +135,7 @@ def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
     student.train()
     imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
     pred, terms = trainer.distiller(imgs)
-    total, items = trainer.loss_terms(imgs, pred, None, terms)
+    total, items = trainer.total_loss(imgs, pred, None, terms)
     assert items[:3].abs().sum() == 0 and (items[3:] > 0).all()
     assert torch.isclose(total, items.sum() * 2)
     total.backward()

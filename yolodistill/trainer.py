@@ -308,7 +308,7 @@ class DistillTrainer(Engine):
         """
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
             pred, terms = self.forward_model(imgs) if self.distiller else (self.forward_model(imgs), {})
-            loss, items = self.loss_terms(imgs, pred, targets, terms)
+            loss, items = self.total_loss(imgs, pred, targets, terms)
         if not self.all_finite(loss):
             self.bad_steps += 1
             LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
@@ -333,7 +333,7 @@ class DistillTrainer(Engine):
             self.last_opt_step = ni
         return items
 
-    def loss_terms(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor],
+    def total_loss(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor],
                    distill_terms: dict[str, torch.Tensor]):
         """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order."""
         bs = imgs.shape[0]
