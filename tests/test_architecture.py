@@ -28,7 +28,7 @@ TIERS = [
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
      "yolodistill.onnx_runtime", "yolodistill.classification.models", "yolodistill.classification.data",
      "yolodistill.classification.store", "yolodistill.classification.clip_teacher",
-     "yolodistill.classification.teachers", "yolodistill.students"],
+     "yolodistill.classification.teachers", "yolodistill.students", "yolodistill.unlabeled"],
     # losses: pure tensors
     ["yolodistill.losses", "yolodistill.classification.losses"],
     ["yolodistill.distiller"],

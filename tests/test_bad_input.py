@@ -114,8 +114,8 @@ def test_nan_loss_skips_then_stops(capsys, caplog, teacher_weights, tiny_data, t
     caplog.set_level(logging.WARNING, logger="yolodistill")
     real = trainer_mod.DistillTrainer.total_loss
 
-    def nan_loss(self, imgs, pred, targets, terms):
-        total, items = real(self, imgs, pred, targets, terms)
+    def nan_loss(self, *args):
+        total, items = real(self, *args)
         return total * float("nan"), items
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "total_loss", nan_loss)

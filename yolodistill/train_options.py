@@ -68,6 +68,10 @@ class TrainOptions(RunOptions):
                                             "(model.17:model.17)", primary="--d_layers", group=D, nargs="+",
                                       metavar="S:T")
     feature_loss: str = option(DistillConfig.feature_loss, "feature loss name from the registry", group=D)
+    unlabeled: list = option([], "images without labels (folders, .txt lists or globs; or `unlabeled:` in the "
+                                 "dataset yaml): augmented like the labeled ones, they get the distillation terms "
+                                 "only", group=D)
+    unlabeled_ratio: float = option(1.0, "unlabeled images per labeled image in every batch", group=D)
     # deployment fine-tuning (usually from a distilled student, with the teacher still distilling)
     qat: bool = option(False, "INT8 quantization-aware training; `export` then writes Q/DQ nodes", group=C)
     qat_calib_images: int = option(512, "training images calibrating the INT8 ranges", group=C)

@@ -9,8 +9,6 @@ is saved is a plain YOLOv5 model: adapters live only in last.pt's 'distill' entr
 from __future__ import annotations
 
 import logging
-import math
-import random
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
@@ -32,6 +30,7 @@ from .compress.quant import load_plain_state_dict
 from .distiller import TASK_TERMS, detection_distiller, loss_names
 from .engine import Engine, TrainingError, seed_everything
 from .train_options import NOMINAL_BATCH, TrainOptions
+from .unlabeled import UnlabeledImages, select_unlabeled
 from .errors import UserError
 from .inference import load_detector
 from .paths import cfg_path
@@ -40,7 +39,7 @@ from .teacher import FrozenTeacher, load_teacher
 
 LOGGER = logging.getLogger("yolodistill")
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
-__all__ = ["DistillTrainer", "TrainOptions", "TrainingError", "strip_checkpoint", "train"]
+__all__ = ["DistillTrainer", "TrainOptions", "TrainingError", "train"]
 
 
 class DistillTrainer(Engine):
@@ -128,6 +127,7 @@ class DistillTrainer(Engine):
             single_cls=opt.single_cls, cache=None if opt.cache == "val" else opt.cache, rect=opt.rect,
             image_weights=opt.image_weights, quad=opt.quad, rank=self.dist.local_rank if self.dist.enabled else -1)
         yb.check_labels(self.dataset, self.nc, opt.data)
+        self.unlabeled = self._unlabeled_images()
         self.val_loader = None
         if self.main:  # only rank 0 validates
             self.val_loader = yb.create_val_loader(self.data["val"], self.imgsz, self.batch_size * 2, self.gs,
@@ -137,6 +137,15 @@ class DistillTrainer(Engine):
         if not self.resume_ckpt and not opt.noautoanchor and not self.config.output and self.main:
             yb.autoanchor(self.dataset, self.student, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
         self.student.half().float()  # pre-reduce anchor precision, as train.py
+
+    def _unlabeled_images(self) -> Optional[UnlabeledImages]:
+        """--unlabeled (or the dataset yaml's `unlabeled:`), checked against the labeled and the val images."""
+        files = select_unlabeled(self.opts, self.data, distilling=self.config.enabled, labeled=self.dataset.im_files)
+        if not files:
+            return None
+        return UnlabeledImages(files, save_dir=self.save_dir, labeled_batch=self.batch_size,
+                               ratio=self.opts.unlabeled_ratio, imgsz=self.imgsz, stride=self.gs, hyp=self.hyp,
+                               workers=self.opts.workers, seed=self.opts.seed, dist=self.dist)
 
     def _setup_compression(self) -> None:
         """--sparsity / --qat: prune and quantize the student before the EMA copy and the hooks exist."""
@@ -184,7 +193,8 @@ class DistillTrainer(Engine):
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.stopper = yb.EarlyStopping(patience=opt.patience)
         columns = [f"train/{n}" for n in self.names] + list(METRIC_COLUMNS) + \
-                  [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))]
+                  [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))] + \
+                  (["x/labeled_images", "x/unlabeled_images"] if self.unlabeled else [])
         self.open_run_logger(columns, self._opt_dict())
 
     def _setup_distributed(self) -> None:
@@ -245,6 +255,10 @@ class DistillTrainer(Engine):
         mloss = self._train_epoch(epoch, len(self.train_loader), self.maps)
         row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
         row.update({f"x/lr{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
+        if self.unlabeled:  # every rank takes as many of each
+            row.update({f"x/{k}_images": n * self.dist.world_size for k, n in self.seen.items()})
+            LOGGER.info(f"epoch {epoch}: {row['x/labeled_images']} labeled and {row['x/unlabeled_images']} "
+                        f"unlabeled images")
         return row
 
     def end_epoch(self, epoch: int) -> None:
@@ -284,14 +298,23 @@ class DistillTrainer(Engine):
         shorts = [n.replace("distill/", "d_") for n in self.names]
         LOGGER.info(("\n" + "%11s" * (4 + len(shorts))) % ("Epoch", "GPU_mem", *shorts, "Instances", "Size"))
         pbar = tqdm(enumerate(self.train_loader), total=nb, bar_format=yb.TQDM_BAR_FORMAT, disable=not self.main)
+        unlabeled = self.unlabeled.stream(epoch) if self.unlabeled else None
+        self.seen = {"labeled": 0, "unlabeled": 0}
         self.optimizer.zero_grad()
         for i, (imgs, targets, _paths, _) in pbar:
             ni = i + nb * epoch
+            n_labeled = imgs.shape[0]
+            if unlabeled is not None:  # after the labeled images: the task loss takes the first n_labeled
+                imgs = torch.cat([imgs, next(unlabeled)])
+            self.seen["labeled"] += n_labeled
+            self.seen["unlabeled"] += imgs.shape[0] - n_labeled
             imgs = imgs.to(self.device, non_blocking=True).float() / 255
-            self._warmup(ni, epoch)
+            if ni <= self.nw:
+                self.accumulate = yb.warm_up(self.optimizer, ni, self.nw, self.hyp, self.lf(epoch),
+                                             opt.nbs / opt.batch_size)
             if opt.multi_scale:
-                imgs = self._random_rescale(imgs)
-            items = self.training_step(imgs, targets.to(self.device), ni)
+                imgs = yb.random_rescale(imgs, self.imgsz, self.gs)
+            items = self.training_step(imgs, targets.to(self.device), ni, n_labeled)
             if items is not None:
                 mloss = (mloss * i + items) / (i + 1)
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
@@ -300,15 +323,17 @@ class DistillTrainer(Engine):
                                   imgs.shape[-1]))
         return mloss
 
-    def training_step(self, imgs: torch.Tensor, targets: Optional[torch.Tensor], ni: int) -> Optional[torch.Tensor]:
+    def training_step(self, imgs: torch.Tensor, targets: Optional[torch.Tensor], ni: int,
+                      n_labeled: Optional[int] = None) -> Optional[torch.Tensor]:
         """Forward, loss, backward and (every `accumulate` batches) an optimizer step.
 
-        `targets` (N, 6: image, class, x, y, w, h) may be None for an unlabeled batch, which then
-        gets only the distillation terms. Returns the per-term loss items, or None for a skipped step.
+        `targets` (N, 6: image, class, x, y, w, h) label the first `n_labeled` images (all by default); the
+        others, and a whole batch when `targets` is None, get only the distillation terms. Returns the per-term
+        loss items, or None for a skipped step.
         """
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
             pred, terms = self.forward_model(imgs) if self.distiller else (self.forward_model(imgs), {})
-            loss, items = self.total_loss(imgs, pred, targets, terms)
+            loss, items = self.total_loss(imgs, pred, targets, terms, n_labeled)
         if not self.all_finite(loss):
             self.bad_steps += 1
             LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
@@ -334,13 +359,15 @@ class DistillTrainer(Engine):
         return items
 
     def total_loss(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor],
-                   distill_terms: dict[str, torch.Tensor]):
-        """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order."""
+                   distill_terms: dict[str, torch.Tensor], n_labeled: Optional[int] = None):
+        """Total loss (per-image terms times batch size, as yolov5) and detached items in `self.names` order:
+        the task loss over the labeled images (the first n_labeled), the distillation terms over all."""
         bs = imgs.shape[0]
         total = torch.zeros((), device=imgs.device)
         items = dict.fromkeys(self.names, torch.zeros((), device=imgs.device))
         if targets is not None:
-            task_loss, task_items = self.compute_loss(pred, targets)  # (box + obj + cls) * bs, and the three
+            labeled = pred if n_labeled in (None, bs) else [p[:n_labeled] for p in pred]
+            task_loss, task_items = self.compute_loss(labeled, targets)  # (box + obj + cls) * n, and the three
             total = total + task_loss.reshape(())
             items.update(zip(TASK_TERMS, task_items))
         elif not self.distiller:
@@ -350,26 +377,6 @@ class DistillTrainer(Engine):
                 total = total + value.float() * bs
                 items[name] = value.detach().float()
         return total, torch.stack([items[n].reshape(()) for n in self.names])
-
-    def _warmup(self, ni: int, epoch: int) -> None:
-        """train.py's warmup: accumulate, bias LR falling from warmup_bias_lr, others rising from 0."""
-        if ni > self.nw:
-            return
-        xi = [0, self.nw]
-        self.accumulate = max(1, np.interp(ni, xi, [1, self.opts.nbs / self.opts.batch_size]).round())
-        for j, x in enumerate(self.optimizer.param_groups):
-            x["lr"] = np.interp(ni, xi, [self.hyp["warmup_bias_lr"] if j == 0 else 0.0,
-                                         x["initial_lr"] * self.lf(epoch)])
-            if "momentum" in x:
-                x["momentum"] = np.interp(ni, xi, [self.hyp["warmup_momentum"], self.hyp["momentum"]])
-
-    def _random_rescale(self, imgs: torch.Tensor) -> torch.Tensor:
-        sz = random.randrange(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs) // self.gs * self.gs
-        sf = sz / max(imgs.shape[2:])
-        if sf == 1:
-            return imgs
-        ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
-        return nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
 
     def _validate(self, model: nn.Module, verbose: bool = False):
         results, maps = yb.validate(model, self.data, self.val_loader, imgsz=self.imgsz,
@@ -413,7 +420,7 @@ class DistillTrainer(Engine):
         """Strip last/best to plain students (yolov5's strip_optimizer) and validate best.pt per class."""
         for f in (self.last, self.best):
             if f.exists():
-                strip_checkpoint(f)
+                yb.strip_checkpoint(f)
         final = self.best if self.best.exists() else self.last
         results = dict(zip(METRIC_COLUMNS, (0.0,) * len(METRIC_COLUMNS)))
         if final.exists():
@@ -425,21 +432,6 @@ class DistillTrainer(Engine):
             plot_results(self.run_logger.csv_path)
         LOGGER.info(f"Results saved to {self.save_dir}")
         return {"save_dir": str(self.save_dir), "best": str(final), **results}
-
-
-def strip_checkpoint(path: Path) -> None:
-    """Leave a plain YOLOv5 student: EMA weights as 'model', no optimizer, no adapters (atomic rewrite)."""
-    ckpt = yb.load_yolov5_checkpoint(path)
-    if ckpt.get("ema") is not None:
-        ckpt["model"] = ckpt["ema"]
-    for k in ("optimizer", "best_fitness", "ema", "updates"):
-        ckpt[k] = None
-    ckpt.pop("distill", None)
-    ckpt["epoch"] = -1
-    ckpt["model"].half()
-    for p in ckpt["model"].parameters():
-        p.requires_grad = False
-    save_checkpoint_atomic(ckpt, path)
 
 
 def train(**kwargs) -> dict:

@@ -10,20 +10,22 @@ data (dataloaders), evaluation (val, detect), schedule (LR and warmup).
 
 from ._yolov5 import *  # noqa: F401,F403 -- yolov5's parts, named in _yolov5.__all__
 from ._yolov5 import __all__ as _parts
-from .data import (autoanchor, check_labels, create_train_loader, create_val_loader, reweight_images,
-                   report_scan)
+from .data import (autoanchor, check_labels, create_train_loader, create_unlabeled_loader, create_val_loader,
+                   listed_images, report_scan, reweight_images)
 from .evaluation import detect_images, image_sources, validate
-from .files import count_images, default_hyp_path, load_data_yaml, load_hyp, resolve_hyp, resolve_model_cfg
+from .files import (count_images, default_hyp_path, image_files, load_data_yaml, load_hyp, resolve_hyp,
+                    resolve_model_cfg)
 from .models import (build_model, checkpoint_model, copy_anchors, create_student, detect_head, detect_input_layers,
                      export_metadata, export_model, forward_raw, head_layout, load_detection_checkpoint, load_model,
                      load_yolov5_checkpoint, max_stride, model_stats, num_classes, prepare_for_loss,
-                     raw_head_outputs)
-from .schedule import lr_lambda, warmup_iterations
+                     raw_head_outputs, strip_checkpoint)
+from .schedule import lr_lambda, random_rescale, warm_up, warmup_iterations
 
-__all__ = [*_parts, "autoanchor", "build_model", "check_labels", "checkpoint_model", "copy_anchors",
-           "count_images", "create_student", "create_train_loader", "create_val_loader", "default_hyp_path",
-           "detect_head", "detect_images", "detect_input_layers", "export_metadata", "export_model", "forward_raw",
-           "head_layout", "image_sources", "load_data_yaml", "load_detection_checkpoint", "load_hyp", "load_model",
-           "load_yolov5_checkpoint", "lr_lambda", "max_stride", "model_stats", "num_classes", "prepare_for_loss",
-           "raw_head_outputs", "report_scan", "resolve_hyp", "resolve_model_cfg", "reweight_images", "validate",
-           "warmup_iterations"]
+__all__ = [*_parts, "autoanchor", "build_model", "check_labels", "checkpoint_model", "copy_anchors", "count_images",
+           "create_student", "create_train_loader", "create_unlabeled_loader", "create_val_loader",
+           "default_hyp_path", "detect_head", "detect_images", "detect_input_layers", "export_metadata",
+           "export_model", "forward_raw", "head_layout", "image_files", "image_sources", "listed_images",
+           "load_data_yaml", "load_detection_checkpoint", "load_hyp", "load_model", "load_yolov5_checkpoint",
+           "lr_lambda", "max_stride", "model_stats", "num_classes", "prepare_for_loss", "raw_head_outputs",
+           "report_scan", "resolve_hyp", "resolve_model_cfg", "reweight_images", "validate", "warmup_iterations",
+           "warm_up", "random_rescale", "strip_checkpoint"]

@@ -26,7 +26,8 @@ __all__ = [
     "Annotator", "Callbacks", "ComputeLoss", "Detect", "DetectionModel", "EarlyStopping", "IMG_FORMATS", "LOGGER",
     "ModelEMA", "STANDARD_CFGS", "TQDM_BAR_FORMAT", "YOLOV5_CHECKPOINT_ALIASES", "YOLOV5_CHECKPOINT_MODULES",
     "YOLOV5_DIR", "YOLOV5_VERSION", "check_img_size", "colors", "de_parallel", "fitness", "intersect_dicts",
-    "labels_to_class_weights", "non_max_suppression", "one_cycle", "scale_boxes", "set_yolov5_verbosity", "smart_optimizer", "xyxy2xywh", "yolov5_dataloaders", "yolov5_val",
+    "labels_to_class_weights", "non_max_suppression", "one_cycle", "scale_boxes", "set_yolov5_verbosity",
+    "smart_optimizer", "xyxy2xywh", "yolov5_dataloaders", "yolov5_val"
 ]
 
 YOLOV5_DIR = Path(yolov5.__file__).resolve().parent

@@ -43,7 +43,41 @@ def _create_loader(path, *args, **kwargs):
     return loader, dataset
 
 
-def _listed_images(path) -> list[str]:
+def create_unlabeled_loader(images_txt: str, imgsz: int, batch_size: int, stride: int, hyp: dict, *, workers: int,
+                            seed: int, rank: int = -1, world_size: int = 1):
+    """yolov5's augmenting training pipeline (mosaic, mixup, perspective, HSV, flips) over images without labels,
+    listed one a line in `images_txt`. Label files beside them are ignored: every image is unlabeled, never a
+    background image, and a mosaic holds only unlabeled tiles. A plain DataLoader (not yolov5's endless one),
+    so its order follows its generator: re-seed `loader.generator` for an order that depends only on the seed
+    given (an epoch's, for --resume). Under torchrun each rank reads a disjoint shard."""
+    import torch
+    from torch.utils.data import DataLoader, distributed
+    from yolov5.utils.augmentations import Albumentations
+
+    try:  # built without augmentation (yolov5 refuses to augment a dataset without labels), then switched on
+        dataset = yolov5_dataloaders.LoadImagesAndLabels(images_txt, imgsz, batch_size, augment=False, hyp=hyp,
+                                                         stride=int(stride), pad=0.0, prefix="unlabeled: ")
+    except Exception as e:  # yolov5 reports unreadable data with bare Exception and AssertionError
+        raise UserError(f"cannot load the unlabeled images: {str(e).splitlines()[0]}") from None
+    dataset.augment = dataset.mosaic = True
+    dataset.albumentations = Albumentations(size=imgsz)
+    dataset.labels = [np.zeros((0, 5), np.float32) for _ in dataset.im_files]
+    dataset.segments = [[] for _ in dataset.im_files]
+    if rank in (-1, 0):
+        report_scan(images_txt, dataset, "unlabeled: ")
+    sampler = None
+    if rank >= 0:
+        sampler = distributed.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    batch_size = min(batch_size, len(dataset))
+    collate = yolov5_dataloaders.LoadImagesAndLabels.collate_fn
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                      num_workers=min(workers, batch_size), collate_fn=collate,
+                      worker_init_fn=yolov5_dataloaders.seed_worker, generator=generator)
+
+
+def listed_images(path) -> list[str]:
     """Image files as yolov5's LoadImagesAndLabels lists them: folders recursively, .txt files line by line."""
     import glob
     import os
@@ -90,7 +124,7 @@ def report_scan(path, dataset, prefix: str = "") -> dict:
     reach the user's log. Returns {"found", "skipped": [image, ...], "background"}.
     """
     log = logging.getLogger("yolodistill")
-    found = _listed_images(path)
+    found = listed_images(path)
     kept = set(dataset.im_files)
     skipped = [f for f in found if f not in kept]
     background = sum(1 for lb in dataset.labels if len(lb) == 0)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint_atomic
 from ..errors import UserError
 from ._yolov5 import (LOGGER, YOLOV5_CHECKPOINT_ALIASES, YOLOV5_CHECKPOINT_MODULES, Detect, DetectionModel,
                       de_parallel, intersect_dicts, labels_to_class_weights)
@@ -195,3 +195,18 @@ def export_metadata(model: nn.Module) -> dict:
     names = de_parallel(model).names
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
     return {"stride": max_stride(model), "names": names}
+
+
+def strip_checkpoint(path: Path) -> None:
+    """Leave a plain YOLOv5 student: EMA weights as 'model', no optimizer, no adapters (atomic rewrite)."""
+    ckpt = load_yolov5_checkpoint(path)
+    if ckpt.get("ema") is not None:
+        ckpt["model"] = ckpt["ema"]
+    for k in ("optimizer", "best_fitness", "ema", "updates"):
+        ckpt[k] = None
+    ckpt.pop("distill", None)
+    ckpt["epoch"] = -1
+    ckpt["model"].half()
+    for p in ckpt["model"].parameters():
+        p.requires_grad = False
+    save_checkpoint_atomic(ckpt, path)

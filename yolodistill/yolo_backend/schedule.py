@@ -1,6 +1,13 @@
-"""train.py's learning-rate schedule and warmup length."""
+"""train.py's learning-rate schedule, warmup and multi-scale resizing."""
 
 from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn as nn
 
 from ._yolov5 import one_cycle
 
@@ -18,3 +25,26 @@ def warmup_iterations(hyp: dict, batches_per_epoch: int) -> int:
     if hyp["warmup_epochs"] <= 0:
         return -1
     return max(round(hyp["warmup_epochs"] * batches_per_epoch), 100)
+
+
+def warm_up(optimizer: torch.optim.Optimizer, ni: int, nw: int, hyp: dict, lr_factor: float,
+            max_accumulate: float) -> int:
+    """train.py's warmup at batch `ni` of `nw`: the bias LR falls from warmup_bias_lr and the others rise from 0
+    to their scheduled value (`lr_factor` of the initial one), momentum rises from warmup_momentum; returns
+    the batches to accumulate, rising from 1 to `max_accumulate`."""
+    xi = [0, nw]
+    for j, x in enumerate(optimizer.param_groups):
+        x["lr"] = np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 0 else 0.0, x["initial_lr"] * lr_factor])
+        if "momentum" in x:
+            x["momentum"] = np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]])
+    return max(1, np.interp(ni, xi, [1, max_accumulate]).round())
+
+
+def random_rescale(imgs: torch.Tensor, imgsz: int, stride: int) -> torch.Tensor:
+    """--multi-scale: the batch resized to a random multiple of the stride from 0.5 to 1.5 x imgsz."""
+    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
+    sf = sz / max(imgs.shape[2:])
+    if sf == 1:
+        return imgs
+    ns = [math.ceil(x * sf / stride) * stride for x in imgs.shape[2:]]
+    return nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)

@@ -1,0 +1,111 @@
+"""Detection distillation on unlabeled images (`yolodistill train --unlabeled`): which images, the loader, the mix
+in every batch, the task loss over the labeled images only, and the inputs refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolodistill import yolo_backend as yb
+from yolodistill.cli import main
+from yolodistill.run_logger import read_results
+
+from .conftest import IMGSZ, make_tiny_dataset
+
+BASE = ["--imgsz", str(IMGSZ), "--batch-size", "8", "--workers", "0", "--device", "cpu", "--noplots",
+        "--noautoanchor", "--cfg", "yolov5n.yaml"]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    """A folder of 10 images that do have label files beside them: the loader must not read those."""
+    src = make_tiny_dataset(tmp_path_factory.mktemp("pool_src")).parent
+    folder = tmp_path_factory.mktemp("pool")
+    for i, img in enumerate(sorted((src / "images" / "train").iterdir())[:10]):
+        shutil.copy(img, folder / f"u{i}.png")
+        (folder / f"u{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    return folder
+
+
+def _err(capsys, argv) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+def test_loader_ignores_labels_beside_the_images_and_augments(pool, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(pool)], "--unlabeled")))
+    hyp = yb.load_hyp(None)
+    loader = yb.create_unlabeled_loader(str(listing), IMGSZ, 4, 32, hyp, workers=0, seed=0)
+    assert len(loader.dataset) == 10 and all(len(lb) == 0 for lb in loader.dataset.labels)
+    assert loader.dataset.mosaic and loader.dataset.augment
+    imgs, targets, _, _ = next(iter(loader))
+    assert imgs.shape == (4, 3, IMGSZ, IMGSZ) and imgs.dtype == torch.uint8 and len(targets) == 0
+
+
+def test_image_files_accepts_folders_lists_and_globs(pool, tmp_path):
+    files = yb.image_files([str(pool)], "--unlabeled")
+    assert len(files) == 10
+    listing = tmp_path / "some.txt"
+    listing.write_text(f"{files[0]}\n{Path(files[1]).name}\n")  # absolute, and relative to the list's folder
+    shutil.copy(files[1], tmp_path / Path(files[1]).name)
+    assert yb.image_files([str(listing)], "x") == [files[0], str((tmp_path / Path(files[1]).name).resolve())]
+    assert yb.image_files([str(pool / "u[0-2].png")], "x") == files[:3]
+
+
+def test_unlabeled_images_get_the_distillation_terms_in_every_batch(tiny_data, teacher_weights, pool, tmp_path):
+    assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
+                 "--unlabeled", str(pool), "--unlabeled-ratio", "0.5", "--epochs", "2", "--project", str(tmp_path),
+                 "--name", "u"]) == 0
+    run = tmp_path / "u"
+    rows = read_results(run / "results.csv")
+    # 24 labeled images in 3 batches of 8, each with round(0.5 * 8) = 4 unlabeled images beside them
+    assert [(r["x/labeled_images"], r["x/unlabeled_images"]) for r in rows] == [(24, 12), (24, 12)]
+    assert all(r["train/distill/output"] > 0 for r in rows)
+    assert len((run / "unlabeled.txt").read_text().splitlines()) == 10
+
+
+def test_task_loss_counts_only_the_labeled_images(teacher_weights):
+    """The first n_labeled images carry the targets; the others add to the distillation terms only."""
+    from yolodistill.trainer import DistillTrainer
+
+    torch.manual_seed(0)
+    student = yb.build_model("yolov5n.yaml", 2).train()
+    yb.prepare_for_loss(student, yb.load_hyp(None), 2, IMGSZ, {0: "a", 1: "b"}, [torch.zeros((0, 5)).numpy()])
+    trainer = DistillTrainer.__new__(DistillTrainer)
+    trainer.names, trainer.distiller = ("box_loss", "obj_loss", "cls_loss", "distill/output"), object()
+    trainer.compute_loss = yb.ComputeLoss(student)
+    imgs = torch.rand(6, 3, IMGSZ, IMGSZ)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3], [1, 0, 0.4, 0.6, 0.2, 0.2]])
+    pred = student(imgs)
+    term = {"distill/output": torch.tensor(0.25)}
+    total, items = trainer.total_loss(imgs, pred, targets, term, n_labeled=2)
+    alone, alone_items = trainer.compute_loss([p[:2] for p in pred], targets)
+    assert torch.equal(items[:3], alone_items)
+    assert torch.allclose(total, alone.reshape(()) + 0.25 * 6)  # distillation over all six images
+
+
+def test_bad_unlabeled_inputs_are_one_line(capsys, caplog, tiny_data, teacher_weights, pool, tmp_path):
+    import logging
+
+    teach = ["--t_weights", str(teacher_weights), "--d_output"]
+    run = ["train", *BASE, "--data", str(tiny_data), "--epochs", "1", "--project", str(tmp_path)]
+    assert "--unlabeled" in _err(capsys, [*run, "--name", "a", "--unlabeled", str(pool)])  # no teacher
+    assert _err(capsys, [*run, *teach, "--name", "b", "--unlabeled", str(tmp_path / "nope")]) == \
+        f"yolodistill train: error: --unlabeled {tmp_path / 'nope'} does not exist"
+    val = tiny_data.parent / "images" / "val"
+    assert "validation image" in _err(capsys, [*run, *teach, "--name", "c", "--unlabeled", str(val)])
+    assert "drop --rect" in _err(capsys, [*run, *teach, "--name", "d", "--rect", "--unlabeled", str(pool)])
+    assert "--unlabeled-ratio must be positive" in _err(
+        capsys, [*run, *teach, "--name", "e", "--unlabeled", str(pool), "--unlabeled-ratio", "0"])
+    # a labeled training image among the unlabeled ones: warned about and used once, as labeled
+    caplog.set_level(logging.WARNING, logger="yolodistill")
+    train = tiny_data.parent / "images" / "train"
+    assert main([*run, *teach, "--name", "f", "--unlabeled", str(pool), str(train / "0000.png")]) == 0
+    assert any("also labeled training images" in r.getMessage() for r in caplog.records)
+    assert len((tmp_path / "f" / "unlabeled.txt").read_text().splitlines()) == 10

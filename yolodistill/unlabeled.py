@@ -1,0 +1,88 @@
+"""Images without labels for detection distillation (`yolodistill train --unlabeled`).
+
+They go through yolov5's augmentation like the labeled ones (in mosaics of their own), and every batch
+carries `--unlabeled-ratio` of them per labeled image; the trainer gives them the distillation terms only.
+Which images count: folders, .txt lists or globs; an image also in the labeled training set is used once, as
+labeled; a validation image is refused (it would leak into the evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from . import yolo_backend as yb
+from .distributed import DistContext
+from .errors import UserError
+
+LOGGER = logging.getLogger("yolodistill")
+
+
+def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[str]) -> list[str]:
+    """The unlabeled image files of a run (--unlabeled, else the dataset yaml's `unlabeled:`), without the
+    labeled ones (warned about); refuses validation images, and unlabeled images a run cannot use."""
+    specs = list(opts.unlabeled) or ([data["unlabeled"]] if isinstance(data.get("unlabeled"), str)
+                                     else list(data.get("unlabeled") or []))
+    if not specs:
+        return []
+    if not distilling:
+        raise UserError("--unlabeled images can only be distilled: add --t_weights teacher.pt and --d_output "
+                        "or --d_feature")
+    if opts.rect:
+        raise UserError("--unlabeled puts square mosaics beside the labeled images in every batch: drop --rect")
+    files = yb.image_files(specs, "--unlabeled")
+    val_files = {str(Path(f).resolve()) for f in yb.listed_images(data["val"])}
+    leaked = [f for f in files if f in val_files]
+    if leaked:
+        raise UserError(f"--unlabeled holds {len(leaked)} validation image(s), e.g. {leaked[0]}: they would leak "
+                        f"into the evaluation; leave the val split out of the unlabeled images")
+    labeled_files = {str(Path(f).resolve()) for f in labeled}
+    both = [f for f in files if f in labeled_files]
+    if both:
+        LOGGER.warning(f"WARNING: {len(both)} of the --unlabeled images are also labeled training images (e.g. "
+                       f"{both[0]}); each is used once, as labeled")
+        files = [f for f in files if f not in labeled_files]
+    if not files:
+        raise UserError("--unlabeled: every image is also a labeled training image; nothing is left unlabeled")
+    return files
+
+
+class UnlabeledImages:
+    """The unlabeled images of a run and, for each epoch, an endless stream of their augmented batches."""
+
+    def __init__(self, files: Sequence[str], *, save_dir: Path, labeled_batch: int, ratio: float, imgsz: int,
+                 stride: int, hyp: dict, workers: int, seed: int, dist: DistContext):
+        if ratio <= 0:
+            raise UserError(f"--unlabeled-ratio must be positive, got {ratio}")
+        self.per_batch = max(1, round(ratio * labeled_batch))  # per rank, beside each labeled batch
+        listing = _write_listing(Path(save_dir) / "unlabeled.txt", files, dist.rank)
+        self.seed = seed
+        self.loader = yb.create_unlabeled_loader(str(listing), imgsz, self.per_batch, stride, hyp, workers=workers,
+                                                 seed=seed, rank=dist.rank if dist.enabled else -1,
+                                                 world_size=dist.world_size)
+        self.count = len(self.loader.dataset)
+        LOGGER.info(f"unlabeled: {self.count} images, {self.per_batch} in every batch beside "
+                    f"{labeled_batch} labeled (distillation terms only)")
+
+    def stream(self, epoch: int) -> Iterator[torch.Tensor]:
+        """uint8 image batches (B, 3, H, W), in an order that depends only on the seed and the epoch (so a
+        resumed run sees what the uninterrupted one would have), looping over the images as long as asked."""
+        self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        while True:
+            for imgs, *_ in self.loader:
+                yield imgs
+
+
+def _write_listing(path: Path, files: Sequence[str], rank: int) -> Path:
+    """The image list yolov5's dataset reads (every rank writes the same lines; the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{rank}.tmp")
+    tmp.write_text("".join(f"{f}\n" for f in files))
+    os.replace(tmp, path)
+    return path
