@@ -109,3 +109,63 @@ def test_bad_unlabeled_inputs_are_one_line(capsys, caplog, tiny_data, teacher_we
     assert main([*run, *teach, "--name", "f", "--unlabeled", str(pool), str(train / "0000.png")]) == 0
     assert any("also labeled training images" in r.getMessage() for r in caplog.records)
     assert len((tmp_path / "f" / "unlabeled.txt").read_text().splitlines()) == 10
+
+
+def test_pseudo_labels_are_the_teachers_boxes_as_targets(teacher_weights):
+    """Normalised xywh inside the image, the image index counted from first_index, classes of the teacher."""
+    model = yb.load_model(teacher_weights).eval()
+    imgs = torch.rand(3, 3, IMGSZ, IMGSZ)
+    boxes = yb.pseudo_labels(model, imgs, conf_thres=0.0001, first_index=5)
+    assert boxes.shape[1] == 6 and len(boxes) > 0  # an untrained teacher is unsure of everything: many boxes
+    assert set(boxes[:, 0].long().tolist()) <= {5, 6, 7} and set(boxes[:, 1].long().tolist()) <= {0, 1}
+    assert (boxes[:, 2:4] >= 0).all() and (boxes[:, 2:4] <= 1).all() and (boxes[:, 4:] > 0).all()
+    assert len(yb.pseudo_labels(model, imgs, conf_thres=0.9999)) <= len(boxes)
+
+
+def test_pseudo_labels_train_and_are_counted(capsys, tiny_data, teacher_weights, pool, tmp_path):
+    run = ["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
+           "--epochs", "1", "--project", str(tmp_path)]
+    assert main([*run, "--name", "p", "--unlabeled", str(pool), "--pseudo-labels", "0.0001"]) == 0
+    row = read_results(tmp_path / "p" / "results.csv")[0]
+    assert row["x/unlabeled_images"] == 24 and row["x/pseudo_boxes"] > 0
+    assert "give --unlabeled too" in _err(capsys, [*run, "--name", "q", "--pseudo-labels", "0.5"])
+    assert "confidence threshold" in _err(capsys, [*run, "--name", "r", "--unlabeled", str(pool),
+                                                   "--pseudo-labels", "1.5"])
+
+
+def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
+    """What --resume relies on: the resumed run's epoch e sees the unlabeled batches the uninterrupted one did
+    (order and augmentation: the latter is seeded in the loader's worker processes, as with --workers >= 1)."""
+    from yolodistill.distributed import DistContext
+    from yolodistill.unlabeled import UnlabeledImages
+
+    files = yb.image_files([str(pool)], "--unlabeled")
+
+    def first_batches(epoch, n=3):
+        images = UnlabeledImages(files, save_dir=tmp_path, labeled_batch=4, ratio=1.0, imgsz=IMGSZ, stride=32,
+                                 hyp=yb.load_hyp(None), workers=1, seed=7, dist=DistContext())
+        stream = images.stream(epoch)
+        return [next(stream) for _ in range(n)]  # 3 batches of 4 from 10 images: the stream wraps around
+
+    a, b, c = first_batches(1), first_batches(1), first_batches(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_an_interrupted_run_with_unlabeled_images_resumes(tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
+    from yolodistill import trainer as trainer_mod
+
+    real = trainer_mod.DistillTrainer._train_epoch
+
+    def interrupt_second_epoch(self, epoch, nb, maps):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, nb, maps)
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", interrupt_second_epoch)
+    assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
+                 "--unlabeled", str(pool), "--epochs", "2", "--project", str(tmp_path), "--name", "r"]) == 130
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", real)
+    assert main(["train", "--resume", str(tmp_path / "r" / "weights" / "last.pt")]) == 0
+    rows = read_results(tmp_path / "r" / "results.csv")
+    assert [(r["epoch"], r["x/unlabeled_images"]) for r in rows] == [(0, 24), (1, 24)]

@@ -72,6 +72,8 @@ class TrainOptions(RunOptions):
                                  "dataset yaml): augmented like the labeled ones, they get the distillation terms "
                                  "only", group=D)
     unlabeled_ratio: float = option(1.0, "unlabeled images per labeled image in every batch", group=D)
+    pseudo_labels: float = option(0.0, "with --unlabeled: the teacher's boxes (after NMS) above this confidence "
+                                       "become task targets of the unlabeled images (0: off)", group=D)
     # deployment fine-tuning (usually from a distilled student, with the teacher still distilling)
     qat: bool = option(False, "INT8 quantization-aware training; `export` then writes Q/DQ nodes", group=C)
     qat_calib_images: int = option(512, "training images calibrating the INT8 ranges", group=C)

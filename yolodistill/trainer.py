@@ -194,7 +194,8 @@ class DistillTrainer(Engine):
         self.stopper = yb.EarlyStopping(patience=opt.patience)
         columns = [f"train/{n}" for n in self.names] + list(METRIC_COLUMNS) + \
                   [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))] + \
-                  (["x/labeled_images", "x/unlabeled_images"] if self.unlabeled else [])
+                  (["x/labeled_images", "x/unlabeled_images"] if self.unlabeled else []) + \
+                  (["x/pseudo_boxes"] if self.unlabeled and opt.pseudo_labels > 0 else [])
         self.open_run_logger(columns, self._opt_dict())
 
     def _setup_distributed(self) -> None:
@@ -255,10 +256,12 @@ class DistillTrainer(Engine):
         mloss = self._train_epoch(epoch, len(self.train_loader), self.maps)
         row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
         row.update({f"x/lr{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
-        if self.unlabeled:  # every rank takes as many of each
-            row.update({f"x/{k}_images": n * self.dist.world_size for k, n in self.seen.items()})
+        if self.unlabeled:  # every rank takes as many images (rank 0's pseudo boxes, times the ranks)
+            row.update({f"x/{k}" + ("" if k == "pseudo_boxes" else "_images"): n * self.dist.world_size
+                        for k, n in self.seen.items()})
+            pseudo = f", {row['x/pseudo_boxes']:g} pseudo-labels" if "x/pseudo_boxes" in row else ""
             LOGGER.info(f"epoch {epoch}: {row['x/labeled_images']} labeled and {row['x/unlabeled_images']} "
-                        f"unlabeled images")
+                        f"unlabeled images{pseudo}")
         return row
 
     def end_epoch(self, epoch: int) -> None:
@@ -299,7 +302,8 @@ class DistillTrainer(Engine):
         LOGGER.info(("\n" + "%11s" * (4 + len(shorts))) % ("Epoch", "GPU_mem", *shorts, "Instances", "Size"))
         pbar = tqdm(enumerate(self.train_loader), total=nb, bar_format=yb.TQDM_BAR_FORMAT, disable=not self.main)
         unlabeled = self.unlabeled.stream(epoch) if self.unlabeled else None
-        self.seen = {"labeled": 0, "unlabeled": 0}
+        pseudo = unlabeled is not None and opt.pseudo_labels > 0
+        self.seen = {"labeled": 0, "unlabeled": 0, **({"pseudo_boxes": 0} if pseudo else {})}
         self.optimizer.zero_grad()
         for i, (imgs, targets, _paths, _) in pbar:
             ni = i + nb * epoch
@@ -309,12 +313,18 @@ class DistillTrainer(Engine):
             self.seen["labeled"] += n_labeled
             self.seen["unlabeled"] += imgs.shape[0] - n_labeled
             imgs = imgs.to(self.device, non_blocking=True).float() / 255
+            targets = targets.to(self.device)
+            if pseudo:  # the teacher labels the unlabeled images: the task loss takes all
+                boxes = yb.pseudo_labels(self.teacher.model, imgs[n_labeled:], conf_thres=opt.pseudo_labels,
+                                         first_index=n_labeled)
+                targets, n_labeled = torch.cat([targets, boxes]), imgs.shape[0]
+                self.seen["pseudo_boxes"] += len(boxes)
             if ni <= self.nw:
                 self.accumulate = yb.warm_up(self.optimizer, ni, self.nw, self.hyp, self.lf(epoch),
                                              opt.nbs / opt.batch_size)
             if opt.multi_scale:
                 imgs = yb.random_rescale(imgs, self.imgsz, self.gs)
-            items = self.training_step(imgs, targets.to(self.device), ni, n_labeled)
+            items = self.training_step(imgs, targets, ni, n_labeled)
             if items is not None:
                 mloss = (mloss * i + items) / (i + 1)
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"

@@ -28,7 +28,11 @@ def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[st
     specs = list(opts.unlabeled) or ([data["unlabeled"]] if isinstance(data.get("unlabeled"), str)
                                      else list(data.get("unlabeled") or []))
     if not specs:
+        if opts.pseudo_labels:
+            raise UserError("--pseudo-labels labels the --unlabeled images: give --unlabeled too")
         return []
+    if not 0 <= opts.pseudo_labels < 1:
+        raise UserError(f"--pseudo-labels is a confidence threshold in (0, 1), got {opts.pseudo_labels}")
     if not distilling:
         raise UserError("--unlabeled images can only be distilled: add --t_weights teacher.pt and --d_output "
                         "or --d_feature")
@@ -69,8 +73,10 @@ class UnlabeledImages:
                     f"{labeled_batch} labeled (distillation terms only)")
 
     def stream(self, epoch: int) -> Iterator[torch.Tensor]:
-        """uint8 image batches (B, 3, H, W), in an order that depends only on the seed and the epoch (so a
-        resumed run sees what the uninterrupted one would have), looping over the images as long as asked."""
+        """uint8 image batches (B, 3, H, W), looping over the images as long as asked. Their order, and with
+        --workers >= 1 their augmentation (seeded in the worker processes), depend only on the seed and the
+        epoch, so a resumed run sees what the uninterrupted one would have; with --workers 0 the augmentation
+        draws from the main process's generators."""
         self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
         if hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)

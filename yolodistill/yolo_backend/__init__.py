@@ -12,7 +12,7 @@ from ._yolov5 import *  # noqa: F401,F403 -- yolov5's parts, named in _yolov5.__
 from ._yolov5 import __all__ as _parts
 from .data import (autoanchor, check_labels, create_train_loader, create_unlabeled_loader, create_val_loader,
                    listed_images, report_scan, reweight_images)
-from .evaluation import detect_images, image_sources, validate
+from .evaluation import detect_images, image_sources, pseudo_labels, validate
 from .files import (count_images, default_hyp_path, image_files, load_data_yaml, load_hyp, resolve_hyp,
                     resolve_model_cfg)
 from .models import (build_model, checkpoint_model, copy_anchors, create_student, detect_head, detect_input_layers,
@@ -28,4 +28,4 @@ __all__ = [*_parts, "autoanchor", "build_model", "check_labels", "checkpoint_mod
            "load_data_yaml", "load_detection_checkpoint", "load_hyp", "load_model", "load_yolov5_checkpoint",
            "lr_lambda", "max_stride", "model_stats", "num_classes", "prepare_for_loss", "raw_head_outputs",
            "report_scan", "resolve_hyp", "resolve_model_cfg", "reweight_images", "validate", "warmup_iterations",
-           "warm_up", "random_rescale", "strip_checkpoint"]
+           "warm_up", "random_rescale", "strip_checkpoint", "pseudo_labels"]

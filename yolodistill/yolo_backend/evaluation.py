@@ -87,3 +87,21 @@ def detect_images(model: nn.Module, files: Sequence[Path], *, imgsz: int, device
             (save_dir / "labels" / f"{f.stem}.txt").write_text("".join(line + "\n" for line in lines))
         summary.append({"image": str(f), "detections": len(lines)})
     return summary
+
+
+@torch.no_grad()
+def pseudo_labels(model: nn.Module, imgs: torch.Tensor, *, conf_thres: float, iou_thres: float = 0.45,
+                  first_index: int = 0, max_det: int = 300) -> torch.Tensor:
+    """A detector's boxes after NMS as training targets (N, 6): image (first_index + its place in `imgs`),
+    class, x, y, w, h normalised to the image, as yolov5's dataloader gives labels. `model` in eval mode."""
+    p = next(model.parameters())
+    pred = model(imgs.to(p.dtype))[0]
+    h, w = imgs.shape[2:]
+    gain = torch.tensor([w, h, w, h], device=imgs.device, dtype=torch.float32)
+    rows = []
+    for j, det in enumerate(non_max_suppression(pred.float(), conf_thres, iou_thres, max_det=max_det)):
+        if len(det):
+            xywh = xyxy2xywh(det[:, :4].float()) / gain
+            index = torch.full((len(det), 1), float(first_index + j), device=imgs.device)
+            rows.append(torch.cat([index, det[:, 5:6].float(), xywh], 1))
+    return torch.cat(rows) if rows else torch.zeros((0, 6), device=imgs.device)
