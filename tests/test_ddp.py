@@ -216,3 +216,24 @@ def test_a_rank_that_joined_a_group_exits_without_teardown_and_keeps_its_output(
     assert (rank.returncode, rank.stdout, rank.stderr) == (3, "saved", "logged")
     plain = subprocess.run([sys.executable, "-c", code.format(joined=False)], capture_output=True, text=True)
     assert (plain.returncode, plain.stdout) == (3, "savedteardown\n")  # a plain process ends as usual
+
+
+def test_unlabeled_images_are_sharded_and_mixed_per_rank(tiny_data, teacher_weights, tmp_path):
+    """--unlabeled under torchrun: each rank takes its shard of both kinds, the ratio holds per rank, and the
+    counts in results.csv are over all ranks."""
+    pool = tiny_data.parent / "images" / "train"  # the labeled images, as a pool: copied so they are not labeled
+    unlabeled = tmp_path / "pool"
+    shutil.copytree(pool, unlabeled)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "YOLOv5_VERBOSE": "False"}
+    args = ["train", "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights", str(teacher_weights),
+            "--d_output", "--imgsz", str(IMGSZ), "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--device", "cpu", "--project", str(tmp_path), "--name", "u", "--noplots", "--noautoanchor",
+            "--unlabeled", str(unlabeled), "--unlabeled-ratio", "0.5"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "yolodistill", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unlabeled: 24 images, 2 in every batch beside 4 labeled" in proc.stderr + proc.stdout
+    row = {k.strip(): float(v) for k, v in next(csv.DictReader(open(tmp_path / "u" / "results.csv"))).items()}
+    # 24 labeled images: 3 batches of 4 on each rank, each with 2 unlabeled beside them
+    assert (row["x/labeled_images"], row["x/unlabeled_images"]) == (24, 12)

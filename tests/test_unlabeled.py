@@ -169,3 +169,17 @@ def test_an_interrupted_run_with_unlabeled_images_resumes(tiny_data, teacher_wei
     assert main(["train", "--resume", str(tmp_path / "r" / "weights" / "last.pt")]) == 0
     rows = read_results(tmp_path / "r" / "results.csv")
     assert [(r["epoch"], r["x/unlabeled_images"]) for r in rows] == [(0, 24), (1, 24)]
+
+
+def test_unreadable_unlabeled_images_are_skipped_with_a_count(caplog, tiny_data, teacher_weights, pool, tmp_path):
+    import logging
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(pool, folder)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "junk.jpg").write_bytes(b"not an image at all")
+    caplog.set_level(logging.WARNING, logger="yolodistill")
+    assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
+                 "--unlabeled", str(folder), "--epochs", "1", "--project", str(tmp_path), "--name", "m"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unlabeled: WARNING: skipped")]
+    assert len(warned) == 1 and "skipped 2 of 12 images" in warned[0] and "using the other 10" in warned[0]
