@@ -117,7 +117,7 @@ def _save(store: Path, results: dict) -> None:
 
 def _run_dir(name: str) -> str:
     return (name.replace(" -> ", "_to_").replace(" + ", "_").replace(", ", "_").replace("'", "")
-            .replace(" ", "_"))
+            .replace(":", "").replace(" ", "_"))
 
 
 def distill_options(run: Run, plan: quickstart.Plan) -> dict:

@@ -1,0 +1,236 @@
+"""What unlabeled images buy a detection student: 10% of the labels, the other 90% as unlabeled images.
+
+    python benchmarks/unlabeled_gain.py --seeds 0 1 2 --out runs/unlabeled_gain --kd-gain runs/kd_gain \
+        --budget-minutes 140
+
+Plan `benchmark` of cfg/quickstart.yaml and its data (seed by seed, as benchmarks/kd_gain.py makes them). The
+teacher is kd_gain's yolov5s, trained on all the labels, and so is the line to reach, kd_gain's yolov5n
+trained alone on all of them (both are trained here first if kd_gain has not). The yolov5n students here see
+10% of the labeled images, each copied 10 times so that an epoch has as many steps as one over all the labels,
+and the other 90% as `--unlabeled` images (one beside each labeled image in every batch):
+
+- 10% labels alone; 10% labels distilled (the plan's setting, no unlabeled images);
+- + unlabeled, soft: the plan's distillation terms on the unlabeled images too;
+- + unlabeled, pseudo-labels: the teacher's boxes above --conf as their targets, no soft terms;
+- + unlabeled, soft + pseudo-labels;
+- domain shift: the unlabeled images from the other style (`data synth --style textured`), soft terms.
+
+Each row gets mean ± sd over the seeds, the gain over the 10%-label student, and the share of the way from it
+to the 100%-label student; OUT/curves.png plots val mAP per epoch. Finished runs are kept in
+OUT/results.json; an interrupted run resumes from its last.pt; --budget-minutes stops before a run that would
+not fit, and the same command goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kd_gain  # noqa: E402  (the benchmark's runs and helpers)
+
+from yolodistill import quickstart  # noqa: E402
+from yolodistill import yolo_backend as yb  # noqa: E402
+from yolodistill.run_logger import read_results  # noqa: E402
+from yolodistill.synth import generate  # noqa: E402
+
+LOGGER = logging.getLogger("yolodistill")
+REPEAT = 10  # the 10% labeled images are copied this often: an epoch as long as one over all the labels
+
+# label -> (unlabeled images: None, "rest" or "textured"; TrainOptions beyond the plan's sizes, or "plan" for
+# the plan's distillation setting)
+ROWS: dict[str, tuple[Optional[str], object]] = {
+    "10% labels alone": (None, {}),
+    "10% labels, distilled": (None, "plan"),
+    "+ unlabeled, soft": ("rest", "plan"),
+    "+ unlabeled, pseudo-labels": ("rest", "pseudo"),
+    "+ unlabeled, soft + pseudo-labels": ("rest", "plan+pseudo"),
+    "domain shift: textured unlabeled, soft": ("textured", "plan"),
+}
+BASE_LOW, BASE_FULL, TEACHER = "10% labels alone", "yolov5n alone", "teacher yolov5s"
+
+
+def few_labels(root: Path, data_yaml: Path, fraction: float) -> tuple[Path, Path]:
+    """The dataset yaml of `fraction` of the training images (each copied REPEAT times, labels too), and the
+    list of the other training images (as unlabeled). The first images by name: the generator draws every
+    image independently, so they are a random subset."""
+    out = root / "few"
+    done = out / ".complete"
+    images = sorted((data_yaml.parent / "images" / "train").iterdir())
+    n = max(1, round(fraction * len(images)))
+    rest = out / "unlabeled.txt"
+    if not done.is_file():
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "images").mkdir(parents=True)
+        (out / "labels").mkdir()
+        for img in images[:n]:
+            label = data_yaml.parent / "labels" / "train" / f"{img.stem}.txt"
+            for k in range(REPEAT):
+                shutil.copy(img, out / "images" / f"{img.stem}_{k}{img.suffix}")
+                shutil.copy(label, out / "labels" / f"{img.stem}_{k}.txt")
+        rest.write_text("".join(f"{p.resolve()}\n" for p in images[n:]))
+        val = (data_yaml.parent / "images" / "val").resolve()
+        names = list(yb.load_data_yaml(data_yaml)["names"].values())
+        (out / "data.yaml").write_text(f"path: {out.resolve()}\ntrain: images\nval: {val}\nnc: {len(names)}\n"
+                                       f"names: {names}\n")
+        done.write_text(f"{n}\n")
+    return out / "data.yaml", rest
+
+
+def textured_pool(root: Path, n: int, plan: quickstart.Plan) -> Path:
+    """n images of the other style (labels written by the generator are ignored by --unlabeled)."""
+    folder = root / "textured"
+    if not (folder / ".complete").is_file():
+        if folder.exists():
+            shutil.rmtree(folder)
+        generate(folder, n_train=n, n_val=1, imgsz=plan.imgsz, seed=plan.seed + 1000, difficulty=plan.difficulty,
+                 style="textured", progress=False)
+        (folder / ".complete").write_text(f"{n}\n")
+    return folder / "images" / "train"
+
+
+def options(kind: object, plan: quickstart.Plan, conf: float) -> dict:
+    if kind == "plan":
+        return plan.distill_options()
+    if kind == "pseudo":  # the teacher's boxes only: the output term is on but weighs nothing
+        return dict(d_output=True, d_weight=0.0, pseudo_labels=conf)
+    if kind == "plan+pseudo":
+        return dict(plan.distill_options(), pseudo_labels=conf)
+    return dict(kind)
+
+
+def run_all(args, plan: quickstart.Plan, results: dict, store: Path, minutes: Optional[float]) -> bool:
+    budget = kd_gain.Budget(minutes, results)
+    for label in (r for r in ROWS if r in args.rows):
+        unlabeled, kind = ROWS[label]
+        for seed in args.seeds:
+            splan = replace(plan, seed=seed)
+            done = results.setdefault(str(seed), {})
+            if label in done:
+                continue
+            reference = json.loads((Path(args.kd_gain) / "results.json").read_text())[str(seed)]
+            run_kind = f"yolov5n {'distilled' if kind != {} else 'alone'}{' + unlabeled' if unlabeled else ''}"
+            if not budget.allows(run_kind):
+                return False
+            root = Path(args.out) / f"seed{seed}"
+            data = quickstart.prepare_data(Path(args.kd_gain) / f"seed{seed}", splan)
+            few, rest = few_labels(root, data, args.fraction)
+            extra = options(kind, splan, args.conf)
+            if kind != {}:
+                extra["t_weights"] = kd_gain._best(reference[TEACHER])
+            if unlabeled == "rest":
+                extra["unlabeled"] = [str(rest)]
+            elif unlabeled == "textured":
+                n = len(rest.read_text().splitlines())
+                extra["unlabeled"] = [str(textured_pool(root, n, splan))]
+            t0 = time.time()
+            r = quickstart.train_or_resume(root, kd_gain._run_dir(label.replace("%", "pct")), splan, few, "cpu",
+                                           cfg=plan.student_cfg, epochs=splan.student_epochs, **extra)
+            done[label] = {"map": r[kd_gain.MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60,
+                           "kind": run_kind, "save_dir": r["save_dir"]}
+            kd_gain._save(store, results)
+    return True
+
+
+def report(results: dict, reference: dict, seeds: list[int], title: str) -> str:
+    def per_seed(label: str) -> dict[int, float]:
+        source = reference if label in (BASE_FULL, TEACHER) else results
+        return {s: source[str(s)][label]["map"] for s in seeds if label in source.get(str(s), {})}
+
+    low, full = per_seed(BASE_LOW), per_seed(BASE_FULL)
+    lines = [title, "", "| run | seeds | mAP50-95 (mean ± sd) | gain over 10% labels alone, points | "
+             "share of the way to 100% labels |", "| --- | --- | --- | --- | --- |"]
+    for label in [TEACHER, BASE_FULL, *ROWS]:
+        got = per_seed(label)
+        if not got:
+            continue
+        gain = share = ""
+        if label in ROWS and label != BASE_LOW:
+            both = [s for s in got if s in low and s in full]
+            gain = kd_gain._mean_sd([got[s] - low[s] for s in both], 100, "+.1f")
+            shares = [(got[s] - low[s]) / (full[s] - low[s]) for s in both if full[s] - low[s] >= kd_gain.MIN_GAP]
+            share = (f"{100 * statistics.mean(shares):.0f}% (per seed: "
+                     f"{', '.join(f'{100 * x:.0f}%' for x in shares)})") if shares else "-"
+        name = {BASE_FULL: "100% labels alone (kd_gain)", TEACHER: "teacher yolov5s, 100% labels (kd_gain)"}
+        lines.append(f"| {name.get(label, label)} | {len(got)} | {kd_gain._mean_sd(list(got.values()))} | {gain} | "
+                     f"{share} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict, out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), tight_layout=True)
+    for i, label in enumerate(ROWS):
+        for j, seed in enumerate(sorted(results)):
+            if label in results[seed]:
+                rows = read_results(Path(results[seed][label]["save_dir"]) / "results.csv")
+                ax.plot([r[kd_gain.MAP] for r in rows], color=f"C{i}", lw=1, label=label if j == 0 else None)
+    ax.set(xlabel="epoch", ylabel="val mAP50-95", title="unlabeled_gain: every run, every seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = out / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/unlabeled_gain")
+    ap.add_argument("--kd-gain", default="runs/kd_gain", help="kd_gain's OUT: its teacher and 100%% student")
+    ap.add_argument("--plan", default="benchmark", help="a plan of cfg/quickstart.yaml (kd_gain's)")
+    ap.add_argument("--fraction", type=float, default=0.1, help="share of the training images that keep labels")
+    ap.add_argument("--conf", type=float, default=0.25, help="--pseudo-labels threshold of the pseudo-label rows")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    yb.set_yolov5_verbosity(False)
+
+    plan = quickstart.Plan.named(args.plan)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = kd_gain._stamp(out / "plan.json", plan)
+    t0 = time.time()
+    # the teacher and the 100%-label student: kd_gain's runs, trained there first if missing
+    Path(args.kd_gain).mkdir(parents=True, exist_ok=True)
+    kd_gain._stamp(Path(args.kd_gain) / "plan.json", plan)
+    kd_args = argparse.Namespace(seeds=args.seeds, out=args.kd_gain, rows=[TEACHER, BASE_FULL],
+                                 budget_minutes=args.budget_minutes)
+    kd_results_path = Path(args.kd_gain) / "results.json"
+    kd_results = json.loads(kd_results_path.read_text()) if kd_results_path.exists() else {}
+    finished = kd_gain.run_all(kd_args, {False: plan, True: quickstart.Plan.named("finetune")}, kd_results,
+                               kd_results_path)
+    store = out / "results.json"
+    results: dict = json.loads(store.read_text()) if store.exists() else {}
+    if finished:
+        left = None if args.budget_minutes is None else args.budget_minutes - (time.time() - t0) / 60
+        finished = run_all(args, plan, results, store, left)
+    title = (f"# unlabeled_gain, {date.today()}\n\nplan {args.plan}: {sizes}; labeled fraction {args.fraction:g} "
+             f"(each copied {REPEAT}x); pseudo-label confidence {args.conf:g}")
+    text = report(results, kd_results, args.seeds, title)
+    if results:
+        text += f"\nplot: {plot_curves(results, out)}\n"
+    if not finished:
+        text += (f"\nStopped by --budget-minutes {args.budget_minutes:g} before the next run; the same command "
+                 f"goes on.\n")
+    (out / "report.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
