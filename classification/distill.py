@@ -4,6 +4,7 @@ optionally with feature KD, and unlabeled folders that get the distillation term
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -13,8 +14,10 @@ from torch.utils.data import ConcatDataset
 
 from yolodistill.config import LayerPair, parse_layer_pairs
 from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
+from yolodistill.engine import endless_batches
 from yolodistill.errors import UserError
-from .data import ImageDataset, LabeledFolder, list_images, readable
+from yolodistill.image_lists import image_files
+from .data import IMAGE_SUFFIXES, ImageDataset, LabeledFolder, list_images, readable
 from .losses import labeled_cross_entropy, soft_targets
 from .models import last_feature_layer
 from .trainer import ClassifyTrainer
@@ -43,15 +46,40 @@ class KDTrainer(ClassifyTrainer):
             if o.feature_layers:
                 raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
             self.store = self.open_logits_store(o.teacher_store)
-        sets = [self.labeled_dataset(self.train_folder, train=True)]
-        for folder in o.unlabeled:
-            root = Path(folder)
-            keys = readable(root, list_images(root), "unlabeled folder")
-            sets.append(ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys)))
-        self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
+        labeled = self.labeled_dataset(self.train_folder, train=True)
+        unlabeled = [self.unlabeled_dataset(spec) for spec in o.unlabeled]
+        self.unlabeled_loader = None
+        if o.unlabeled_ratio < 0:
+            raise UserError(f"--unlabeled-ratio must be positive (or 0: one dataset), got {o.unlabeled_ratio}")
+        if unlabeled and o.unlabeled_ratio > 0:  # a fixed share of every batch, from a stream of their own
+            n = max(1, round(o.unlabeled_ratio * self.batch_size))
+            self.unlabeled_loader = self.loader(ConcatDataset(unlabeled), train=True, batch_size=n)
+            self.train_set = labeled
+        else:  # one dataset: each unlabeled image once an epoch, shuffled among the labeled ones
+            self.train_set = ConcatDataset([labeled, *unlabeled]) if unlabeled else labeled
         self.train_loader = self.loader(self.train_set, train=True)
-        if o.unlabeled:
-            LOGGER.info(f"+ {len(self.train_set) - len(sets[0])} unlabeled images (distillation term only)")
+        if unlabeled:
+            count = sum(len(u) for u in unlabeled)
+            mix = (f"{self.unlabeled_loader.batch_size} in every batch" if self.unlabeled_loader
+                   else "shuffled among the labeled ones")
+            LOGGER.info(f"+ {count} unlabeled images, {mix} (distillation term only)")
+
+    def unlabeled_dataset(self, spec: str) -> ImageDataset:
+        """A folder (its images, as before), a .txt list or a glob of images without labels."""
+        if Path(spec).is_dir():
+            root, keys = Path(spec), list_images(spec)
+        else:
+            files = image_files([spec], "--unlabeled", suffixes=[x.lstrip(".") for x in IMAGE_SUFFIXES])
+            root = Path(os.path.commonpath([str(Path(f).parent) for f in files]))
+            keys = [Path(f).relative_to(root).as_posix() for f in files]
+        keys = readable(root, keys, "unlabeled images")
+        return ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys))
+
+    def extra_batches(self, epoch: int):
+        """The unlabeled stream beside every labeled batch (--unlabeled-ratio > 0)."""
+        if self.unlabeled_loader is None:
+            return None
+        return endless_batches(self.unlabeled_loader, self.opts.seed, epoch)
 
     def open_logits_store(self, path: str):
         from .store import TeacherStore

@@ -86,7 +86,10 @@ class ClassifyOptions(RunOptions):
                                 commands=("distill", "clip-distill"))
     alpha: float = option(0.9, "weight of the KD term; 1 - alpha weighs cross-entropy", group=KD,
                           commands=("distill",))
-    unlabeled: list = option([], "folders of unlabeled images (KD term only)", group=KD, commands=("distill",))
+    unlabeled: list = option([], "images without labels (folders, .txt lists or globs): KD term only", group=KD,
+                             commands=("distill",))
+    unlabeled_ratio: float = option(0.0, "unlabeled images per labeled image in every batch; 0: one dataset, each "
+                                         "unlabeled image once an epoch", group=KD, commands=("distill",))
     feature_layers: list = option([], "'auto' (deepest feature map of each) or student_layer:teacher_layer pairs",
                                   flags=("--d_layers",), group=KD, commands=("distill",), metavar="S:T")
     feature_loss: str = option("mse", "feature loss from the registry: mse, cwd, pkd, or a plugin", group=KD,
@@ -166,7 +169,11 @@ class ClassifyTrainer(Engine):
         self.open_run_logger([f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
         LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
 
-    def loader(self, dataset, *, train: bool) -> DataLoader:
+    def extra_batches(self, epoch: int):
+        """Batches to put beside each training batch (distill's unlabeled images), or None."""
+        return None
+
+    def loader(self, dataset, *, train: bool, batch_size: Optional[int] = None) -> DataLoader:
         g = torch.Generator()
         g.manual_seed(self.opts.seed)
         sampler = None
@@ -175,8 +182,10 @@ class ClassifyTrainer(Engine):
 
             sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                          shuffle=True, seed=self.opts.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None, sampler=sampler,
-                          drop_last=False, generator=g, num_workers=self.opts.workers,
+        # a stream beside the main batches (batch_size given) keeps its share exact: no short last batch
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=train and sampler is None,
+                          sampler=sampler, drop_last=batch_size is not None and len(dataset) >= batch_size,
+                          generator=g, num_workers=self.opts.workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=self.opts.workers > 0)
 
     def build_data(self) -> None:
@@ -259,7 +268,11 @@ class ClassifyTrainer(Engine):
             self.train_loader.sampler.set_epoch(epoch)
         bar = tqdm(self.train_loader, desc=f"{epoch + 1}/{self.opts.epochs}", unit="batch", leave=False,
                    bar_format="{l_bar}{bar:10}{r_bar}", disable=not self.main)
+        extra = self.extra_batches(epoch)
         for images, labels, rows in bar:
+            if extra is not None:  # unlabeled images beside the labeled ones (labels -1)
+                more = next(extra)
+                images, labels, rows = (torch.cat([a, b]) for a, b in zip((images, labels, rows), more))
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
             teacher_rows = self.teacher_rows(rows)
             terms = self.loss_terms(images, labels, teacher_rows)

@@ -21,6 +21,7 @@ TIERS = [
     # foundations: no knowledge of models or training
     ["yolodistill", "yolodistill.errors", "yolodistill.paths", "yolodistill.checkpoint", "yolodistill.run_logger",
      "yolodistill.synth", "yolodistill.losses.registry", "yolodistill.classification.digits",
+     "yolodistill.image_lists",
      "yolodistill.classification"],
     # what to distil, and where the process runs
     ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.train_options"],
@@ -28,13 +29,13 @@ TIERS = [
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
      "yolodistill.onnx_runtime", "yolodistill.classification.models", "yolodistill.classification.data",
      "yolodistill.classification.store", "yolodistill.classification.clip_teacher",
-     "yolodistill.classification.teachers", "yolodistill.students", "yolodistill.unlabeled"],
+     "yolodistill.classification.teachers", "yolodistill.students"],
     # losses: pure tensors
     ["yolodistill.losses", "yolodistill.classification.losses"],
     ["yolodistill.distiller"],
     ["yolodistill.engine"],
     # the tasks: training, inference
-    ["yolodistill.trainer", "yolodistill.inference", "yolodistill.classification.trainer",
+    ["yolodistill.trainer", "yolodistill.inference", "yolodistill.unlabeled", "yolodistill.classification.trainer",
      "yolodistill.classification.distill", "yolodistill.classification.clip_distill",
      "yolodistill.classification.predict", "yolodistill.classification.embed", "yolodistill.classification.filter"],
     # deployment reads what the tasks wrote

@@ -128,3 +128,27 @@ def test_ensemble_with_unlabeled_live_equals_store(shapes_data, shape_teachers, 
     for column in ("train/distill/kd", "train/ce", "metrics/accuracy_top1", "val/loss"):
         assert row_cached[column] == pytest.approx(row_live[column], rel=1e-3, abs=1e-5), column
     assert_same_training(cached.model.state_dict(), live.model.state_dict(), initial)
+
+
+def test_unlabeled_images_as_lists_and_globs_with_a_fixed_share_of_every_batch(shapes_data, shape_teachers,
+                                                                              tmp_path, monkeypatch):
+    """--unlabeled takes what detection's does (folders, .txt lists, globs); --unlabeled-ratio puts that many
+    unlabeled images beside every labeled batch (labels -1: the KD term only)."""
+    pool = sorted((shapes_data / "unlabeled").rglob("*.png"))
+    listing = tmp_path / "pool.txt"
+    listing.write_text("".join(f"{p}\n" for p in pool[:3]))
+    glob_spec = str(shapes_data / "unlabeled" / "**" / "*.png")
+    trainer = KDTrainer(_options(shapes_data, tmp_path, "ratio", teacher=[str(shape_teachers[0])],
+                                 unlabeled=[str(listing), glob_spec], unlabeled_ratio=0.5, augment=False)).setup()
+    assert len(trainer.train_set) == 3 * 8  # the labeled images alone: the unlabeled ones come as a stream
+    assert trainer.unlabeled_loader.batch_size == 4 and len(trainer.unlabeled_loader.dataset) == 3 + 6
+    seen = []
+    real = KDTrainer.loss_terms
+
+    def spy(self, images, labels, teacher_rows):
+        seen.append(((labels >= 0).sum().item(), (labels < 0).sum().item()))
+        return real(self, images, labels, teacher_rows)
+
+    monkeypatch.setattr(KDTrainer, "loss_terms", spy)
+    trainer.run()
+    assert seen == [(8, 4), (8, 4), (8, 4)]  # 24 labeled images in batches of 8, each with 4 unlabeled

@@ -17,6 +17,7 @@ import torch
 
 from . import yolo_backend as yb
 from .distributed import DistContext
+from .engine import endless_batches
 from .errors import UserError
 
 LOGGER = logging.getLogger("yolodistill")
@@ -77,12 +78,8 @@ class UnlabeledImages:
         --workers >= 1 their augmentation (seeded in the worker processes), depend only on the seed and the
         epoch, so a resumed run sees what the uninterrupted one would have; with --workers 0 the augmentation
         draws from the main process's generators."""
-        self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
-        if hasattr(self.loader.sampler, "set_epoch"):
-            self.loader.sampler.set_epoch(epoch)
-        while True:
-            for imgs, *_ in self.loader:
-                yield imgs
+        for imgs, *_ in endless_batches(self.loader, self.seed, epoch):
+            yield imgs
 
 
 def _write_listing(path: Path, files: Sequence[str], rank: int) -> Path:

@@ -120,25 +120,7 @@ def count_images(paths: Sequence[str]) -> int:
 
 
 def image_files(specs: Sequence[str], what: str) -> list[str]:
-    """Absolute paths of the images that `specs` name: folders (recursively), .txt lists (one path a line,
-    relative to the list's folder), globs, or image files. A spec that names nothing is a UserError."""
-    import glob
+    """Absolute paths of the images (yolov5's formats) that folders, .txt lists, globs or files name."""
+    from ..image_lists import image_files as listed
 
-    files: list[str] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = [str(f) for f in sorted(p.rglob("*")) if f.suffix[1:].lower() in IMG_FORMATS]
-        elif p.is_file() and p.suffix == ".txt":
-            lines = [line.strip() for line in p.read_text(errors="ignore").splitlines() if line.strip()]
-            found = [str(f if Path(f).is_absolute() else p.parent / f) for f in lines]
-        elif p.is_file():
-            found = [str(p)] if p.suffix[1:].lower() in IMG_FORMATS else []
-        elif any(c in spec for c in "*?["):
-            found = sorted(f for f in glob.glob(spec, recursive=True) if f.split(".")[-1].lower() in IMG_FORMATS)
-        else:
-            raise UserError(f"{what} {spec} does not exist")
-        if not found:
-            raise UserError(f"{what} {spec}: no images found")
-        files += [str(Path(f).resolve()) for f in found]
-    return list(dict.fromkeys(files))
+    return listed(specs, what, suffixes=IMG_FORMATS)
