@@ -262,6 +262,17 @@ def plot_curves(results: dict, out: Path) -> Path:
     return path
 
 
+def write_report(out: Path, text: str, plot: Optional[Path], stopped_at: Optional[float]) -> None:
+    """OUT/report.md (and the screen): the table, the plot, and how to go on if the budget stopped the run."""
+    if plot is not None:
+        text += f"\nplot: {plot}\n"
+    if stopped_at is not None:
+        text += (f"\nStopped by --budget-minutes {stopped_at:g} before the next run; the same command goes on "
+                 f"from {out / 'results.json'}.\n")
+    (out / "report.md").write_text(text)
+    print(text)
+
+
 def _stamp(path: Path, plan: quickstart.Plan) -> dict:
     """The plan's sizes (not its seed), written to `path`; refuses a folder that holds runs of another plan."""
     sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
@@ -301,14 +312,8 @@ def main() -> None:
     finished = run_all(args, {False: plan, True: target}, results, store)
     title = (f"# kd_gain, {date.today()}\n\nplan {args.plan}: {sizes}\n\nfine-tuning plan {args.finetune_plan}: "
              f"{target_sizes}")
-    text = report(results, args.seeds, title, plan)
-    if results:
-        text += f"\nplot: {plot_curves(results, out)}\n"
-    if not finished:
-        text += (f"\nStopped by --budget-minutes {args.budget_minutes:g} before the next run; the same command "
-                 f"goes on from {store}.\n")
-    (out / "report.md").write_text(text)
-    print(text)
+    write_report(out, report(results, args.seeds, title, plan), plot_curves(results, out) if results else None,
+                 None if finished else args.budget_minutes)
 
 
 if __name__ == "__main__":

@@ -222,14 +222,8 @@ def main() -> None:
         finished = run_all(args, plan, results, store, left)
     title = (f"# unlabeled_gain, {date.today()}\n\nplan {args.plan}: {sizes}; labeled fraction {args.fraction:g} "
              f"(each copied {REPEAT}x); pseudo-label confidence {args.conf:g}")
-    text = report(results, kd_results, args.seeds, title)
-    if results:
-        text += f"\nplot: {plot_curves(results, out)}\n"
-    if not finished:
-        text += (f"\nStopped by --budget-minutes {args.budget_minutes:g} before the next run; the same command "
-                 f"goes on.\n")
-    (out / "report.md").write_text(text)
-    print(text)
+    kd_gain.write_report(out, report(results, kd_results, args.seeds, title),
+                         plot_curves(results, out) if results else None, None if finished else args.budget_minutes)
 
 
 if __name__ == "__main__":
