@@ -39,7 +39,7 @@ def _load_clip(args):
 def _options(args: argparse.Namespace, *required: str):
     """The run's options; with --resume only the checkpoint's count, so the flags a new run needs are optional."""
     from yolodistill.errors import UserError
-    from .trainer import ClassifyOptions
+    from .options import ClassifyOptions
 
     if args.resume:
         return ClassifyOptions(resume=args.resume, project=args.project)
@@ -63,7 +63,7 @@ def add_classify(sub: argparse._SubParsersAction) -> None:
 
 def _add_training(cs: argparse._SubParsersAction) -> None:
     """train, distill, clip-distill: their flags are ClassifyOptions' fields."""
-    from .trainer import ClassifyOptions
+    from .options import ClassifyOptions
 
     t = cs.add_parser("train", help="train a teacher or a baseline student from labels")
     add_options(t, ClassifyOptions, command="train")

@@ -24,7 +24,8 @@ TIERS = [
      "yolodistill.image_lists",
      "yolodistill.classification"],
     # what to distil, and where the process runs
-    ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.train_options"],
+    ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.train_options",
+     "yolodistill.classification.options"],
     # models, hooks and adapters, data, compression, runtimes
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
      "yolodistill.onnx_runtime", "yolodistill.classification.models", "yolodistill.classification.data",
@@ -165,3 +166,15 @@ def test_every_public_name_resolves():
     for package in (yolodistill, classification):
         for name in package.__all__:
             assert getattr(package, name) is not None, (package.__name__, name)
+
+
+def test_the_command_line_parser_imports_no_torch():
+    """`yolodistill --help` and a typo's usage line come at once: torch, yolov5 and timm load only once a
+    subcommand runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from yolodistill.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'yolov5', 'timm', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -136,9 +136,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
     flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
     flag(s, "--seed", type=int, default=0, help="random seed")
-    from .synth import STYLES
-
-    flag(s, "--style", choices=STYLES, default="flat",
+    flag(s, "--style", default="flat",  # checked by synth.generate: importing synth here would load cv2
           help="the look: flat (gradients, saturated fills) or textured (brick/grain/speckle under uneven "
                "light, pale outlined shapes with shadows): a second domain for fine-tuning")
     flag(s, "--difficulty", type=float, default=1.0,
