@@ -302,3 +302,15 @@ def test_save_into_read_only_directory(tmp_path):
         assert_one_line(err, str(folder / "last.pt"), "ermission")
     finally:
         folder.chmod(0o700)
+
+
+def test_a_resumed_run_keeps_its_results_csv_column_order(tmp_path):
+    """A run started by a version that ordered the columns otherwise goes on in its file's order."""
+    from yolodistill.run_logger import RunLogger, read_results
+
+    old = RunLogger(tmp_path, ["train/a", "train/b", "metrics/m"], tensorboard=False)
+    old.log(0, {"train/a": 1.0, "train/b": 2.0, "metrics/m": 3.0})
+    resumed = RunLogger(tmp_path, ["train/a", "metrics/m", "train/b"], tensorboard=False)
+    resumed.log(1, {"train/a": 4.0, "train/b": 5.0, "metrics/m": 6.0})
+    assert [(r["train/a"], r["train/b"], r["metrics/m"]) for r in read_results(tmp_path / "results.csv")] == \
+        [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)]

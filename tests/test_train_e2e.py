@@ -94,6 +94,11 @@ def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_p
         assert torch.equal(restored["adapters"][k], v)
     rows = read_results(feat_dir / "results.csv")
     assert [r["epoch"] for r in rows] == [0, 1]
+    # yolov5's 14 columns first, in its order (its plot_results reads them by position), then ours
+    header = [c.strip() for c in (feat_dir / "results.csv").read_text().splitlines()[0].split(",")]
+    assert header == ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
+                      "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
+                      "val/cls_loss", "x/lr0", "x/lr1", "x/lr2", "train/distill/output", "train/distill/feature"]
     assert all(r["train/distill/feature"] > 0 and r["train/distill/output"] > 0 for r in rows)
     for name in ("best.pt", "last.pt"):
         _assert_plain_student(feat_dir / "weights" / name)
@@ -121,7 +126,16 @@ def test_val_and_detect_commands(teacher_weights, tiny_data, tmp_path):
                  "--name", "d"]) == 0
     saved = sorted((tmp_path / "d").glob("*.png"))
     assert len(saved) == len(list(images.glob("*.png")))
-    assert len(list((tmp_path / "d" / "labels").glob("*.txt"))) == len(saved)
+    labels = sorted((tmp_path / "d" / "labels").glob("*.txt"))
+    assert len(labels) == len(saved)
+    # yolov5's label files: class x y w h, reusable as labels; the confidence only with --save-conf
+    rows = [line.split() for f in labels for line in f.read_text().splitlines()]
+    assert rows and all(len(r) == 5 for r in rows)
+    assert main(["detect", "--weights", str(teacher_weights), "--source", str(images), "--imgsz", str(IMGSZ),
+                 "--device", "cpu", "--conf-thres", "0.0", "--save-txt", "--save-conf", "--nosave",
+                 "--project", str(tmp_path), "--name", "c"]) == 0
+    rows = [line.split() for f in (tmp_path / "c" / "labels").glob("*.txt") for line in f.read_text().splitlines()]
+    assert rows and all(len(r) == 6 for r in rows)
 
 
 def test_train_py_options_run(tiny_data, tmp_path):

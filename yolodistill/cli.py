@@ -81,7 +81,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="detect objects in images with a checkpoint (yolov5 detect)")
     _add_inference(p, inputs=("--source", "image file, folder, glob or .txt list"), conf=0.25, iou=0.45)
     flag(p, "--max-det", type=int, default=1000, help="maximum detections per image")
-    flag(p, "--save-txt", action="store_true", help="save results to *.txt (YOLO format + conf)")
+    flag(p, "--save-txt", action="store_true", help="save results to *.txt (YOLO format: class x y w h)")
+    flag(p, "--save-conf", action="store_true", help="save confidences in --save-txt labels")
     flag(p, "--nosave", action="store_true", help="do not save annotated images")
     flag(p, "--line-thickness", type=int, default=2, help="bounding box thickness (pixels)")
     add_shared(p, device="", project="runs/detect", name="exp", exist_ok=False, trust_checkpoint=False)
@@ -93,8 +94,8 @@ def _run_detect(args: argparse.Namespace) -> None:
 
     detect(args.weights, args.source, imgsz=args.imgsz, device=args.device, conf_thres=args.conf_thres,
            iou_thres=args.iou_thres, max_det=args.max_det, project=args.project, name=args.name,
-           exist_ok=args.exist_ok, save_txt=args.save_txt, nosave=args.nosave, line_width=args.line_thickness,
-           trust=args.trust_checkpoint)
+           exist_ok=args.exist_ok, save_txt=args.save_txt, save_conf=args.save_conf, nosave=args.nosave,
+           line_width=args.line_thickness, trust=args.trust_checkpoint)
 
 
 QUICKSTART_DOC = ("Generate the synthetic dataset, train a yolov5s teacher (cached), a yolov5n student alone and a "

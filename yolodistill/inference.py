@@ -60,7 +60,8 @@ def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, devi
 
 def detect(weights: str, source: str, *, imgsz: int = 640, device: str = "", conf_thres: float = 0.25,
            iou_thres: float = 0.45, max_det: int = 1000, project: str = "runs/detect", name: str = "exp",
-           exist_ok: bool = False, save_txt: bool = False, nosave: bool = False, line_width: int = 2,
+           exist_ok: bool = False, save_txt: bool = False, save_conf: bool = False, nosave: bool = False,
+           line_width: int = 2,
            trust: bool = False) -> dict:
     """Detect objects in images; saves annotated copies (and YOLO-format txt labels with --save-txt)."""
     if str(weights).endswith(".onnx"):
@@ -71,7 +72,8 @@ def detect(weights: str, source: str, *, imgsz: int = 640, device: str = "", con
     size = yb.check_img_size(imgsz, yb.max_stride(model))
     save_dir = increment_dir(Path(project) / name, exist_ok)
     summary = yb.detect_images(model, files, imgsz=size, device=dev, save_dir=save_dir, conf_thres=conf_thres,
-                               iou_thres=iou_thres, max_det=max_det, save_txt=save_txt, save_img=not nosave,
+                               iou_thres=iou_thres, max_det=max_det, save_txt=save_txt, save_conf=save_conf,
+                               save_img=not nosave,
                                line_width=line_width)
     total = sum(s["detections"] for s in summary)
     LOGGER.info(f"{len(summary)} images, {total} detections; results saved to {save_dir}")

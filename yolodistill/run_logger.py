@@ -22,6 +22,11 @@ class RunLogger:
         self.save_dir = Path(save_dir)
         self.columns = list(columns)
         self.csv_path = self.save_dir / RESULTS_CSV
+        lines = self.csv_path.read_text().splitlines() if self.csv_path.is_file() else []
+        if lines:  # a resumed run keeps its file's column order (an older version's, maybe)
+            header = [c.strip() for c in lines[0].split(",")][1:]
+            if set(header) == set(self.columns):
+                self.columns = header
         self._tb = None
         if tensorboard:
             try:

@@ -192,8 +192,11 @@ class DistillTrainer(Engine):
         self.scheduler.last_epoch = self.start_epoch - 1
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.stopper = yb.EarlyStopping(patience=opt.patience)
-        columns = [f"train/{n}" for n in self.names] + list(METRIC_COLUMNS) + \
-                  [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))] + \
+        # yolov5's columns first, in its order (its plot_results and users' scripts read them by position), then
+        # the distillation terms and the unlabeled images' counts
+        task = [f"train/{n}" for n in self.names if n in TASK_TERMS]
+        columns = task + list(METRIC_COLUMNS) + [f"x/lr{i}" for i in range(len(self.optimizer.param_groups))] + \
+                  [f"train/{n}" for n in self.names if n not in TASK_TERMS] + \
                   (["x/labeled_images", "x/unlabeled_images"] if self.unlabeled else []) + \
                   (["x/pseudo_boxes"] if self.unlabeled and opt.pseudo_labels > 0 else [])
         self.open_run_logger(columns, self._opt_dict())

@@ -52,7 +52,7 @@ def image_sources(source: str | Path) -> list[Path]:
 @torch.no_grad()
 def detect_images(model: nn.Module, files: Sequence[Path], *, imgsz: int, device: torch.device, save_dir: Path,
                   conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000, save_txt: bool = False,
-                  save_img: bool = True, line_width: int = 2) -> list[dict]:
+                  save_conf: bool = False, save_img: bool = True, line_width: int = 2) -> list[dict]:
     """Run detection on image files; draws boxes with OpenCV (no font download) and returns per-image counts."""
     import cv2
     from yolov5.utils.augmentations import letterbox
@@ -80,7 +80,8 @@ def detect_images(model: nn.Module, files: Sequence[Path], *, imgsz: int, device
             annotator.box_label(xyxy, f"{names[c]} {conf:.2f}", color=colors(c, True))
             gn = torch.tensor(im0.shape)[[1, 0, 1, 0]]
             xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
-            lines.append(("%g " * 6).rstrip() % (c, *xywh, conf))
+            row = (c, *xywh, conf) if save_conf else (c, *xywh)  # yolov5: the confidence only with --save-conf
+            lines.append(("%g " * len(row)).rstrip() % row)
         if save_img:
             cv2.imwrite(str(save_dir / f.name), annotator.result())
         if save_txt:
