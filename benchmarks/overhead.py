@@ -1,6 +1,7 @@
 """Time per training step: plain student, teacher inference alone, and distillation, side by side in one run.
 
     python benchmarks/overhead.py --imgsz 160 --batch-size 16 --steps 20
+    python benchmarks/overhead.py --device 0 --imgsz 640 --batch-size 32   # CUDA: AMP steps, FP16 teacher
 
 The three measurements are interleaved step by step on the same batches (from the embedded
 synthetic dataset, yolov5's mosaic dataloader), so machine noise hits them alike. The printed
@@ -28,14 +29,19 @@ from yolodistill.trainer import DistillTrainer, TrainOptions
 
 def _trainer(data: Path, project: Path, name: str, args, **distill) -> DistillTrainer:
     opts = TrainOptions(data=str(data), cfg=args.student, imgsz=args.imgsz, batch_size=args.batch_size, workers=0,
-                        device="cpu", project=str(project), name=name, noautoanchor=True, noplots=True,
+                        device=args.device, project=str(project), name=name, noautoanchor=True, noplots=True,
                         epochs=1, **distill)
     return DistillTrainer(opts).setup()
 
 
-def _timed(fn) -> float:
+def _timed(fn, cuda: bool) -> float:
+    """Wall time of fn(); on CUDA after the queued kernels finished (they run asynchronously)."""
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -49,6 +55,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="yolov5s.yaml")
     ap.add_argument("--feature-loss", default="mse")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0 (AMP steps, FP16 teacher)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,17 +75,18 @@ def main() -> None:
         distil.distiller.attach()
         batches = []
         for imgs, targets, _, _ in plain.train_loader:
-            batches.append((imgs.float() / 255, targets))
+            batches.append((imgs.to(plain.device).float() / 255, targets.to(plain.device)))
             if len(batches) == 4:
                 break
 
+        cuda = plain.device.type == "cuda"
         times = {"student": [], "teacher": [], "distill": []}
         for step in range(args.warmup + args.steps):
             imgs, targets = batches[step % len(batches)]
             # Same step index for both trainers: warmup LR/accumulation logic is identical.
-            t_student = _timed(lambda: plain.training_step(imgs, targets, step))
-            t_teacher = _timed(lambda: distil.teacher(imgs))
-            t_distill = _timed(lambda: distil.training_step(imgs, targets, step))
+            t_student = _timed(lambda: plain.training_step(imgs, targets, step), cuda)
+            t_teacher = _timed(lambda: distil.teacher(imgs), cuda)
+            t_distill = _timed(lambda: distil.training_step(imgs, targets, step), cuda)
             if step >= args.warmup:
                 times["student"].append(t_student)
                 times["teacher"].append(t_teacher)
@@ -87,8 +95,9 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["distill"] / (med["student"] + med["teacher"])
-    print(f"# overhead, {date.today()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    where = (f"{torch.cuda.get_device_name()}, AMP steps, FP16 teacher" if args.device != "cpu" else
+             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"# overhead, {date.today()}, {where}, torch {torch.__version__}")
     print(f"student {args.student}, teacher {args.teacher}, imgsz {args.imgsz}, batch {args.batch_size}, "
           f"{args.steps} steps (median s/step)")
     print(f"{'plain student step':<28}{med['student']:.3f}")

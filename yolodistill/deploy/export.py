@@ -4,10 +4,12 @@ then optionally to a TensorRT engine. Files land beside the weights, named like 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..errors import UserError
+from .engine_parity import check_built_engine
 from .onnx_export import MIN_OPSET, export_onnx
 from .student import INPUT_NAME, load_deployable
 
@@ -44,7 +46,7 @@ def export(weights: Union[str, Path], *, include: Sequence[str] = ("onnx",), img
 
 
 def _engine(onnx_path: Path, dep, *, batch: int, dynamic: bool, half: bool, int8: bool, workspace: float,
-            max_batch: Optional[int]) -> Path:
+            max_batch: Optional[int], parity_images: Sequence[Path] = ()) -> Path:
     from . import tensorrt as trt
 
     engine_path = onnx_path.with_suffix(".engine")
@@ -56,5 +58,16 @@ def _engine(onnx_path: Path, dep, *, batch: int, dynamic: bool, half: bool, int8
                                    workspace_gb=workspace, sparse=dep.sparsity is not None, **kw)
         raise trt.TensorRTUnavailable(f"cannot build a TensorRT engine here ({reason}); {onnx_path} is written: "
                                       f"build the engine on the target (a Jetson) with: {line}")
-    return trt.build_engine(onnx_path, engine_path, half=half, int8=int8, dynamic=dynamic, batch=batch,
-                            max_batch=max_batch, workspace_gb=workspace, sparse=dep.sparsity is not None)
+    # built beside its place under a hidden name, put in place only once it agrees with the ONNX file
+    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.tmp")
+    try:
+        trt.build_engine(onnx_path, tmp, half=half, int8=int8, dynamic=dynamic, batch=batch,
+                         max_batch=max_batch, workspace_gb=workspace, sparse=dep.sparsity is not None)
+        precision = "int8" if int8 else "fp16" if half else "fp32"
+        check_built_engine(onnx_path, tmp, task=dep.task, precision=precision, hw=dep.imgsz, metadata=dep.metadata,
+                           files=parity_images)
+        os.replace(tmp, engine_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    LOGGER.info(f"TensorRT engine ({precision}): {engine_path}")
+    return engine_path

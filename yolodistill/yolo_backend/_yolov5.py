@@ -24,7 +24,8 @@ with warnings.catch_warnings():
 
 __all__ = [
     "Annotator", "Callbacks", "ComputeLoss", "Detect", "DetectionModel", "EarlyStopping", "IMG_FORMATS", "LOGGER",
-    "ModelEMA", "STANDARD_CFGS", "TQDM_BAR_FORMAT", "YOLOV5_CHECKPOINT_ALIASES", "YOLOV5_CHECKPOINT_MODULES",
+    "ModelEMA", "SAMPLE_IMAGES", "STANDARD_CFGS", "TQDM_BAR_FORMAT", "YOLOV5_CHECKPOINT_ALIASES",
+    "YOLOV5_CHECKPOINT_MODULES",
     "YOLOV5_DIR", "YOLOV5_VERSION", "check_img_size", "colors", "de_parallel", "fitness", "intersect_dicts",
     "labels_to_class_weights", "non_max_suppression", "one_cycle", "scale_boxes", "set_yolov5_verbosity",
     "smart_optimizer", "xyxy2xywh", "yolov5_dataloaders", "yolov5_val"
@@ -40,6 +41,8 @@ YOLOV5_CHECKPOINT_MODULES = ("yolov5.models.common.", "yolov5.models.yolo.", "yo
 YOLOV5_CHECKPOINT_ALIASES = {"models.": "yolov5.models."}
 IMG_FORMATS = tuple(yolov5_dataloaders.IMG_FORMATS)
 STANDARD_CFGS = tuple(sorted(p.name for p in (YOLOV5_DIR / "models").glob("yolov5*.yaml")))
+# The two photos the package ships (bus.jpg, zidane.jpg): real images that are always there, offline.
+SAMPLE_IMAGES = tuple(sorted((YOLOV5_DIR / "data" / "images").glob("*.jpg")))
 
 
 def set_yolov5_verbosity(verbose: bool) -> None:
