@@ -5,7 +5,8 @@ ONNX files through onnxruntime, over the seeds of a kd_gain / quickstart run.
 
 For each seed folder (teacher/, distilled/, data/ as `yolodistill quickstart` leaves them):
   fp32  the distilled student exported to ONNX
-  ptq   the same student with INT8 ranges calibrated on 512 training images, no training (Q/DQ ONNX)
+  ptq   the same student with INT8 ranges calibrated on 512 training images, no training (Q/DQ ONNX):
+        `yolodistill export --int8 --data DATA --calib-images 512`
   qat   `yolodistill train --weights distilled.pt --qat` for --epochs epochs with the teacher still distilling
         (output + pkd features, as the student was trained), exported to a Q/DQ ONNX
   ft32  the control: the same fine-tune without --qat (FP32), so that what QAT gains from the extra epochs of
@@ -19,16 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import statistics
 from datetime import date
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from yolodistill import yolo_backend as yb
-from yolodistill.checkpoint import save_checkpoint_atomic
-from yolodistill.compress import quant as q
 from yolodistill.deploy.export import export
 from yolodistill.inference import val
 from yolodistill.paths import cfg_path
@@ -37,25 +36,13 @@ from yolodistill.trainer import DistillTrainer, TrainOptions
 MAP, MAP50 = "metrics/mAP_0.5:0.95", "metrics/mAP_0.5"
 
 
-def onnx_map(weights: Path, data: str, imgsz: int, out: Path) -> dict:
-    onnx_path = Path(export(weights, imgsz=[imgsz], output=str(out / f"{weights.parent.parent.name}.onnx"))["onnx"])
+def onnx_map(weights: Path, data: str, imgsz: int, out: Path, export_kw: Optional[dict] = None) -> dict:
+    """Export `weights` (export_kw: e.g. int8=True, data=... for post-training INT8) and score the ONNX file."""
+    report = export(weights, imgsz=[imgsz], output=str(out / f"{weights.parent.parent.name}.onnx"),
+                    **(export_kw or {}))
+    onnx_path = Path(report["onnx"])
     r = val(str(onnx_path), data, imgsz=imgsz, batch_size=32, workers=2, project=str(out / "val"), name="v")
-    return {"mAP50-95": r[MAP], "mAP50": r[MAP50], "onnx": str(onnx_path)}
-
-
-def ptq_checkpoint(student: Path, data: dict, imgsz: int, out: Path, images: int = 512, batch: int = 32) -> Path:
-    """The student with INT8 ranges calibrated on training images (no augmentation) and no training."""
-    ckpt = yb.load_detection_checkpoint(student)
-    model = yb.checkpoint_model(ckpt).eval()
-    q.quantize_model(model)
-    loader = yb.create_val_loader(data["train"], imgsz, batch, yb.max_stride(model), None, workers=2)
-    n = math.ceil(images / batch)
-    q.calibrate(model, (b[0].float() / 255 for b, _ in zip(loader, range(n))), model)
-    state = q.strip_quantizers(model)
-    path = out / "ptq" / "weights" / "best.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint_atomic({"model": model.half(), "quant": state, "opt": ckpt.get("opt"), "epoch": -1}, path)
-    return path
+    return {"mAP50-95": r[MAP], "mAP50": r[MAP50], "onnx": str(onnx_path), "qdq_coverage": report["qdq_coverage"]}
 
 
 def finetuned_checkpoint(seed_dir: Path, out: Path, epochs: int, device: str, qat: bool) -> Path:
@@ -75,6 +62,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/kd_gain", help="folder with seed0/, seed1/, ... from kd_gain.py")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5, help="QAT fine-tuning epochs")
+    p.add_argument("--calib-images", type=int, default=512, help="training images calibrating the ptq variant")
     p.add_argument("--out", default="runs/qat_int8")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -93,16 +81,17 @@ def main() -> None:
         opt = yb.load_yolov5_checkpoint(student)["opt"]
         data, imgsz = opt["data"], int(opt["imgsz"])
         work = out / key
-        variants = {
-            "fp32": lambda: student,
-            "ptq": lambda: ptq_checkpoint(student, yb.load_data_yaml(data), imgsz, work),
-            "qat": lambda: finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=True),
-            "ft32": lambda: finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=False),
+        variants = {  # checkpoint, export options
+            "fp32": lambda: (student, {}),
+            "ptq": lambda: (student, {"int8": True, "data": data, "calib_images": args.calib_images}),
+            "qat": lambda: (finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=True), {}),
+            "ft32": lambda: (finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=False), {}),
         }
         row = results.setdefault(key, {"epochs": args.epochs})
         for name, make in variants.items():
             if name not in row:  # resumable, variant by variant
-                row[name] = onnx_map(make(), data, imgsz, work / f"{name}_onnx")
+                weights, export_kw = make()
+                row[name] = onnx_map(weights, data, imgsz, work / f"{name}_onnx", export_kw)
                 store.write_text(json.dumps(results, indent=1))
     print(f"\nINT8 vs FP32 distilled yolov5n, mAP50-95 through onnxruntime ({date.today()}, QAT {args.epochs} epochs)")
     print(f"{'seed':<8}{'fp32':>9}{'ptq':>9}{'qat':>9}{'ft32':>9}{'ptq-fp32':>10}{'qat-fp32':>10}{'qat-ft32':>10}")

@@ -82,7 +82,7 @@ class LabeledFolder:
             raise UserError(f"{root} holds images directly ({top[0]}); labeled data needs the ImageFolder layout "
                             f"{root}/<class>/<image>")
         if check:
-            keys = readable(root, keys, f"labeled folder")
+            keys = readable(root, keys, "labeled folder")
         classes = sorted({k.split("/", 1)[0] for k in keys})
         # A class is a folder with images: an empty one would silently drop out of the class list.
         empty = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes

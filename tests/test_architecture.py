@@ -21,14 +21,15 @@ TIERS = [
     # foundations: no knowledge of models or training
     ["yolodistill", "yolodistill.errors", "yolodistill.paths", "yolodistill.checkpoint", "yolodistill.run_logger",
      "yolodistill.synth", "yolodistill.losses.registry", "yolodistill.classification.digits",
-     "yolodistill.image_lists",
+     "yolodistill.image_lists", "yolodistill.media",
      "yolodistill.classification"],
     # what to distil, and where the process runs
     ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.train_options",
      "yolodistill.classification.options"],
     # models, hooks and adapters, data, compression, runtimes
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
-     "yolodistill.onnx_runtime", "yolodistill.classification.models", "yolodistill.classification.data",
+     "yolodistill.onnx_runtime", "yolodistill.trt_runtime", "yolodistill.deploy.tensorrt",
+     "yolodistill.classification.models", "yolodistill.classification.data",
      "yolodistill.classification.store", "yolodistill.classification.clip_teacher",
      "yolodistill.classification.teachers", "yolodistill.students"],
     # losses: pure tensors

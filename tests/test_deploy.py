@@ -21,6 +21,7 @@ from yolodistill.cli import main
 from yolodistill.compress import quant as q
 from yolodistill.deploy.benchmark import COLUMNS, RATIO_COLUMNS, ModelResult, gflops, ratio_row, time_side_by_side
 from yolodistill.deploy.onnx_export import TOLERANCES
+from yolodistill.deploy.qdq_coverage import qdq_coverage
 from yolodistill.compress.sparsity import magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
 from yolodistill.deploy.student import CLASSIFY, DETECT, Deployable
 from yolodistill.deploy.tensorrt import tensorrt_status
@@ -225,9 +226,11 @@ def test_qat_detector_trains_exports_qdq_and_validates(teacher_weights, tiny_dat
     best = tmp_path / "q" / "weights" / "best.pt"
 
     ckpt = yb.load_yolov5_checkpoint(best)
-    assert ckpt["quant"]["format"] == q.QUANT_FORMAT == "yolodistill-int8/1"
+    assert ckpt["quant"]["format"] == q.QUANT_FORMAT == "yolodistill-int8/2"
     layers = ckpt["quant"]["layers"]
     assert layers and all(float(v["input"]) > 0 and v["weight"].dim() == 1 for v in layers.values())
+    blocks = ckpt["quant"]["blocks"]  # yolov5s: 7 residual adds (2 ranges each), 8 C3 and 4 neck concatenations, SPPF
+    assert len(blocks) == 2 * 7 + 8 + 4 + 1 and all(float(v) > 0 for v in blocks.values())
     model = ckpt["model"]
     assert type(model).__name__ == "DetectionModel"
     assert not any(isinstance(m, (q.QuantConv2d, q.QuantLinear, q.FakeQuantizer)) or type(m).__name__.startswith(
@@ -245,6 +248,8 @@ def test_qat_detector_trains_exports_qdq_and_validates(teacher_weights, tiny_dat
     for node in proto.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             assert all(name in constants for name in node.input[1:]), (node.name, list(node.input))
+    coverage = qdq_coverage(proto, float_scopes=("/model.24",))  # every conv, residual add and concat in INT8
+    assert coverage.complete and coverage.checked == {"Conv": 60, "Add": 7, "Concat": 13}
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(10)).numpy()
     out = ort_run(path, x)
     assert out.shape == (1, N_BOXES, 7) and np.isfinite(out).all()
@@ -257,10 +262,10 @@ def test_qat_detector_trains_exports_qdq_and_validates(teacher_weights, tiny_dat
                "--device", "cpu", "--project", tmp_path, "--name", "v") == 0
 
 
-def test_int8_without_qat_is_refused(teacher_weights, tmp_path, capsys):
+def test_int8_without_qat_or_data_is_refused(teacher_weights, tmp_path, capsys):
     weights = copy_weights(teacher_weights, tmp_path)
     line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ, "--int8")
-    assert "--int8 needs a quantization-aware trained student" in line and "--qat" in line
+    assert "--int8 needs INT8 ranges" in line and "--data data.yaml" in line and "--qat" in line
     assert leftovers(tmp_path) == []
 
 

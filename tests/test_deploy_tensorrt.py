@@ -77,6 +77,12 @@ def test_trtexec_tensorrt_10_half_int8_dynamic_shapes():
                     "--optShapes=images:4x3x640x640 --maxShapes=images:8x3x640x640 --memPoolSize=workspace:2048M")
 
 
+def test_trtexec_tensorrt_10_int8_runs_its_float_layers_in_fp16():
+    """A Q/DQ graph's unquantized layers (the Detect head's decoding) in FP16, as NVIDIA's YOLO QAT samples build."""
+    assert trtexec_command("m.onnx", "m.engine", int8=True) == \
+        "trtexec --onnx=m.onnx --saveEngine=m.engine --fp16 --int8 --memPoolSize=workspace:4096M"
+
+
 def test_trtexec_tensorrt_11_has_no_precision_flags_and_is_strongly_typed():
     line = trtexec_command("m.onnx", "m.engine", half=True, int8=True, input_name="x", shape=(2, 3, 32, 32),
                            workspace_gb=0.5, trt_major=11)
@@ -168,11 +174,11 @@ def test_runner_without_tensorrt_says_why(tmp_path, no_tensorrt):
 
 @pytest.mark.parametrize("major, kwargs, message", [
     (11, dict(half=True), "export the ONNX with --half"),
-    (11, dict(int8=True, calibrated=True), "train with --qat"),
-    (10, dict(int8=True), "needs calibration images"),
+    (11, dict(int8=True), "--int8 --data data.yaml"),
+    (10, dict(int8=True), "--int8 --data data.yaml"),  # no calibrator path: INT8 is Q/DQ on 10 as on 11
 ])
 def test_precision_that_this_tensorrt_cannot_build_is_refused(major, kwargs, message):
-    args = dict(half=False, int8=False, has_qdq=False, is_fp16=False, calibrated=False) | kwargs
+    args = dict(half=False, int8=False, has_qdq=False, is_fp16=False) | kwargs
     with pytest.raises(UserError, match=message):
         trtmod._check_precision("m.onnx", major, **args)
 
@@ -182,10 +188,10 @@ def test_precision_that_this_tensorrt_cannot_build_is_refused(major, kwargs, mes
     (11, dict(int8=True, has_qdq=True)),
     (10, dict(half=True)),
     (10, dict(int8=True, has_qdq=True)),
-    (10, dict(int8=True, calibrated=True)),
+    (10, dict(has_qdq=True)),  # a Q/DQ ONNX is INT8 without asking
 ])
 def test_precision_that_this_tensorrt_can_build_is_accepted(major, kwargs):
-    args = dict(half=False, int8=False, has_qdq=False, is_fp16=False, calibrated=False) | kwargs
+    args = dict(half=False, int8=False, has_qdq=False, is_fp16=False) | kwargs
     trtmod._check_precision("m.onnx", major, **args)
 
 
@@ -343,15 +349,8 @@ def test_int8_engine_from_qdq_onnx_needs_no_calibration(tmp_path):
 
 
 @needs_trt
-def test_int8_calibrated_engine_on_tensorrt_10(tmp_path, tiny_model):
-    if trt_major() >= 11:
-        pytest.skip("TensorRT 11 removed INT8 calibration")
-    onnx_path = export(tiny_model, tmp_path / "m.onnx")
-    with pytest.raises(UserError, match="calibration"):
-        build_engine(onnx_path, tmp_path / "m.engine", int8=True)
-    rng = np.random.default_rng(0)
-    batches = [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(8)]
-    engine = build_engine(onnx_path, tmp_path / "m.engine", int8=True, calibration=batches)
-    assert (tmp_path / "m.engine.calib").is_file()
-    (out,) = TensorRTRunner(engine)(batches[0])
-    np.testing.assert_allclose(out, reference(tiny_model, batches[0]), atol=0.1, rtol=0.1)
+def test_int8_from_an_onnx_without_qdq_is_refused(tmp_path, tiny_model):
+    """No calibrator path on any TensorRT: INT8 ranges come from Q/DQ nodes (QAT, or `export --int8 --data`)."""
+    with pytest.raises(UserError, match="--int8 --data"):
+        build_engine(export(tiny_model, tmp_path / "m.onnx"), tmp_path / "m.engine", int8=True)
+    assert not (tmp_path / "m.engine").exists()

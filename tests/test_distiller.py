@@ -124,7 +124,7 @@ def test_unknown_layer_is_a_user_error():
 
 def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
     """trainer.total_loss with targets=None: task terms are zero, distillation terms drive the step."""
-    from yolodistill.trainer import DistillTrainer, TrainOptions
+    from yolodistill.trainer import DistillTrainer
 
     student, teacher = _models()
     trainer = DistillTrainer.__new__(DistillTrainer)  # only the loss plumbing, no data loading

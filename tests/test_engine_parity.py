@@ -124,3 +124,12 @@ def test_an_engine_that_disagrees_is_refused_and_not_written(tmp_path, fake_tens
     line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ, "--include", "engine")
     assert "the engine differs from student.onnx beyond the rule" in line and "fp32" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx", "student.pt"]  # no engine, no temp
+
+
+def test_with_a_dataset_the_engine_is_compared_on_its_val_images(tiny_data):
+    from yolodistill.deploy.export import _val_images
+
+    files = _val_images(tiny_data)
+    assert len(files) == 4 and all(f.is_file() and f.parent.name == "val" for f in files)
+    images, where = ep.sample_images((32, 32), files=files)
+    assert where == "the given images" and len(images) == 4

@@ -41,11 +41,10 @@ def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_p
 
     trainer = DistillTrainer(TrainOptions(cfg="yolov5n.yaml", data=str(tiny_data), epochs=1, imgsz=IMGSZ,
                                           batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="out",
-                                          t_weights=str(teacher_weights), d_output=True))
+                                          t_weights=str(teacher_weights), d_output=True, noplots=True))
     out_dir = Path(trainer.run()["save_dir"])
     assert all(len(m._forward_hooks) == 0 for m in trainer.student.modules())
     assert all(len(m._forward_hooks) == 0 for m in trainer.teacher.modules())
-    assert (out_dir / "results.png").stat().st_size > 0
     assert list(out_dir.glob("events.out.tfevents.*"))  # TensorBoard
     rows = read_results(out_dir / "results.csv")
     assert len(rows) == 1 and rows[0]["train/distill/output"] > 0

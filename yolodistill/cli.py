@@ -19,7 +19,7 @@ distillation defaults, and why:
                    (it is scaled by the same hyp gains), so 1.0 weighs the teacher like the labels
   --f_weight 0.05  feature losses compare raw activations and run larger than the task terms
                    (at 0.5, MSE made the student worse than training it alone); with the
-                   scale-free pkd loss 0.1 worked best; watch train/distill/feature in results.png
+                   scale-free pkd loss 0.1 worked best; watch train/distill/feature in results_all.png
   --d_layers       default: the layers feeding Detect in each model (P3/P4/P5: model.17 model.20
                    model.23 for the standard yolov5 yamls), paired level by level
   --feature-loss   mse (FitNets) by default; cwd (channel-wise distillation) and pkd (Pearson
@@ -51,16 +51,17 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _add_inference(p: argparse.ArgumentParser, *, inputs: tuple[str, str], conf: float, iou: float) -> None:
     """What val and detect share (yolov5's val.py and detect.py spelling and defaults)."""
-    flag(p, "--weights", required=True, help="checkpoint (.pt), or an exported .onnx for val")
+    flag(p, "--weights", required=True,
+         help="checkpoint (.pt), exported ONNX file (.onnx) or TensorRT engine (.engine, where TensorRT is)")
     flag(p, inputs[0], required=True, help=inputs[1])
-    flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     flag(p, "--conf-thres", type=float, default=conf, help="confidence threshold")
     flag(p, "--iou-thres", type=float, default=iou, help="NMS IoU threshold")
 
 
 def _add_val(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("val", help="validate a checkpoint's mAP on a dataset (yolov5 val)")
+    p = sub.add_parser("val", help="validate a checkpoint's, ONNX file's or engine's mAP on a dataset (yolov5 val)")
     _add_inference(p, inputs=("--data", "dataset yaml"), conf=0.001, iou=0.6)
+    flag(p, "--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     flag(p, "--batch-size", type=int, default=32, help="batch size")
     flag(p, "--task", default="val", choices=["train", "val", "test"], help="dataset split")
     flag(p, "--single-cls", action="store_true", help="treat as single-class dataset")
@@ -77,14 +78,28 @@ def _run_val(args: argparse.Namespace) -> None:
         trust=args.trust_checkpoint)
 
 
+SOURCE_HELP = ("image or video file, folder, glob, .txt list (one source a line), camera index (0) or "
+               "rtsp:// rtmp:// http:// stream URL")
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="detect objects in images with a checkpoint (yolov5 detect)")
-    _add_inference(p, inputs=("--source", "image file, folder, glob or .txt list"), conf=0.25, iou=0.45)
+    p = sub.add_parser("detect", help="detect objects in images, videos, cameras and streams (yolov5 detect)",
+                       description="yolov5's detect.py for a .pt checkpoint, an .onnx file or a TensorRT .engine. "
+                                   "Ctrl-C ends a camera or stream run, keeping its video playable.")
+    _add_inference(p, inputs=("--source", SOURCE_HELP), conf=0.25, iou=0.45)
+    flag(p, "--data", default=None, help="dataset yaml: class names for an .engine without its .onnx beside it")
+    flag(p, "--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
     flag(p, "--max-det", type=int, default=1000, help="maximum detections per image")
+    flag(p, "--view-img", action="store_true", help="show results (q or Esc in the window stops)")
     flag(p, "--save-txt", action="store_true", help="save results to *.txt (YOLO format: class x y w h)")
     flag(p, "--save-conf", action="store_true", help="save confidences in --save-txt labels")
-    flag(p, "--nosave", action="store_true", help="do not save annotated images")
-    flag(p, "--line-thickness", type=int, default=2, help="bounding box thickness (pixels)")
+    flag(p, "--nosave", action="store_true", help="do not save images/videos")
+    flag(p, "--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")
+    flag(p, "--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    flag(p, "--line-thickness", type=int, default=3, help="bounding box thickness (pixels)")
+    flag(p, "--hide-labels", action="store_true", help="hide labels")
+    flag(p, "--hide-conf", action="store_true", help="hide confidences")
+    flag(p, "--vid-stride", type=int, default=1, help="video frame-rate stride")
     add_shared(p, device="", project="runs/detect", name="exp", exist_ok=False, trust_checkpoint=False)
     p.set_defaults(func=_run_detect)
 
@@ -93,9 +108,11 @@ def _run_detect(args: argparse.Namespace) -> None:
     from .inference import detect
 
     detect(args.weights, args.source, imgsz=args.imgsz, device=args.device, conf_thres=args.conf_thres,
-           iou_thres=args.iou_thres, max_det=args.max_det, project=args.project, name=args.name,
-           exist_ok=args.exist_ok, save_txt=args.save_txt, save_conf=args.save_conf, nosave=args.nosave,
-           line_width=args.line_thickness, trust=args.trust_checkpoint)
+           iou_thres=args.iou_thres, max_det=args.max_det, classes=args.classes, agnostic_nms=args.agnostic_nms,
+           data=args.data, view_img=args.view_img, save_txt=args.save_txt, save_conf=args.save_conf,
+           nosave=args.nosave, vid_stride=args.vid_stride, line_thickness=args.line_thickness,
+           hide_labels=args.hide_labels, hide_conf=args.hide_conf, project=args.project, name=args.name,
+           exist_ok=args.exist_ok, trust=args.trust_checkpoint)
 
 
 QUICKSTART_DOC = ("Generate the synthetic dataset, train a yolov5s teacher (cached), a yolov5n student alone and a "
@@ -219,8 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"yolodistill {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"yolodistill {args.command}: interrupted (checkpoints written so far are intact; "
-              f"continue a training run with --resume)", file=sys.stderr)
+        kept = ("files written so far are kept" if args.command in ("detect", "val", "export", "benchmark") else
+                "checkpoints written so far are intact; continue a training run with --resume")
+        print(f"yolodistill {args.command}: interrupted ({kept})", file=sys.stderr)
         return 130
     return 0
 

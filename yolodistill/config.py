@@ -13,7 +13,7 @@ from .errors import UserError
 # "as important as the labels". Feature losses are not on that scale: MSE of raw activations ran
 # 3-10x the task terms at weight 0.5 and the distilled student ended below the student trained
 # alone (benchmarks/RESULTS.md); at 0.05 it stays below the task terms and helped. Tune both by
-# looking at the train/distill/* curves in results.png.
+# looking at the train/distill/* curves in results_all.png.
 DEFAULT_OUTPUT_WEIGHT = 1.0
 DEFAULT_FEATURE_WEIGHT = 0.05
 DEFAULT_FEATURE_LOSS = "mse"

@@ -29,7 +29,7 @@ from .hooks import FeatureRecorder, adapter_key, build_adapters, probe_feature_s
 from .losses import build_feature_loss, output_distillation_loss
 from .teacher import FrozenTeacher
 
-# Loss names are declared here once; the progress bar, results.csv, TensorBoard and results.png
+# Loss names are declared here once; the progress bar, results.csv, TensorBoard and results_all.png
 # all take their columns from them.
 TASK_TERMS = ("box_loss", "obj_loss", "cls_loss")
 DISTILL_OUTPUT = "distill/output"

@@ -1,4 +1,5 @@
-"""Per-epoch metrics to results.csv (yolov5's format), TensorBoard and a results.png grid of curves."""
+"""Per-epoch metrics to results.csv (yolov5's format), TensorBoard and a grid of every column's curve
+(results.png for classifiers; results_all.png beside yolov5's own results.png for detectors)."""
 
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ class DistillTrainer(Engine):
         self.cuda = self.device.type != "cpu"
         # yolov5's check_amp downloads weights to test AMP; AMP on CUDA is safe for these models.
         self.amp = self.cuda
+        self.plots = self.main and not self.opts.noplots  # yolov5: rank 0 draws, unless --noplots
 
     # ------------------------------------------------------------------ setup
     def load_resume_state(self, last: Path) -> dict:
@@ -242,6 +243,8 @@ class DistillTrainer(Engine):
         self._setup_hyp_and_data()
         self._setup_models()
         self._setup_loaders()
+        if self.plots and not self.opts.resume:  # yolov5's on_pretrain_routine_end: the labeled set's labels
+            self._plot("labels", yb.plot_labels, self.dataset.labels, self.class_names, self.save_dir)
         self._setup_training()
         self.last_opt_step, self.bad_steps = -1, 0
         self.nw = yb.warmup_iterations(self.hyp, len(self.train_loader))
@@ -308,7 +311,7 @@ class DistillTrainer(Engine):
         pseudo = unlabeled is not None and opt.pseudo_labels > 0
         self.seen = {"labeled": 0, "unlabeled": 0, **({"pseudo_boxes": 0} if pseudo else {})}
         self.optimizer.zero_grad()
-        for i, (imgs, targets, _paths, _) in pbar:
+        for i, (imgs, targets, paths, _) in pbar:
             ni = i + nb * epoch
             n_labeled = imgs.shape[0]
             if unlabeled is not None:  # after the labeled images: the task loss takes the first n_labeled
@@ -328,6 +331,9 @@ class DistillTrainer(Engine):
             if opt.multi_scale:
                 imgs = yb.random_rescale(imgs, self.imgsz, self.gs)
             items = self.training_step(imgs, targets, ni, n_labeled)
+            if self.plots and ni < 3:  # yolov5's train_batch0-2.jpg: the batches as trained, in a thread
+                self._plot("train batch", yb.plot_train_batch, imgs, targets, paths,
+                           self.save_dir / f"train_batch{ni}.jpg")
             if items is not None:
                 mloss = (mloss * i + items) / (i + 1)
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
@@ -391,12 +397,20 @@ class DistillTrainer(Engine):
                 items[name] = value.detach().float()
         return total, torch.stack([items[n].reshape(()) for n in self.names])
 
-    def _validate(self, model: nn.Module, verbose: bool = False):
+    def _validate(self, model: nn.Module, verbose: bool = False, plots: bool = False):
         results, maps = yb.validate(model, self.data, self.val_loader, imgsz=self.imgsz,
                                     batch_size=self.opts.batch_size * 2, save_dir=self.save_dir, half=self.amp,
-                                    compute_loss=self.compute_loss, single_cls=self.opts.single_cls, verbose=verbose)
+                                    compute_loss=self.compute_loss, single_cls=self.opts.single_cls, verbose=verbose,
+                                    plots=plots)
         model.float()  # val.run halves the model on CUDA; keep the EMA accumulating in FP32
         return results, maps
+
+    def _plot(self, what: str, plot, *args) -> None:
+        """A plot is a by-product: one that fails is a warning, never the end of a training run."""
+        try:
+            plot(*args)
+        except Exception as e:  # noqa: BLE001 -- matplotlib, seaborn and Pillow raise many kinds
+            LOGGER.warning(f"WARNING: {what} plot failed: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int, with_training_state: bool) -> dict:
@@ -439,10 +453,14 @@ class DistillTrainer(Engine):
         if final.exists():
             LOGGER.info(f"\nValidating {final}...")
             model = load_detector(final).to(self.device)  # with its INT8 quantizers after --qat
-            metrics, _ = self._validate(model, verbose=True)
+            metrics, _ = self._validate(model, verbose=True, plots=self.plots)  # yolov5's curves and matrix
             results = dict(zip(METRIC_COLUMNS, metrics))
-        if not self.opts.noplots:
-            plot_results(self.run_logger.csv_path)
+        if self.plots:
+            # yolov5's results.png (its ten panels, read by position), and every column (the distillation terms,
+            # the learning rates) in results_all.png
+            self._plot("results", yb.plot_results, self.run_logger.csv_path)
+            self._plot("results", plot_results, self.run_logger.csv_path, self.save_dir / "results_all.png")
+            yb.wait_for_plots()  # the train_batch threads: their files exist when run() returns
         LOGGER.info(f"Results saved to {self.save_dir}")
         return {"save_dir": str(self.save_dir), "best": str(final), **results}
 

@@ -48,16 +48,27 @@ class Compression:
         if not self.qat:
             return
         if quant_state:
-            try:
-                q.attach_quantizers(model, quant_state)
-            except ValueError as e:
-                raise UserError(f"cannot resume QAT: {e}") from None
-            LOGGER.info("QAT: INT8 ranges taken from the checkpoint")
+            self._resume_quantized(model, quant_state)
             return
         layers = q.quantize_model(model)
         n = q.calibrate(model, calibration or (), forward)
+        blocks = len(q.block_quantizers(model))
         LOGGER.info(f"QAT: INT8 fake quantization on {len(layers)} layers (per-channel weights, per-tensor "
-                    f"inputs), input ranges calibrated on {n} batches")
+                    f"inputs) and {blocks} residual-add/concatenation inputs, ranges calibrated on {n} batches")
+
+    @staticmethod
+    def _resume_quantized(model: nn.Module, quant_state: dict) -> None:
+        try:
+            q.attach_quantizers(model, quant_state)
+        except ValueError as e:
+            raise UserError(f"cannot resume QAT: {e}") from None
+        # A format-1 run resumes only where block rules add nothing (a classifier): a detector would gain
+        # quantizers with no range, and the run would save a state of neither scheme.
+        if q.is_legacy_state(quant_state) and q.apply_block_rules(model):
+            raise UserError(f"cannot resume QAT: the checkpoint's INT8 ranges are of an earlier scheme "
+                            f"({quant_state['format']}: conv inputs only, no residual-add or concatenation ranges); "
+                            f"start a new --qat run from its weights (--weights instead of --resume)")
+        LOGGER.info("QAT: INT8 ranges taken from the checkpoint")
 
     def after_step(self) -> None:
         if self.masks is not None:

@@ -225,8 +225,9 @@ def _prepare(label: str, dep: Deployable, backend: str, out: Path, *, batch: int
     if backend == "tensorrt":
         from .tensorrt import build_engine
 
-        artifact = build_engine(artifact, out / f"{label}.engine", half=half, int8=dep.quantized, batch=batch,
-                                sparse=dep.sparsity is not None)
+        # an INT8 student's ONNX stays float32 (export_onnx): its float layers get FP16 from the builder
+        artifact = build_engine(artifact, out / f"{label}.engine", half=half and not dep.quantized, int8=dep.quantized,
+                                batch=batch, sparse=dep.sparsity is not None)
     r.file_MB = artifact.stat().st_size / 2**20
     if backend == "onnxruntime":
         run = _ort_runner(artifact, threads, batch, dep)

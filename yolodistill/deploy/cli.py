@@ -10,7 +10,10 @@ from ..options import add_shared, flag
 
 EXPORT_DOC = ("Export a detection or classification checkpoint (plain, --qat INT8 or 2:4 sparse; the checkpoint "
               "says which) to ONNX with the TorchScript exporter, check it with the ONNX checker and against "
-              "PyTorch through onnxruntime, and optionally build a TensorRT engine. Files go beside the weights.")
+              "PyTorch through onnxruntime, and optionally build a TensorRT engine. Files go beside the weights. "
+              "INT8 is a Q/DQ ONNX, from a --qat student's ranges or, with --int8 --data, from ranges calibrated "
+              "on training images; an INT8 detector must have Q/DQ on every conv, residual-add and concatenation "
+              "input.")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +26,11 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     flag(p, "--batch-size", "--batch", type=int, default=1, help="batch size traced (and TensorRT's opt batch)")
     flag(p, "--dynamic", action="store_true", help="dynamic batch axis")
     flag(p, "--half", action="store_true", help="FP16 ONNX (and FP16 TensorRT engine)")
-    flag(p, "--int8", action="store_true", help="INT8 engine (implied for a --qat student, whose Q/DQ nodes carry the ranges)")
+    flag(p, "--int8", action="store_true",
+         help="INT8 Q/DQ ONNX and engine: implied for a --qat student (its ranges); otherwise give --data to "
+              "calibrate the ranges on training images (post-training INT8)")
+    flag(p, "--data", default=None, help="dataset yaml whose training images calibrate --int8 (no augmentation)")
+    flag(p, "--calib-images", type=int, default=512, help="training images that calibrate --int8 --data")
     flag(p, "--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
     flag(p, "--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     flag(p, "--output", default=None, help="ONNX path (default: the weights path with .onnx)")
@@ -32,7 +39,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
               "for a Q/DQ (QAT) model mean |ort - torch| <= RTOL * mean |torch| (default 0.05)")
     flag(p, "--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
     flag(p, "--max-batch", type=int, default=None, help="TensorRT max batch with --dynamic (default --batch)")
-    add_shared(p, trust_checkpoint=False)
+    add_shared(p, trust_checkpoint=False, workers=2)
     p.set_defaults(func=_run_export)
 
 
@@ -42,7 +49,8 @@ def _run_export(args: argparse.Namespace) -> None:
     include = list(dict.fromkeys(["onnx", *args.include]))
     export(args.weights, include=include, imgsz=args.imgsz, batch=args.batch_size, dynamic=args.dynamic,
            half=args.half, int8=args.int8, simplify=args.simplify, opset=args.opset, output=args.output,
-           tolerance=args.tolerance, workspace=args.workspace, max_batch=args.max_batch, trust=args.trust_checkpoint)
+           tolerance=args.tolerance, workspace=args.workspace, max_batch=args.max_batch, trust=args.trust_checkpoint,
+           data=args.data, calib_images=args.calib_images, workers=args.workers)
 
 
 def add_benchmark(sub: argparse._SubParsersAction) -> None:

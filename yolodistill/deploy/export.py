@@ -20,8 +20,12 @@ FORMATS = ("onnx", "engine")
 def export(weights: Union[str, Path], *, include: Sequence[str] = ("onnx",), imgsz: Optional[Sequence[int]] = None,
            batch: int = 1, dynamic: bool = False, half: bool = False, int8: bool = False, simplify: bool = False,
            opset: int = MIN_OPSET, output: Optional[str] = None, tolerance: Optional[Sequence[float]] = None,
-           workspace: float = 4.0, max_batch: Optional[int] = None, trust: bool = False) -> dict:
-    """Export; returns {"onnx": path, "engine": path (if asked), "parity": max |diff|, "task": ...}."""
+           workspace: float = 4.0, max_batch: Optional[int] = None, trust: bool = False,
+           data: Optional[Union[str, Path]] = None, calib_images: int = 512, workers: int = 2) -> dict:
+    """Export; returns {"onnx": path, "engine": path (if asked), "parity": max |diff|, "task": ...}.
+
+    `int8` with `data` (a dataset yaml) on a student without QAT ranges: post-training INT8, its fake quantizers
+    calibrated on `calib_images` training images (deploy/ptq.py), exported as Q/DQ nodes."""
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise UserError(f"--include {' '.join(unknown)}: choose from {', '.join(FORMATS)}")
@@ -30,19 +34,57 @@ def export(weights: Union[str, Path], *, include: Sequence[str] = ("onnx",), img
     weights = Path(weights)
     dep = load_deployable(weights, imgsz=imgsz, dynamic=dynamic, trust=trust)
     LOGGER.info(f"Exporting {dep.describe()}")
-    if int8 and not dep.quantized:
-        # One INT8 path for TensorRT 10 and 11 alike: the Q/DQ nodes of a QAT student (11 has no calibrators).
-        raise UserError(f"--int8 needs a quantization-aware trained student ({weights} has no INT8 ranges): "
-                        f"fine-tune it with `yolodistill train --weights {weights} --qat ...` first")
+    # One INT8 path for TensorRT 10 and 11 alike: Q/DQ nodes, from QAT or from calibration here (11 has no
+    # calibrators, 10 deprecates them)
+    _int8_ranges(dep, weights, int8=int8, data=data, images=calib_images, workers=workers)
     onnx_path = Path(output) if output else weights.with_suffix(".onnx")
     report = export_onnx(dep, onnx_path, batch=batch, dynamic=dynamic, half=half, simplify=simplify, opset=opset,
                          tolerance=tuple(tolerance) if tolerance else None)
     result = {"task": dep.task, "onnx": str(report.path), "parity_max_abs_diff": report.max_abs_diff,
-              "precision": report.precision, "qdq_nodes": report.qdq_nodes}
+              "precision": report.precision, "qdq_nodes": report.qdq_nodes,
+              "qdq_coverage": report.coverage.summary() if report.coverage else None}
     if "engine" in include:
-        result["engine"] = str(_engine(report.path, dep, batch=batch, dynamic=dynamic, half=half,
-                                       int8=int8 or dep.quantized, workspace=workspace, max_batch=max_batch))
+        result["engine"] = str(_engine(report.path, dep, batch=batch, dynamic=dynamic, half=half and not dep.quantized,
+                                       int8=int8 or dep.quantized, workspace=workspace, max_batch=max_batch,
+                                       parity_images=_val_images(data) if data is not None else ()))
     return result
+
+
+def _val_images(data: Union[str, Path], count: int = 4) -> list[Path]:
+    """The first `count` val images of a dataset yaml: real images of the task to compare an engine with its ONNX."""
+    from .. import yolo_backend as yb
+
+    split = yb.load_data_yaml(data).get("val")
+    return [Path(f) for f in yb.listed_images(split)[:count]] if split else []
+
+
+def _int8_ranges(dep, weights: Path, *, int8: bool, data, images: int, workers: int) -> None:
+    """The student's own INT8 ranges (QAT), or ranges calibrated on `data` (PTQ); refusals with what to do."""
+    from .student import DETECT
+
+    current = dep.quantized and not dep.legacy_int8
+    if current or not (int8 or dep.legacy_int8):
+        if data is not None:
+            why = (f"{weights.name} carries the INT8 ranges of its quantization-aware training" if current
+                   else "it calibrates post-training INT8, which only --int8 asks for")
+            LOGGER.warning(f"WARNING: --data is not used: {why}")
+        return
+    if dep.task != DETECT:
+        raise UserError(f"--int8 needs a quantization-aware trained classifier ({weights} has no INT8 ranges; "
+                        f"calibration with --data is for detectors): fine-tune it with --qat first")
+    if data is None and dep.legacy_int8:
+        raise UserError(f"{weights} holds INT8 ranges of an earlier scheme (conv inputs only: TensorRT would run its "
+                        f"residual adds and concatenations in float): add --data data.yaml to calibrate the current "
+                        f"scheme's ranges on training images (its weights are kept), or fine-tune it again with --qat")
+    if data is None:
+        raise UserError(f"--int8 needs INT8 ranges and {weights} has none: add --data data.yaml to calibrate them on "
+                        f"its training images (post-training), or fine-tune it with "
+                        f"`yolodistill train --weights {weights} --qat ...` first")
+    if images < 1:
+        raise UserError(f"--calib-images must be at least 1, got {images}")
+    from .ptq import calibrate_deployable
+
+    calibrate_deployable(dep, data, images=images, workers=workers)
 
 
 def _engine(onnx_path: Path, dep, *, batch: int, dynamic: bool, half: bool, int8: bool, workspace: float,

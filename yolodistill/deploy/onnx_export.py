@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .student import INPUT_NAME, Deployable
+from .qdq_coverage import QdqCoverage, merge_duplicate_qdq, qdq_coverage
+from .student import DETECT, INPUT_NAME, Deployable
 
 LOGGER = logging.getLogger("yolodistill")
 MIN_OPSET = 17
@@ -43,6 +44,10 @@ class ParityError(UserError):
     """onnxruntime's output of the exported file disagrees with PyTorch's beyond the tolerance."""
 
 
+class QdqCoverageError(UserError):
+    """An INT8 detector exported with Conv, Add or Concat nodes whose inputs have no Q/DQ (qdq_coverage.py)."""
+
+
 @dataclass
 class OnnxExport:
     path: Path
@@ -56,6 +61,7 @@ class OnnxExport:
     opset: int
     seconds: float
     custom: bool = False  # tolerance given by the user (for INT8 its rtol is then the mean limit)
+    coverage: Optional[QdqCoverage] = None  # INT8 only
 
     @property
     def passed(self) -> bool:
@@ -66,6 +72,7 @@ class OnnxExport:
     def summary(self) -> str:
         mb = self.path.stat().st_size / 1e6 if self.path.exists() else float("nan")
         q = f", {self.qdq_nodes} Q/DQ nodes" if self.qdq_nodes else ""
+        q += f" ({self.coverage.summary()})" if self.coverage else ""
         rule = (f"mean |diff| {self.mean_rel_diff:.2%} of mean |output| (limit {INT8_MEAN_RTOL:.0%})"
                 if self.precision == "int8" else
                 f"{self.outside}/{self.elements} outside atol {self.tolerance[0]:g} + rtol {self.tolerance[1]:g}")
@@ -103,6 +110,7 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
     out = Path(out)
     tmp = _writable_tmp(out)
     precision = "int8" if dep.quantized else "fp16" if half else "fp32"
+    half = _float16(dep, half)
     t0 = time.perf_counter()
     model = deepcopy(dep.model)
     x = dep.example_input(batch)
@@ -119,6 +127,7 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
         proto = onnx.load_from_string(buf.getvalue())
         if simplify:
             proto = _slim(proto)
+        coverage = _check_qdq(dep, proto, out) if dep.quantized else None
         for k, v in {**dep.metadata, "imgsz": list(dep.imgsz), "precision": precision,
                      "exported_by": "yolodistill"}.items():
             meta = proto.metadata_props.add()
@@ -126,7 +135,7 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         report = _parity(dep, tmp, precision, tolerance, check_batch or (2 if dynamic else batch))
-        report.qdq_nodes, report.opset = count_qdq(proto), opset
+        report.qdq_nodes, report.opset, report.coverage = count_qdq(proto), opset, coverage
         if dep.quantized and not report.qdq_nodes:
             raise ParityError(f"the QAT student exported without QuantizeLinear/DequantizeLinear nodes; "
                               f"{out} was not written")
@@ -146,6 +155,33 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
     report.path, report.seconds = out, time.perf_counter() - t0
     LOGGER.info(report.summary())
     return report
+
+
+def _float16(dep: Deployable, half: bool) -> bool:
+    """--half, except for an INT8 (Q/DQ) export: float16 would put a Cast between each DequantizeLinear and its
+    reader, which TensorRT then runs in float; TensorRT 10 builds a Q/DQ graph's few float layers in FP16 anyway."""
+    if half and dep.quantized:
+        LOGGER.warning("WARNING: --half is not applied to an INT8 (Q/DQ) export: the ONNX stays float32")
+        return False
+    return half
+
+
+def _check_qdq(dep: Deployable, proto, out: Path) -> QdqCoverage:
+    """One Q/DQ pair per tensor and scale (merged in place), then every Conv, Add and Concat must read INT8: a
+    detector that would not is refused, a classifier (residual adds of timm models stay float) is warned about."""
+    merge_duplicate_qdq(proto)
+    coverage = qdq_coverage(proto, float_scopes=dep.float_scopes)
+    if coverage.complete:
+        return coverage
+    why = (f"{coverage.summary()}: {coverage.describe_uncovered()} have a float input, so TensorRT would run them "
+           f"in float with reformatting around them")
+    if dep.legacy_int8:
+        why += (" (its INT8 ranges are of the earlier conv-only scheme: `yolodistill export --int8 --data data.yaml` "
+                "calibrates the current one)")
+    if dep.task == DETECT:
+        raise QdqCoverageError(f"incomplete INT8 export: {why}; {out} was not written")
+    LOGGER.warning(f"WARNING: {why}")
+    return coverage
 
 
 def _slim(proto):

@@ -31,6 +31,10 @@ class Deployable:
     metadata: dict = field(default_factory=dict)  # written into the ONNX file's metadata_props
     quantized: bool = False
     sparsity: Optional[str] = None
+    # ONNX name scopes whose own nodes stay float by design (the Detect head's box decoding): the Q/DQ coverage
+    # check leaves them out
+    float_scopes: tuple[str, ...] = ()
+    legacy_int8: bool = False  # a detector with INT8 ranges of format 1 (no residual-add or concatenation ranges)
 
     def example_input(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
         """A reproducible input: pixels in [0, 1] for a detector, normalised pixels for a classifier."""
@@ -80,7 +84,8 @@ def _detector(student: Student, imgsz, dynamic: bool) -> Deployable:
         q.refresh_weight_ranges(model)
     return Deployable(model=model, task=DETECT, imgsz=size, source=student.path, output_names=["output0"],
                       metadata={"stride": stride, "names": student.meta["names"], "task": DETECT},
-                      quantized=bool(student.quant), sparsity=student.sparsity)
+                      quantized=bool(student.quant), sparsity=student.sparsity, float_scopes=yb.float_scopes(model),
+                      legacy_int8=q.is_legacy_state(student.quant))
 
 
 def _classifier(student: Student, imgsz) -> Deployable:

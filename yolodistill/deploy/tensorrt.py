@@ -4,15 +4,16 @@ TensorRT is an optional extra, imported only inside functions, so this module im
 CUDA device is missing, build_engine says which and prints the equivalent trtexec command line instead.
 
 Two TensorRT generations differ in how precision is chosen (NVIDIA's "Migrating from TensorRT 10.x to 11.x"):
-- 10.x, which JetPack 6 on Orin ships: weakly typed networks; FP16 and INT8 are builder flags, and INT8 without
-  Q/DQ nodes in the ONNX is calibrated on sample batches (IInt8EntropyCalibrator2).
+- 10.x, which JetPack 6 on Orin ships: weakly typed networks; FP16 and INT8 are builder flags (its INT8
+  calibrators are deprecated).
 - 11.x: every network is strongly typed; the precision flags and calibrators are gone, so an FP16 engine needs an
-  ONNX with float16 weights and an INT8 engine needs QuantizeLinear/DequantizeLinear nodes (from QAT).
+  ONNX with float16 weights and an INT8 engine needs QuantizeLinear/DequantizeLinear nodes.
+INT8 here is always explicit, for both: the Q/DQ nodes of a --qat student or of `yolodistill export --int8 --data`,
+which calibrates the same fake quantizers on training images (deploy/ptq.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 from collections.abc import Iterable, Sequence
@@ -75,7 +76,7 @@ def trtexec_command(onnx_path: PathLike, engine_path: PathLike, *, half: bool = 
     if (trt_major or 10) >= 11:
         args.append("--stronglyTyped")
     else:
-        args += ["--fp16"] * half + ["--int8"] * int8
+        args += ["--fp16"] * (half or int8) + ["--int8"] * int8  # FP16 beside INT8: see build_engine
     opt = shape or min_shape or max_shape
     if opt is not None:
         for which, dims in (("min", min_shape or opt), ("opt", opt), ("max", max_shape or opt)):
@@ -98,12 +99,11 @@ def onnx_is_fp16(path: PathLike) -> bool:
 
 def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = False, int8: bool = False,
                  dynamic: bool = False, batch: int = 1, max_batch: int | None = None, workspace_gb: float = 4,
-                 calibration: Iterable[np.ndarray] | None = None, verbose: bool = False, sparse: bool = False) -> Path:
+                 verbose: bool = False, sparse: bool = False) -> Path:
     """Build a TensorRT engine from an ONNX file and write it atomically to engine_path, which is returned.
 
-    A dynamic-batch ONNX gets the profile min 1, opt `batch`, max `max_batch or batch`. `calibration` (float32
-    arrays shaped like the input, the opt shape for a dynamic batch) is only for INT8 on TensorRT 10 from an ONNX
-    without Q/DQ nodes; the calibration cache is kept beside the engine as <engine>.calib.
+    A dynamic-batch ONNX gets the profile min 1, opt `batch`, max `max_batch or batch`. INT8 needs an ONNX with
+    Q/DQ nodes (a Q/DQ ONNX is INT8 without asking).
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     model = _load_onnx(onnx_path)
@@ -118,8 +118,7 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = Fal
 
     major = int(trt.__version__.split(".")[0])
     has_qdq, is_fp16 = _has_qdq(model), _is_fp16(model)
-    _check_precision(onnx_path, major, half=half, int8=int8, has_qdq=has_qdq, is_fp16=is_fp16,
-                     calibrated=calibration is not None)
+    _check_precision(onnx_path, major, half=half, int8=int8, has_qdq=has_qdq, is_fp16=is_fp16)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _parse_onnx(trt, builder, logger, onnx_path)  # the parser owns the weights until built
@@ -133,22 +132,15 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, *, half: bool = Fal
         config.add_optimization_profile(profile)
     if sparse and hasattr(trt.BuilderFlag, "SPARSE_WEIGHTS"):  # 2:4 sparse kernels where the weights allow
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-    calibrator = None
     if major < 11:  # weak typing: the precision comes from builder flags
-        if half or is_fp16:
+        # FP16 beside INT8 for a Q/DQ graph: its float layers (the Detect head's box decoding) then run FP16, not
+        # FP32, as NVIDIA's YOLO QAT samples build (trtexec --fp16 --int8); in FP32 they made QAT engines slower
+        # than FP16 ones (ultralytics#26167)
+        if half or is_fp16 or has_qdq:
             config.set_flag(trt.BuilderFlag.FP16)
         if int8 or has_qdq:  # weakly typed 10.x runs Q/DQ nodes in INT8 only with the INT8 flag on
             config.set_flag(trt.BuilderFlag.INT8)
-        if int8 and not has_qdq:
-            calibrator = _entropy_calibrator(trt, calibration, shapes[1] if shapes else tuple(inp.shape),
-                                             _torch_dtype(inp.dtype), onnx_path,
-                                             engine_path.with_name(engine_path.name + ".calib"))
-            config.int8_calibrator = calibrator
-            if profile is not None:
-                config.set_calibration_profile(profile)
     serialized = builder.build_serialized_network(network, config)
-    if calibrator is not None and calibrator.error:
-        raise UserError(calibrator.error)
     if serialized is None:
         raise UserError(f"TensorRT could not build an engine from {onnx_path}: its log above says why "
                         f"(verbose=True shows more)")
@@ -183,19 +175,16 @@ def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[A
     return network, parser
 
 
-def _check_precision(onnx_path: PathLike, trt_major: int, *, half: bool, int8: bool, has_qdq: bool, is_fp16: bool,
-                    calibrated: bool) -> None:
+def _check_precision(onnx_path: PathLike, trt_major: int, *, half: bool, int8: bool, has_qdq: bool,
+                     is_fp16: bool) -> None:
     """Refuse, before a long build, a precision that this TensorRT cannot get from this ONNX."""
-    if trt_major >= 11:
-        if half and not is_fp16:
-            raise UserError(f"TensorRT {trt_major} has no FP16 builder flag (networks are strongly typed since 11.0) "
-                            f"and {onnx_path} is float32: export the ONNX with --half")
-        if int8 and not has_qdq:
-            raise UserError(f"TensorRT {trt_major} has no INT8 calibration (removed in 11.0) and {onnx_path} has no "
-                            f"QuantizeLinear/DequantizeLinear nodes: train with --qat and export that checkpoint")
-    elif int8 and not has_qdq and not calibrated:
-        raise UserError(f"INT8 from {onnx_path}, which has no QuantizeLinear/DequantizeLinear nodes, needs calibration "
-                        f"images; pass some, or train with --qat so the ONNX carries its own INT8 ranges")
+    if trt_major >= 11 and half and not is_fp16:
+        raise UserError(f"TensorRT {trt_major} has no FP16 builder flag (networks are strongly typed since 11.0) "
+                        f"and {onnx_path} is float32: export the ONNX with --half")
+    if int8 and not has_qdq:
+        raise UserError(f"INT8 needs QuantizeLinear/DequantizeLinear nodes and {onnx_path} has none (TensorRT's "
+                        f"calibrators are deprecated in 10 and removed in 11): export it with `yolodistill export "
+                        f"--int8 --data data.yaml` (post-training) or from a student trained with --qat")
 
 
 class TensorRTRunner:
@@ -265,50 +254,6 @@ def _torch_dtype(trt_dtype: Any) -> Any:
     if name not in _TORCH_DTYPES:
         raise UserError(f"TensorRT tensors of type {name} have no torch equivalent here")
     return getattr(torch, _TORCH_DTYPES[name])
-
-
-def _entropy_calibrator(trt: Any, batches: Iterable[np.ndarray], shape: Shape, dtype: torch.dtype, onnx_path: Path,
-                        cache: Path) -> Any:
-    """A TensorRT 10 IInt8EntropyCalibrator2 feeding `batches` through a torch CUDA buffer of the input's dtype,
-    with its cache beside the engine.
-
-    TensorRT calls back into it and swallows Python exceptions, so a bad batch ends calibration and is left in
-    `.error` for build_engine to raise.
-    """
-    import torch
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches, self.error, self.device_batch = iter(batches), "", None
-
-        def get_batch_size(self) -> int:
-            return int(shape[0])
-
-        def get_batch(self, names: list) -> list[int] | None:
-            arr = next(self.batches, None)
-            if arr is None:
-                return None
-            if tuple(arr.shape) != tuple(shape):
-                self.error = f"calibration batch of shape {tuple(arr.shape)}; the engine input needs {tuple(shape)}"
-                return None
-            # kept on self: TensorRT reads the buffer after this returns; a blocking copy, done before it does
-            self.device_batch = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to("cuda", dtype)
-            return [self.device_batch.data_ptr()]
-
-        def read_calibration_cache(self) -> bytes | None:
-            # a cache older than the ONNX belongs to an earlier export: recalibrate instead
-            with contextlib.suppress(OSError):
-                if cache.stat().st_mtime >= onnx_path.stat().st_mtime:
-                    return cache.read_bytes()
-            return None
-
-        def write_calibration_cache(self, data: Any) -> None:
-            # the cache only saves time; an unwritable folder is reported when the engine is written
-            with contextlib.suppress(UserError):
-                _write_bytes_atomic(cache, data, what="calibration cache")
-
-    return EntropyCalibrator()
 
 
 def _profile_shapes(onnx_path: Path, dims: Shape, *, dynamic: bool, batch: int,
