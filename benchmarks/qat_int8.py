@@ -3,7 +3,8 @@ ONNX files through onnxruntime, over the seeds of a kd_gain / quickstart run.
 
     python benchmarks/qat_int8.py --runs runs/kd_gain --seeds 0 1 2 --epochs 5
 
-For each seed folder (teacher/, distilled/, data/ as `yolodistill quickstart` leaves them):
+For each seed folder (teacher/, distilled/, data/ as `yolodistill quickstart` leaves them; --student names
+another run folder, e.g. `--student output` for kd_gain.py's output-distilled yolov5n):
   fp32  the distilled student exported to ONNX
   ptq   the same student with INT8 ranges calibrated on 512 training images, no training (Q/DQ ONNX):
         `yolodistill export --int8 --data DATA --calib-images 512`
@@ -11,7 +12,7 @@ For each seed folder (teacher/, distilled/, data/ as `yolodistill quickstart` le
         (output + pkd features, as the student was trained), exported to a Q/DQ ONNX
   ft32  the control: the same fine-tune without --qat (FP32), so that what QAT gains from the extra epochs of
         distillation is not mistaken for INT8 being free
-Each ONNX file is validated with `yolodistill val --weights file.onnx` (square 128 px letterbox, as yolov5
+Each ONNX file is validated with `yolodistill val --weights file.onnx` (square letterbox at the training size, as yolov5
 validates exported models). Results go to OUT/qat_int8.json (resumable) and a table on stdout.
 """
 
@@ -45,10 +46,11 @@ def onnx_map(weights: Path, data: str, imgsz: int, out: Path, export_kw: Optiona
     return {"mAP50-95": r[MAP], "mAP50": r[MAP50], "onnx": str(onnx_path), "qdq_coverage": report["qdq_coverage"]}
 
 
-def finetuned_checkpoint(seed_dir: Path, out: Path, epochs: int, device: str, qat: bool) -> Path:
-    opt = yb.load_yolov5_checkpoint(seed_dir / "distilled" / "weights" / "best.pt")["opt"]
+def finetuned_checkpoint(student: Path, out: Path, epochs: int, device: str, qat: bool) -> Path:
+    """The student trained `epochs` more with its own distillation setting and nominal batch, with or without QAT."""
+    opt = yb.load_yolov5_checkpoint(student)["opt"]
     run = DistillTrainer(TrainOptions(
-        data=opt["data"], weights=str(seed_dir / "distilled" / "weights" / "best.pt"), imgsz=opt["imgsz"],
+        data=opt["data"], weights=str(student), imgsz=opt["imgsz"], nbs=opt.get("nbs", 64),
         batch_size=opt["batch_size"], epochs=epochs, optimizer=opt["optimizer"], t_weights=opt["t_weights"],
         d_feature=opt["d_feature"], d_output=opt["d_output"], f_weight=opt["f_weight"],
         feature_loss=opt["feature_loss"], qat=qat, device=device, workers=2, project=str(out),
@@ -61,6 +63,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/kd_gain", help="folder with seed0/, seed1/, ... from kd_gain.py")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--student", default="distilled",
+                   help="the distilled student's run folder in each seed folder (kd_gain.py: e.g. output)")
     p.add_argument("--epochs", type=int, default=5, help="QAT fine-tuning epochs")
     p.add_argument("--calib-images", type=int, default=512, help="training images calibrating the ptq variant")
     p.add_argument("--out", default="runs/qat_int8")
@@ -77,15 +81,15 @@ def main() -> None:
     for seed in args.seeds:
         key = f"seed{seed}"
         seed_dir = Path(args.runs) / key
-        student = seed_dir / "distilled" / "weights" / "best.pt"
+        student = seed_dir / args.student / "weights" / "best.pt"
         opt = yb.load_yolov5_checkpoint(student)["opt"]
         data, imgsz = opt["data"], int(opt["imgsz"])
         work = out / key
         variants = {  # checkpoint, export options
             "fp32": lambda: (student, {}),
             "ptq": lambda: (student, {"int8": True, "data": data, "calib_images": args.calib_images}),
-            "qat": lambda: (finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=True), {}),
-            "ft32": lambda: (finetuned_checkpoint(seed_dir, work, args.epochs, args.device, qat=False), {}),
+            "qat": lambda: (finetuned_checkpoint(student, work, args.epochs, args.device, qat=True), {}),
+            "ft32": lambda: (finetuned_checkpoint(student, work, args.epochs, args.device, qat=False), {}),
         }
         row = results.setdefault(key, {"epochs": args.epochs})
         for name, make in variants.items():
