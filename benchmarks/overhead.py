@@ -6,7 +6,9 @@
 The three measurements are interleaved step by step on the same batches (from the embedded
 synthetic dataset, yolov5's mosaic dataloader), so machine noise hits them alike. The printed
 ratio distillation / (student + teacher inference) is what hooks, adapters and distillation
-losses cost on top of the unavoidable teacher forward pass; 1.0 means nothing extra.
+losses cost on top of the unavoidable teacher forward pass; 1.0 means nothing extra. A fourth measurement is
+the same distillation step on the same images as an unlabeled batch (`--unlabeled`: no targets, so no task
+loss, only the distillation terms); the second ratio is its time over the labeled distillation step's.
 """
 
 from __future__ import annotations
@@ -80,17 +82,17 @@ def main() -> None:
                 break
 
         cuda = plain.device.type == "cuda"
-        times = {"student": [], "teacher": [], "distill": []}
+        times = {"student": [], "teacher": [], "distill": [], "unlabeled": []}
         for step in range(args.warmup + args.steps):
             imgs, targets = batches[step % len(batches)]
             # Same step index for both trainers: warmup LR/accumulation logic is identical.
             t_student = _timed(lambda: plain.training_step(imgs, targets, step), cuda)
             t_teacher = _timed(lambda: distil.teacher(imgs), cuda)
             t_distill = _timed(lambda: distil.training_step(imgs, targets, step), cuda)
+            t_unlabeled = _timed(lambda: distil.training_step(imgs, None, step), cuda)
             if step >= args.warmup:
-                times["student"].append(t_student)
-                times["teacher"].append(t_teacher)
-                times["distill"].append(t_distill)
+                for key, t in zip(times, (t_student, t_teacher, t_distill, t_unlabeled)):
+                    times[key].append(t)
         distil.distiller.remove()
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -104,6 +106,8 @@ def main() -> None:
     print(f"{'teacher inference':<28}{med['teacher']:.3f}")
     print(f"{'distillation step':<28}{med['distill']:.3f}")
     print(f"{'ratio distill/(student+teacher)':<28} {ratio:.3f}")
+    print(f"{'unlabeled distillation step':<28}{med['unlabeled']:.3f}")
+    print(f"{'ratio unlabeled/labeled step':<28} {med['unlabeled'] / med['distill']:.3f}")
 
 
 if __name__ == "__main__":
