@@ -30,7 +30,7 @@ import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 from yolodistill import quickstart
 from yolodistill import yolo_backend as yb
@@ -48,7 +48,7 @@ class Run(NamedTuple):
     distill: Optional[dict] = None  # TrainOptions fields; None: the plan's own setting (when taught)
     init: Optional[str] = None  # the run whose weights it starts from (fine-tuning); None: random weights
     target: bool = False  # trained on the fine-tuning plan's small set of another style instead of the plan's
-    epochs: str = "student"  # which of its plan's epoch counts: "teacher" or "student"
+    epochs: Union[str, int] = "student"  # which of its plan's epoch counts, "teacher" or "student"; or a number
 
 
 def feature(loss: str, weight: float, output: bool = True) -> dict:
@@ -79,7 +79,13 @@ RUNS = {
     "teacher yolov5m": Run(M, epochs="teacher"),
     "yolov5m -> yolov5n": Run(N, "teacher yolov5m"),
     "yolov5m -> yolov5s": Run(S, "teacher yolov5m"),
+    # screens, run only when named in --rows: the output weight, and a schedule twice as long for both the
+    # student alone and the distilled one (distillation is known to pay more with longer training)
+    "output, d_weight 3": Run(N, "teacher yolov5s", dict(d_output=True, d_weight=3.0)),
+    "yolov5n alone, 60 epochs": Run(N, epochs=60),
+    "output, 60 epochs": Run(N, "teacher yolov5s", dict(d_output=True), epochs=60),
 }
+SCREENS = ("output, d_weight 3", "yolov5n alone, 60 epochs", "output, 60 epochs")
 MIN_GAP = 0.005  # a teacher less than half a point ahead leaves no gap worth dividing by
 
 
@@ -88,7 +94,8 @@ def baseline(label: str) -> Optional[str]:
     run = RUNS[label]
     if run.teacher is None:
         return None
-    return next((k for k, r in RUNS.items() if r == Run(run.model, init=run.init, target=run.target)), None)
+    alone = Run(run.model, init=run.init, target=run.target, epochs=run.epochs)
+    return next((k for k, r in RUNS.items() if r == alone), None)
 
 
 def with_dependencies(labels: list[str]) -> list[str]:
@@ -130,7 +137,8 @@ def distill_options(run: Run, plan: quickstart.Plan) -> dict:
 def kind(run: Run) -> str:
     """Runs of one kind take about the same time (the budget's estimate)."""
     role = "teacher" if run.epochs == "teacher" else "distilled" if run.teacher else "alone"
-    return f"{Path(run.model).stem} {role}" + (" fine-tuning" if run.target else "")
+    length = f" {run.epochs} epochs" if isinstance(run.epochs, int) else ""
+    return f"{Path(run.model).stem} {role}{length}" + (" fine-tuning" if run.target else "")
 
 
 class Budget:
@@ -174,7 +182,8 @@ def run_all(args, plans: dict[bool, quickstart.Plan], results: dict, store: Path
             if run.init:
                 extra.update(weights=_best(done[run.init]))
             t0 = time.time()
-            epochs = plan.teacher_epochs if run.epochs == "teacher" else plan.student_epochs
+            epochs = run.epochs if isinstance(run.epochs, int) else (
+                plan.teacher_epochs if run.epochs == "teacher" else plan.student_epochs)
             r = quickstart.train_or_resume(root, _run_dir(label), plan, data, "cpu", cfg=run.model,
                                            epochs=epochs, **extra)
             done[label] = {"map": r[MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60,
@@ -288,8 +297,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/kd_gain")
     ap.add_argument("--plan", default="benchmark", help="a plan of cfg/quickstart.yaml")
     ap.add_argument("--finetune-plan", default="finetune", help="the plan of the fine-tuning runs' small set")
-    ap.add_argument("--rows", nargs="+", default=list(RUNS), choices=list(RUNS),
-                    help="runs to train (with the runs they need); default: all")
+    ap.add_argument("--rows", nargs="+", default=[k for k in RUNS if k not in SCREENS], choices=list(RUNS),
+                    help=f"runs to train (with the runs they need); default: all but the screens {SCREENS}")
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--teacher-epochs", type=int)
