@@ -17,13 +17,13 @@ DEFAULTS_DOC = """\
 distillation defaults, and why:
   --d_weight 1.0   the output term is on the same per-image scale as yolov5's box/obj/cls losses
                    (it is scaled by the same hyp gains), so 1.0 weighs the teacher like the labels
-  --f_weight 0.05  feature losses compare raw activations and run larger than the task terms
-                   (at 0.5, MSE made the student worse than training it alone); with the
-                   scale-free pkd loss 0.1 worked best; watch train/distill/feature in results_all.png
+  --f_weight 0.1   with the scale-free pkd loss; MSE of raw activations runs larger than the
+                   task terms and hurt (benchmarks/kd_gain.py); watch train/distill/feature
+                   in results_all.png
   --d_layers       default: the layers feeding Detect in each model (P3/P4/P5: model.17 model.20
                    model.23 for the standard yolov5 yamls), paired level by level
-  --feature-loss   mse (FitNets) by default; cwd (channel-wise distillation) and pkd (Pearson
-                   correlation, scale-free) are built in; plugins add more through the
+  --feature-loss   pkd (Pearson correlation, scale-free) by default; mse (FitNets) and cwd
+                   (channel-wise distillation) are built in; plugins add more through the
                    'yolodistill.feature_losses' entry points
 """
 
