@@ -130,6 +130,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     flag(p, "--teacher-epochs", type=int, default=None, help="override the plan's teacher epochs")
     flag(p, "--student-epochs", type=int, default=None, help="override the plan's student epochs")
     flag(p, "--seed", type=int, default=None, help="dataset and training seed")
+    flag(p, "--noplots", action="store_true", help="no yolov5 plots in the training runs (as train --noplots)")
     p.set_defaults(func=_run_quickstart)
 
 
@@ -137,7 +138,7 @@ def _run_quickstart(args: argparse.Namespace) -> None:
     from .quickstart import run
 
     run(args.out, fast=args.fast, device=args.device, teacher_epochs=args.teacher_epochs,
-        student_epochs=args.student_epochs, seed=args.seed)
+        student_epochs=args.student_epochs, seed=args.seed, noplots=args.noplots)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:

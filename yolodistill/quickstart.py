@@ -119,8 +119,8 @@ def prepare_data(out: Path, plan: Plan) -> Path:
     return yaml_path
 
 
-def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
-    """Train the teacher, or reuse a finished one, or resume an interrupted one."""
+def prepare_teacher(out: Path, plan: Plan, data: Path, device: str, **extra) -> Path:
+    """Train the teacher, or reuse a finished one, or resume an interrupted one (`extra`: TrainOptions fields)."""
     run = out / "teacher"
     best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
     stamp = run / "plan.txt"
@@ -135,7 +135,7 @@ def prepare_teacher(out: Path, plan: Plan, data: Path, device: str) -> Path:
             shutil.rmtree(run)
         run.mkdir(parents=True)
         stamp.write_text(expected + "\n")
-    train_or_resume(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs)
+    train_or_resume(out, "teacher", plan, data, device, cfg=plan.teacher_cfg, epochs=plan.teacher_epochs, **extra)
     return best
 
 
@@ -207,8 +207,9 @@ def plot_map_per_epoch(curves: dict[str, Path], out: Path) -> Path:
 
 
 def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str = "cpu",
-        plan: Optional[Plan] = None, **overrides) -> dict:
-    """The quickstart pipeline; returns the table rows and the paths it wrote."""
+        plan: Optional[Plan] = None, noplots: bool = False, **overrides) -> dict:
+    """The quickstart pipeline; returns the table rows and the paths it wrote. `noplots`: no yolov5 plots in
+    the three training runs (labels, batches, curves), as `yolodistill train --noplots`."""
     chosen = plan or Plan.named("fast" if fast else "default")
     plan = replace(chosen, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
@@ -222,11 +223,11 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     LOGGER.info(f"quickstart: {plan}")
     data = prepare_data(out, plan)
     lap("data")
-    teacher = prepare_teacher(out, plan, data, device)
+    teacher = prepare_teacher(out, plan, data, device, noplots=noplots)
     lap("teacher")
     runs = {f"teacher {Path(plan.teacher_cfg).stem}": {"save_dir": str(out / "teacher"), "best": str(teacher)}}
     runs[f"teacher {Path(plan.teacher_cfg).stem}"].update(val_metrics(teacher, data, plan, device, out))
-    common = dict(cfg=plan.student_cfg, epochs=plan.student_epochs)
+    common = dict(cfg=plan.student_cfg, epochs=plan.student_epochs, noplots=noplots)
     for name in ("student", "distilled"):
         if (out / name).exists():
             shutil.rmtree(out / name)
