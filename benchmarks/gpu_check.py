@@ -126,7 +126,8 @@ def val_all(work: Path, files: dict, data: str) -> dict:
 
     scores = {}
     for label, path in files.items():
-        m = val(path, data, imgsz=160, batch_size=32, device="0", project=str(work / "val"), name=label.replace(" ", "_"))
+        m = val(path, data, imgsz=160, batch_size=32, device="0", project=str(work / "val"),
+                name=label.replace(" ", "_"))
         scores[label] = {k: round(v, 4) for k, v in m.items() if k.startswith("metrics/")}
     return scores
 

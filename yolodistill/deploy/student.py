@@ -1,7 +1,7 @@
 """Any student checkpoint -> a model ready to trace for deployment, whichever task wrote it.
 
-yolodistill.students reads the checkpoint (and tells the formats apart). A QAT checkpoint (a `quant` entry) gets its INT8
-fake quantizers back, so the export has QuantizeLinear/DequantizeLinear nodes.
+yolodistill.students reads the checkpoint (and tells the formats apart). A QAT checkpoint (a `quant` entry) gets
+its INT8 fake quantizers back, so the export has QuantizeLinear/DequantizeLinear nodes.
 """
 
 from __future__ import annotations

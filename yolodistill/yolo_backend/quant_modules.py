@@ -87,9 +87,7 @@ class QuantSPP(QuantizedBlock, SPP):
     """SPP (older YOLOv5 configs) quantized as SPPF."""
 
     plain_class = SPP
-
-    def add_quantizers(self, device: torch.device) -> None:
-        self.cat_quantizer = _input_quantizer(self.cv2)
+    add_quantizers = QuantSPPF.add_quantizers  # the same rule: the concat takes INT8 inputs at cv2's input scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cv1(x)
