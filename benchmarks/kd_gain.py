@@ -1,8 +1,9 @@
 """Which distillation pays where the models have learned: every loss against the student alone, over seeds.
 
-    python benchmarks/kd_gain.py --seeds 0 1 2 --out runs/kd_gain --budget-minutes 140
+    python benchmarks/kd_gain.py --seeds 0 1 2 --out runs/kd_conv --budget-minutes 140
 
-Plan `benchmark` of cfg/quickstart.yaml (larger than the quickstart; same recipe). Per seed: the dataset
+Plan `converged` of cfg/quickstart.yaml (larger than the quickstart, the same recipe, the hardest data, 100
+epochs for every model: see the plan's comment; `--plan benchmark` is the first, 30-epoch plan). Per seed: the dataset
 generated with the seed, a yolov5s teacher, then yolov5n students trained alone and distilled from it:
 output only; output + MSE, CWD or PKD features; PKD features only. Then the fine-tuning case: teacher and
 student pretrained on that data are trained further on a small set of another style (plan `finetune`,
@@ -294,8 +295,8 @@ def _stamp(path: Path, plan: quickstart.Plan) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="runs/kd_gain")
-    ap.add_argument("--plan", default="benchmark", help="a plan of cfg/quickstart.yaml")
+    ap.add_argument("--out", help="where the runs go (default: runs/kd_gain_PLAN)")
+    ap.add_argument("--plan", default="converged", help="a plan of cfg/quickstart.yaml")
     ap.add_argument("--finetune-plan", default="finetune", help="the plan of the fine-tuning runs' small set")
     ap.add_argument("--rows", nargs="+", default=[k for k in RUNS if k not in SCREENS], choices=list(RUNS),
                     help=f"runs to train (with the runs they need); default: all but the screens {SCREENS}")
@@ -303,14 +304,17 @@ def main() -> None:
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--teacher-epochs", type=int)
     ap.add_argument("--student-epochs", type=int)
+    ap.add_argument("--difficulty", type=float, help="of the plan's synthetic data (`data synth --difficulty`)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     yb.set_yolov5_verbosity(False)
 
     overrides = {k: v for k, v in dict(n_train=args.n_train, teacher_epochs=args.teacher_epochs,
-                                       student_epochs=args.student_epochs).items() if v is not None}
+                                       student_epochs=args.student_epochs,
+                                       difficulty=args.difficulty).items() if v is not None}
     plan = replace(quickstart.Plan.named(args.plan), **overrides)
     target = quickstart.Plan.named(args.finetune_plan)
+    args.out = args.out or f"runs/kd_gain_{args.plan}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
