@@ -63,11 +63,11 @@ RUNS = {
     "teacher yolov5s": Run(S, epochs="teacher"),
     "yolov5n alone": Run(N),
     "output": Run(N, "teacher yolov5s", dict(d_output=True)),
-    "output + mse": Run(N, "teacher yolov5s", feature("mse", 0.05)),
-    "output + cwd": Run(N, "teacher yolov5s", feature("cwd", 0.1)),
     "output + pkd": Run(N, "teacher yolov5s", feature("pkd", 0.1)),
+    "output + cwd": Run(N, "teacher yolov5s", feature("cwd", 0.1)),
     "pkd only": Run(N, "teacher yolov5s", feature("pkd", 0.1, output=False)),
-    "yolov5s alone": Run(S),
+    "output + mse": Run(N, "teacher yolov5s", feature("mse", 0.05)),  # last: it was the least stable at 30 epochs
+    "yolov5s alone": Run(S),  # where the plan trains teacher and student alike, the teacher's run (not trained again)
     # fine-tuning, the common real case: teacher and student pretrained on the plan's data (the runs above),
     # then trained on a small set of another style; the teacher is fine-tuned first, as users would
     "fine-tuned teacher yolov5s": Run(S, init="teacher yolov5s", target=True, epochs="teacher"),
@@ -115,6 +115,21 @@ def with_dependencies(labels: list[str]) -> list[str]:
     for label in (k for k in RUNS if k in labels):
         add(label)
     return order
+
+
+def epochs_of(run: Run, plan: quickstart.Plan) -> int:
+    if isinstance(run.epochs, int):
+        return run.epochs
+    return plan.teacher_epochs if run.epochs == "teacher" else plan.student_epochs
+
+
+def same_training(label: str, done: dict, plan: quickstart.Plan) -> Optional[str]:
+    """A finished run of this seed trained exactly as `label` would be (e.g. `yolov5s alone` and the teacher
+    when the plan gives both the same epochs): its result stands for this one instead of a second training."""
+    run = RUNS[label]
+    key = run._replace(epochs=epochs_of(run, plan))
+    return next((k for k in done if k in RUNS and k != label and "same_as" not in done[k]
+                 and RUNS[k]._replace(epochs=epochs_of(RUNS[k], plan)) == key), None)
 
 
 def _save(store: Path, results: dict) -> None:
@@ -174,6 +189,11 @@ def run_all(args, plans: dict[bool, quickstart.Plan], results: dict, store: Path
             done = results.setdefault(str(seed), {})
             if label in done:
                 continue
+            twin = same_training(label, done, plan)
+            if twin is not None:
+                done[label] = {**done[twin], "same_as": twin}
+                _save(store, results)
+                continue
             if not budget.allows(kind(run)):
                 return False
             data = quickstart.prepare_data(root / "target" if run.target else root, plan)
@@ -183,10 +203,8 @@ def run_all(args, plans: dict[bool, quickstart.Plan], results: dict, store: Path
             if run.init:
                 extra.update(weights=_best(done[run.init]))
             t0 = time.time()
-            epochs = run.epochs if isinstance(run.epochs, int) else (
-                plan.teacher_epochs if run.epochs == "teacher" else plan.student_epochs)
             r = quickstart.train_or_resume(root, _run_dir(label), plan, data, "cpu", cfg=run.model,
-                                           epochs=epochs, **extra)
+                                           epochs=epochs_of(run, plan), **extra)
             done[label] = {"map": r[MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60,
                            "kind": kind(run), "save_dir": r["save_dir"]}
             _save(store, results)
@@ -233,7 +251,9 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
                       if teacher[s] - alone[s] >= MIN_GAP]
             share = (f"{100 * statistics.mean(shares):.0f}% (per seed: "
                      f"{', '.join(f'{100 * x:.0f}%' for x in shares)})") if shares else "-"
-        lines.append(f"| {label} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {share} |")
+        twins = {results[str(s)][label].get("same_as") for s in got} - {None}
+        name = label + (f" (the run of {', '.join(sorted(twins))}: trained alike)" if twins else "")
+        lines.append(f"| {name} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {share} |")
 
     lines += ["", "Paired differences between runs with the same teacher and baseline (same seed): mean ± sd "
               "over seeds, and whether |mean| exceeds that seed spread.", "",
@@ -258,7 +278,7 @@ def plot_curves(results: dict, out: Path) -> Path:
     for ax, target, title in ((axes[0], False, "the plan's data"), (axes[1], True, "fine-tuning on the other style")):
         for i, label in enumerate(k for k, r in RUNS.items() if r.target == target):
             for j, seed in enumerate(sorted(results)):
-                if label in results[seed]:
+                if label in results[seed] and "same_as" not in results[seed][label]:
                     rows = read_results(Path(results[seed][label]["save_dir"]) / "results.csv")
                     ax.plot([r[MAP] for r in rows], color=f"C{i % 10}", alpha=0.8, lw=1,
                             label=label if j == 0 else None)

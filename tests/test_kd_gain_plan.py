@@ -1,0 +1,56 @@
+"""benchmarks/kd_gain.py's bookkeeping (no training): the order runs go in, the baselines the report divides by,
+and a run the plan would train twice (the yolov5s alone of plan `converged` is its teacher's run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from yolodistill.quickstart import Plan
+
+
+@pytest.fixture(scope="module")
+def kd_gain():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_gain.py"
+    spec = importlib.util.spec_from_file_location("kd_gain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_comes_after_its_teacher_start_and_baseline(kd_gain):
+    assert kd_gain.with_dependencies(["output"]) == ["teacher yolov5s", "yolov5n alone", "output"]
+    order = kd_gain.with_dependencies(["fine-tuned, output"])
+    assert set(order) == {"teacher yolov5s", "yolov5n alone", "fine-tuned teacher yolov5s",
+                          "fine-tuned yolov5n alone", "fine-tuned, output"}
+    for label in order:
+        run = kd_gain.RUNS[label]
+        for need in (run.teacher, run.init, kd_gain.baseline(label)):
+            assert need is None or order.index(need) < order.index(label), (need, label)
+
+
+def test_every_taught_run_has_a_baseline_trained_alike(kd_gain):
+    for label, run in kd_gain.RUNS.items():
+        base = kd_gain.baseline(label)
+        if run.teacher is None:
+            assert base is None
+            continue
+        alone = kd_gain.RUNS[base]
+        assert alone.teacher is None and (alone.model, alone.init, alone.target, alone.epochs) == (
+            run.model, run.init, run.target, run.epochs), label
+
+
+def test_a_run_trained_exactly_like_a_finished_one_is_not_trained_again(kd_gain):
+    converged = Plan.named("converged")
+    assert converged.teacher_epochs == converged.student_epochs
+    done = {"teacher yolov5s": {"map": 0.5}}
+    assert kd_gain.same_training("yolov5s alone", done, converged) == "teacher yolov5s"
+    assert kd_gain.same_training("yolov5n alone", done, converged) is None
+    # the teacher trained longer than the students: two different runs
+    assert kd_gain.same_training("yolov5s alone", done, replace(converged, student_epochs=30)) is None
+    # a copy is never the original another run is matched to
+    done["yolov5s alone"] = {"map": 0.5, "same_as": "teacher yolov5s"}
+    assert kd_gain.same_training("teacher yolov5s", {"yolov5s alone": done["yolov5s alone"]}, converged) is None
