@@ -3,11 +3,12 @@
     python benchmarks/kd_gain.py --seeds 0 1 2 --out runs/kd_conv --budget-minutes 140
 
 Plan `converged` of cfg/quickstart.yaml (larger than the quickstart, the same recipe, the hardest data, 100
-epochs for every model: see the plan's comment; `--plan benchmark` is the first, 30-epoch plan). Per seed: the dataset
-generated with the seed, a yolov5s teacher, then yolov5n students trained alone and distilled from it:
-output only; output + MSE, CWD or PKD features; PKD features only. Then the fine-tuning case: teacher and
-student pretrained on that data are trained further on a small set of another style (plan `finetune`,
-`data synth --style textured`), the student alone and distilled from the fine-tuned teacher. Then the
+epochs for every model: see the plan's comment; `--plan benchmark` is the first, 30-epoch plan). Per seed:
+the dataset generated with the seed, a yolov5s teacher, then yolov5n students trained alone and distilled
+from it: output only; output + PKD, CWD or MSE features; PKD features only. Then the fine-tuning case:
+teacher and student pretrained on that data are trained further on a small set of another style (plan
+`finetune_hard`, or `finetune` for plan `benchmark`: `data synth --style textured`), the student alone and
+distilled from the fine-tuned teacher. Then the
 capacity-gap pair: a yolov5m teacher distilled into a yolov5n and into a yolov5s.
 
 Runs go one at a time over all seeds (every seed's teacher, then every seed's student alone, then each
@@ -87,6 +88,9 @@ RUNS = {
     "output, 60 epochs": Run(N, "teacher yolov5s", dict(d_output=True), epochs=60),
 }
 SCREENS = ("output, d_weight 3", "yolov5n alone, 60 epochs", "output, 60 epochs")
+# the fine-tuning set matches its plan's difficulty: on easier data than they were pretrained on, teacher and
+# student would both saturate and leave no lead to distil
+FINETUNE_PLANS = {"converged": "finetune_hard"}
 MIN_GAP = 0.005  # a teacher less than half a point ahead leaves no gap worth dividing by
 
 
@@ -317,7 +321,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", help="where the runs go (default: runs/kd_gain_PLAN)")
     ap.add_argument("--plan", default="converged", help="a plan of cfg/quickstart.yaml")
-    ap.add_argument("--finetune-plan", default="finetune", help="the plan of the fine-tuning runs' small set")
+    ap.add_argument("--finetune-plan", help="the plan of the fine-tuning runs' small set (default: "
+                    f"{', '.join(f'{v} for plan {k}' for k, v in FINETUNE_PLANS.items())}, else finetune)")
     ap.add_argument("--rows", nargs="+", default=[k for k in RUNS if k not in SCREENS], choices=list(RUNS),
                     help=f"runs to train (with the runs they need); default: all but the screens {SCREENS}")
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
@@ -333,6 +338,7 @@ def main() -> None:
                                        student_epochs=args.student_epochs,
                                        difficulty=args.difficulty).items() if v is not None}
     plan = replace(quickstart.Plan.named(args.plan), **overrides)
+    args.finetune_plan = args.finetune_plan or FINETUNE_PLANS.get(args.plan, "finetune")
     target = quickstart.Plan.named(args.finetune_plan)
     args.out = args.out or f"runs/kd_gain_{args.plan}"
     out = Path(args.out)

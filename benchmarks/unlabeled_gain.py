@@ -213,7 +213,8 @@ def main() -> None:
                                  budget_minutes=args.budget_minutes)
     kd_results_path = Path(args.kd_gain) / "results.json"
     kd_results = json.loads(kd_results_path.read_text()) if kd_results_path.exists() else {}
-    finished = kd_gain.run_all(kd_args, {False: plan, True: quickstart.Plan.named("finetune")}, kd_results,
+    finetune = quickstart.Plan.named(kd_gain.FINETUNE_PLANS.get(args.plan, "finetune"))
+    finished = kd_gain.run_all(kd_args, {False: plan, True: finetune}, kd_results,
                                kd_results_path)
     store = out / "results.json"
     results: dict = json.loads(store.read_text()) if store.exists() else {}

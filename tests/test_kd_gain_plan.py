@@ -54,3 +54,9 @@ def test_a_run_trained_exactly_like_a_finished_one_is_not_trained_again(kd_gain)
     # a copy is never the original another run is matched to
     done["yolov5s alone"] = {"map": 0.5, "same_as": "teacher yolov5s"}
     assert kd_gain.same_training("teacher yolov5s", {"yolov5s alone": done["yolov5s alone"]}, converged) is None
+
+
+def test_a_fine_tuning_set_is_as_hard_as_the_data_its_models_were_trained_on(kd_gain):
+    for plan, finetune in {"benchmark": "finetune", **kd_gain.FINETUNE_PLANS}.items():
+        source, target = Plan.named(plan), Plan.named(finetune)
+        assert target.difficulty == source.difficulty and target.style != source.style, (plan, finetune)
