@@ -229,6 +229,27 @@ def plan_run(plan: quickstart.Plan) -> Optional[str]:
                  and distill_options(r, plan) == plan.distill_options()), None)
 
 
+def _val_maps(result: dict) -> list[float]:
+    return [r[MAP] for r in read_results(Path(result["save_dir"]) / "results.csv")]
+
+
+def first_epoch_at(curve: list[float], level: float) -> Optional[int]:
+    """The first epoch (1-based) whose val mAP reaches `level`; None if none does."""
+    return next((i + 1 for i, m in enumerate(curve) if m >= level), None)
+
+
+def _catch_up(results: dict, label: str, base: str, seeds: list[int]) -> str:
+    """Per seed, the epoch at which a taught run first scores the best mAP its student alone reached: how much
+    of the schedule distillation saves. (Not the length of a shorter schedule: the learning rate decays over
+    the run's own epochs.)"""
+    cells = []
+    for s in seeds:
+        curve = _val_maps(results[str(s)][label])
+        epoch = first_epoch_at(curve, max(_val_maps(results[str(s)][base]), default=float("inf")))
+        cells.append(f"{epoch}/{len(curve)}" if epoch else f"never/{len(curve)}")
+    return ", ".join(cells)
+
+
 def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -> str:
     def per_seed(label: str) -> dict[int, float]:
         return {s: results[str(s)][label]["map"] for s in seeds if label in results.get(str(s), {})}
@@ -238,13 +259,14 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
              f"teaches and `fine-tuned, plan's setting`. Every `fine-tuned` run and `yolov5n on the small set "
              f"only` are trained and scored on the small set of the other style.", "",
              "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
-             "share of the teacher's lead closed |", "| --- | --- | --- | --- | --- |"]
+             "share of the teacher's lead closed | first epoch at the student alone's best (of its epochs) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     groups: dict[tuple[str, str], list[str]] = {}  # (teacher, baseline) -> the runs they compare
     for label, run in RUNS.items():
         got = per_seed(label)
         if not got:
             continue
-        gain, share = "", ""
+        gain, share, catch_up = "", "", ""
         base = baseline(label)
         if base is not None:
             groups.setdefault((run.teacher, base), []).append(label)
@@ -255,9 +277,10 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
                       if teacher[s] - alone[s] >= MIN_GAP]
             share = (f"{100 * statistics.mean(shares):.0f}% (per seed: "
                      f"{', '.join(f'{100 * x:.0f}%' for x in shares)})") if shares else "-"
+            catch_up = _catch_up(results, label, base, both)
         twins = {results[str(s)][label].get("same_as") for s in got} - {None}
         name = label + (f" (the run of {', '.join(sorted(twins))}: trained alike)" if twins else "")
-        lines.append(f"| {name} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {share} |")
+        lines.append(f"| {name} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {share} | {catch_up} |")
 
     lines += ["", "Paired differences between runs with the same teacher and baseline (same seed): mean ± sd "
               "over seeds, and whether |mean| exceeds that seed spread.", "",

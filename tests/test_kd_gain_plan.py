@@ -60,3 +60,9 @@ def test_a_fine_tuning_set_is_as_hard_as_the_data_its_models_were_trained_on(kd_
     for plan, finetune in {"benchmark": "finetune", **kd_gain.FINETUNE_PLANS}.items():
         source, target = Plan.named(plan), Plan.named(finetune)
         assert target.difficulty == source.difficulty and target.style != source.style, (plan, finetune)
+
+
+def test_the_epoch_a_taught_run_reaches_its_baselines_best(kd_gain):
+    assert kd_gain.first_epoch_at([0.1, 0.3, 0.5, 0.4], 0.45) == 3
+    assert kd_gain.first_epoch_at([0.1, 0.3, 0.5], 0.5) == 3  # reaching it counts
+    assert kd_gain.first_epoch_at([0.1, 0.3], 0.5) is None
