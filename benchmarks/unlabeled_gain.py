@@ -13,7 +13,8 @@ and the other 90% as `--unlabeled` images (one beside each labeled image in ever
 - + unlabeled, soft: the plan's distillation terms on the unlabeled images too;
 - + unlabeled, pseudo-labels: the teacher's boxes above --conf as their targets, no soft terms;
 - + unlabeled, soft + pseudo-labels;
-- domain shift: the unlabeled images from the other style (`data synth --style textured`), soft terms.
+- domain shift: the unlabeled images from the other style (`data synth --style textured`), soft terms;
+- screens of `--unlabeled-ratio`, run only when named in --rows: soft terms at ratio 0.5 and 2.
 
 Each row gets mean ± sd over the seeds, the gain over the 10%-label student, and the share of the way from it
 to the 100%-label student; OUT/curves.png plots val mAP per epoch. Finished runs are kept in
@@ -47,15 +48,20 @@ LOGGER = logging.getLogger("yolodistill")
 REPEAT = 10  # the 10% labeled images are copied this often: an epoch as long as one over all the labels
 
 # label -> (unlabeled images: None, "rest" or "textured"; TrainOptions beyond the plan's sizes, or "plan" for
-# the plan's distillation setting)
-ROWS: dict[str, tuple[Optional[str], object]] = {
-    "10% labels alone": (None, {}),
-    "10% labels, distilled": (None, "plan"),
-    "+ unlabeled, soft": ("rest", "plan"),
-    "+ unlabeled, pseudo-labels": ("rest", "pseudo"),
-    "+ unlabeled, soft + pseudo-labels": ("rest", "plan+pseudo"),
-    "domain shift: textured unlabeled, soft": ("textured", "plan"),
+# the plan's distillation setting, "pseudo" or "plan+pseudo"; further TrainOptions)
+ROWS: dict[str, tuple[Optional[str], object, dict]] = {
+    "10% labels alone": (None, {}, {}),
+    "10% labels, distilled": (None, "plan", {}),
+    "+ unlabeled, soft": ("rest", "plan", {}),
+    "+ unlabeled, pseudo-labels": ("rest", "pseudo", {}),
+    "+ unlabeled, soft + pseudo-labels": ("rest", "plan+pseudo", {}),
+    "domain shift: textured unlabeled, soft": ("textured", "plan", {}),
+    # screens of --unlabeled-ratio (run when named in --rows): half and twice the default's unlabeled images
+    # per labeled one (a step costs about 1 + ratio labeled steps)
+    "+ unlabeled, soft, ratio 0.5": ("rest", "plan", {"unlabeled_ratio": 0.5}),
+    "+ unlabeled, soft, ratio 2": ("rest", "plan", {"unlabeled_ratio": 2.0}),
 }
+SCREENS = ("+ unlabeled, soft, ratio 0.5", "+ unlabeled, soft, ratio 2")
 BASE_LOW, BASE_FULL, TEACHER = "10% labels alone", "yolov5n alone", "teacher yolov5s"
 
 
@@ -100,6 +106,7 @@ def textured_pool(root: Path, n: int, plan: quickstart.Plan) -> Path:
 
 
 def options(kind: object, plan: quickstart.Plan, conf: float) -> dict:
+    """TrainOptions fields of a row's kind (ROWS' second item)."""
     if kind == "plan":
         return plan.distill_options()
     if kind == "pseudo":  # the teacher's boxes only: the output term is on but weighs nothing
@@ -112,20 +119,22 @@ def options(kind: object, plan: quickstart.Plan, conf: float) -> dict:
 def run_all(args, plan: quickstart.Plan, results: dict, store: Path, minutes: Optional[float]) -> bool:
     budget = kd_gain.Budget(minutes, results)
     for label in (r for r in ROWS if r in args.rows):
-        unlabeled, kind = ROWS[label]
+        unlabeled, kind, more = ROWS[label]
         for seed in args.seeds:
             splan = replace(plan, seed=seed)
             done = results.setdefault(str(seed), {})
             if label in done:
                 continue
             reference = json.loads((Path(args.kd_gain) / "results.json").read_text())[str(seed)]
-            run_kind = f"yolov5n {'distilled' if kind != {} else 'alone'}{' + unlabeled' if unlabeled else ''}"
+            ratio = more.get("unlabeled_ratio")
+            run_kind = (f"yolov5n {'distilled' if kind != {} else 'alone'}{' + unlabeled' if unlabeled else ''}"
+                        f"{f' ratio {ratio:g}' if ratio else ''}")
             if not budget.allows(run_kind):
                 return False
             root = Path(args.out) / f"seed{seed}"
             data = quickstart.prepare_data(Path(args.kd_gain) / f"seed{seed}", splan)
             few, rest = few_labels(root, data, args.fraction)
-            extra = options(kind, splan, args.conf)
+            extra = {**options(kind, splan, args.conf), **more}
             if kind != {}:
                 extra["t_weights"] = kd_gain._best(reference[TEACHER])
             if unlabeled == "rest":
@@ -195,7 +204,8 @@ def main() -> None:
     ap.add_argument("--plan", default="benchmark", help="a plan of cfg/quickstart.yaml (kd_gain's)")
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the training images that keep labels")
     ap.add_argument("--conf", type=float, default=0.25, help="--pseudo-labels threshold of the pseudo-label rows")
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in SCREENS], choices=list(ROWS),
+                    help=f"runs to train; default: all but the screens {SCREENS}")
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,5 +1,5 @@
-"""benchmarks/kd_gain.py's bookkeeping (no training): the order runs go in, the baselines the report divides by,
-and a run the plan would train twice (the yolov5s alone of plan `converged` is its teacher's run)."""
+"""The benchmarks' bookkeeping (no training): kd_gain's run order, the baselines its report divides by, a run the
+plan would train twice (the yolov5s alone of plan `converged` is its teacher's run), and unlabeled_gain's rows."""
 
 from __future__ import annotations
 
@@ -12,13 +12,23 @@ import pytest
 from yolodistill.quickstart import Plan
 
 
+def _load(name: str):
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)  # unlabeled_gain imports kd_gain
+    try:
+        spec = importlib.util.spec_from_file_location(name, Path(folder) / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(folder)
+
+
 @pytest.fixture(scope="module")
 def kd_gain():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_gain.py"
-    spec = importlib.util.spec_from_file_location("kd_gain", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("kd_gain")
 
 
 def test_a_run_comes_after_its_teacher_start_and_baseline(kd_gain):
@@ -66,3 +76,18 @@ def test_the_epoch_a_taught_run_reaches_its_baselines_best(kd_gain):
     assert kd_gain.first_epoch_at([0.1, 0.3, 0.5, 0.4], 0.45) == 3
     assert kd_gain.first_epoch_at([0.1, 0.3, 0.5], 0.5) == 3  # reaching it counts
     assert kd_gain.first_epoch_at([0.1, 0.3], 0.5) is None
+
+
+def test_every_unlabeled_gain_row_is_a_valid_training():
+    from yolodistill.train_options import TrainOptions
+
+    unlabeled_gain = _load("unlabeled_gain")
+    plan = Plan.named("benchmark")
+    for label, (unlabeled, kind, more) in unlabeled_gain.ROWS.items():
+        fields = {**unlabeled_gain.options(kind, plan, 0.25), **more}
+        TrainOptions(data="d.yaml", **fields)  # a misspelt field fails here, not an hour into a benchmark
+        assert unlabeled in (None, "rest", "textured"), label
+        assert ("pseudo_labels" in fields) == ("pseudo" in label), label
+    pseudo = unlabeled_gain.options("pseudo", plan, 0.25)
+    assert pseudo["pseudo_labels"] == 0.25 and pseudo["d_weight"] == 0.0  # the teacher's boxes, no soft terms
+    assert set(unlabeled_gain.SCREENS) < set(unlabeled_gain.ROWS)
