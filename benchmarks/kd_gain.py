@@ -86,10 +86,13 @@ RUNS = {
     # screens, run only when named in --rows: the output weight, and a schedule twice as long for both the
     # student alone and the distilled one (distillation is known to pay more with longer training)
     "output, d_weight 3": Run(N, "teacher yolov5s", dict(d_output=True, d_weight=3.0)),
+    # the binary-KL output loss: objectness taught on every cell (the teacher's view of clutter), classes as
+    # probabilities
+    "output, kl": Run(N, "teacher yolov5s", dict(d_output=True, output_loss="kl")),
     "yolov5n alone, 60 epochs": Run(N, epochs=60),
     "output, 60 epochs": Run(N, "teacher yolov5s", dict(d_output=True), epochs=60),
 }
-SCREENS = ("output, d_weight 3", "yolov5n alone, 60 epochs", "output, 60 epochs")
+SCREENS = ("output, d_weight 3", "output, kl", "yolov5n alone, 60 epochs", "output, 60 epochs")
 # the fine-tuning set matches its plan's difficulty: on easier data than they were pretrained on, teacher and
 # student would both saturate and leave no lead to distil
 FINETUNE_PLANS = {"converged": "finetune_hard"}

@@ -177,3 +177,29 @@ def test_a_given_teacher_output_replaces_the_teacher():
     assert torch.equal(given[DISTILL_OUTPUT], computed[DISTILL_OUTPUT])
     h.remove()
     d.remove()
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_the_output_loss_chosen_is_the_one_computed(kind):
+    from yolodistill.losses import output_distillation_loss
+
+    student, teacher = _models()
+    d = _distiller(student, teacher, feature=False, output_loss=kind, output_weight=2.0)
+    assert d.describe().startswith(f"2*output_{kind}")
+    student.train()
+    imgs = torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        out, terms = d(imgs)
+        expected = sum(output_distillation_loss(yb.raw_head_outputs(out), yb.raw_head_outputs(teacher(imgs)), 2,
+                                                GAINS["box"], GAINS["obj"], GAINS["cls"], kind=kind))
+    # the same tensors through the same function: equal up to float32 summation order
+    assert terms[DISTILL_OUTPUT].item() == pytest.approx(2.0 * expected.item(), rel=4 * torch.finfo().eps)
+    d.remove()
+
+
+def test_checkpoints_from_before_the_output_loss_choice_mean_mse():
+    old = DistillConfig(output=True).to_dict()
+    del old["output_loss"]
+    assert DistillConfig.from_dict(old).output_loss == "mse"
+    with pytest.raises(UserError, match="--output-loss must be one of mse, kl"):
+        DistillConfig(output=True, output_loss="l1")

@@ -15,6 +15,8 @@ from yolodistill.losses import (
     FEATURE_LOSSES,
     available_feature_losses,
     build_feature_loss,
+    OUTPUT_LOSSES,
+    binary_kl,
     output_distillation_loss,
     register_feature_loss,
 )
@@ -307,3 +309,63 @@ def test_plugin_cannot_replace_a_builtin(clean_registry, monkeypatch):
     with pytest.warns(UserWarning, match="'mse'.*clashes"):
         available_feature_losses()
     assert FEATURE_LOSSES["mse"] is builtin
+
+
+# ---------------------------------------------------------------------------- output loss `kl`
+# float32 tolerance: each BCE is at most ~1 here and rounds to a few ulps (1.2e-7 each); KL is the difference
+# of two of them, so a few ulps of 1.0 bound its error
+KL_ABS = 1e-6
+
+
+def kl_loss(s, t, nc=2):
+    return output_distillation_loss(s, t, nc=nc, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="kl")
+
+
+def test_kl_output_loss_is_exactly_zero_when_student_equals_teacher():
+    raw = [torch.randn(2, 3, 4, 4, 7), torch.randn(2, 3, 2, 2, 7)]
+    assert [x.item() for x in kl_loss([r.clone() for r in raw], raw)] == [0.0, 0.0, 0.0]
+
+
+def test_kl_output_loss_by_hand():
+    # student probabilities 1/2 everywhere; teacher objectness 3/4 (weight 3/4), classes 3/4 and 1/4
+    s = head(box=[1.0, 2.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])
+    t = head(box=[0.0, 0.0, 0.0, 0.0], obj=math.log(3.0), cls=[math.log(3.0), -math.log(3.0)])
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(3/4 || 1/2), also KL(1/4 || 1/2)
+    lbox, lobj, lcls = kl_loss([s], [t])
+    assert lbox.item() == pytest.approx((1 + 4) * 0.75 / 4)  # boxes as in mse
+    assert lobj.item() == pytest.approx(kl, abs=KL_ABS)  # objectness unweighted
+    assert lcls.item() == pytest.approx(kl * 0.75, abs=KL_ABS)  # classes weighted by the teacher's objectness
+
+
+def test_kl_output_loss_teaches_background_where_mse_is_silent():
+    # the teacher is sure a cell is background (logit -10); the student thinks it is an object (logit 2)
+    s = head(box=[0.0] * 4, obj=2.0, cls=[0.0, 0.0])
+    t = head(box=[0.0] * 4, obj=-10.0, cls=[0.0, 0.0])
+    mse_obj = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)[1].item()
+    kl_obj = kl_loss([s], [t])[1].item()
+    assert mse_obj == pytest.approx(144 * torch.sigmoid(torch.tensor(-10.0)).item())  # ~0.0065
+    assert kl_obj > 2.0  # ~ -ln(1 - sigmoid(2)) = 2.13
+
+
+def test_kl_output_loss_gradient_is_the_difference_of_probabilities():
+    s = torch.randn(1, 3, 2, 2, 7, requires_grad=True)
+    t = torch.randn(1, 3, 2, 2, 7)
+    kl_loss([s], [t])[1].backward()  # objectness: d/ds mean KL = (sigmoid(s) - sigmoid(t)) / cells
+    expected = (s.detach()[..., 4].sigmoid() - t[..., 4].sigmoid()) / s[..., 4].numel()
+    assert torch.allclose(s.grad[..., 4], expected, rtol=0, atol=KL_ABS / s[..., 4].numel())
+    assert s.grad[..., :4].abs().sum() == 0  # the box part was not in this term
+
+
+def test_binary_kl_is_never_negative():
+    s, t = torch.randn(10_000) * 8, torch.randn(10_000) * 8
+    # a difference of two cross-entropies, each computed as max(x, 0) - x * p + log1p(exp(-|x|)): allow a few
+    # float32 ulps of the largest of those terms, |s| + |t| + 1, never more
+    size = s.abs() + t.abs() + 1.0
+    assert (binary_kl(s, t) >= -4 * torch.finfo(torch.float32).eps * size).all()
+
+
+def test_unknown_output_loss_is_refused():
+    raw = [torch.zeros(1, 3, 2, 2, 7)]
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        output_distillation_loss(raw, raw, nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="l1")
+    assert OUTPUT_LOSSES == ("mse", "kl")

@@ -25,6 +25,9 @@ distillation defaults, and why:
   --feature-loss   pkd (Pearson correlation, scale-free) by default; mse (FitNets) and cwd
                    (channel-wise distillation) are built in; plugins add more through the
                    'yolodistill.feature_losses' entry points
+  --output-loss    mse (the Adlik fork's objectness-weighted MSE of the head's logits) by default;
+                   kl teaches objectness on every cell (background too) and classes as
+                   probabilities: being measured (benchmarks/kd_gain.py row "output, kl")
 """
 
 

@@ -42,6 +42,7 @@ class DistillConfig:
     output_weight: float = DEFAULT_OUTPUT_WEIGHT
     feature_weight: float = DEFAULT_FEATURE_WEIGHT
     feature_loss: str = DEFAULT_FEATURE_LOSS
+    output_loss: str = "mse"  # losses.OUTPUT_LOSSES; checkpoints from before the choice existed mean mse
     # None means "the layers that feed Detect", resolved once both models are known.
     layers: Optional[tuple[LayerPair, ...]] = None
     feature_loss_kwargs: dict = field(default_factory=dict)
@@ -50,6 +51,10 @@ class DistillConfig:
         if self.output_weight < 0 or self.feature_weight < 0:
             raise UserError(f"distillation weights must be >= 0, got --d_weight {self.output_weight} "
                             f"--f_weight {self.feature_weight}")
+        from .losses.output import OUTPUT_LOSSES
+
+        if self.output_loss not in OUTPUT_LOSSES:
+            raise UserError(f"--output-loss must be one of {', '.join(OUTPUT_LOSSES)}, got {self.output_loss!r}")
         if self.layers is not None and not self.feature:
             raise UserError("--d_layers needs --d_feature (feature distillation is off)")
         if self.feature:

@@ -44,23 +44,23 @@ def loss_names(config: DistillConfig) -> tuple[str, ...]:
 
 # ---- output terms: (student output, teacher output) -> one weighted term ----------------------------------
 class YoloOutputTerm:
-    """Detection: objectness-weighted MSE between the student's and the teacher's raw head outputs, its
-    box/obj/cls parts scaled by yolov5's loss gains, times `weight`."""
+    """Detection: the student's and the teacher's raw head outputs compared by `kind` (losses.OUTPUT_LOSSES:
+    objectness-weighted MSE, or binary KL), box/obj/cls parts scaled by yolov5's loss gains, times `weight`."""
 
     name = DISTILL_OUTPUT
 
-    def __init__(self, nc: int, gains: dict, weight: float):
-        self.nc, self.weight = nc, weight
+    def __init__(self, nc: int, gains: dict, weight: float, kind: str = "mse"):
+        self.nc, self.weight, self.kind = nc, weight, kind
         self.gains = {k: float(gains[k]) for k in ("box", "obj", "cls")}
 
     def __call__(self, student_out: Any, teacher_raw: Sequence[torch.Tensor]) -> torch.Tensor:
         student_raw = yb.raw_head_outputs(student_out)  # a model in eval mode also returns its decoded boxes
         lbox, lobj, lcls = output_distillation_loss(student_raw, teacher_raw, self.nc, self.gains["box"],
-                                                    self.gains["obj"], self.gains["cls"])
+                                                    self.gains["obj"], self.gains["cls"], kind=self.kind)
         return self.weight * (lbox + lobj + lcls)
 
     def describe(self) -> str:
-        return f"{self.weight:g}*output_mse"
+        return f"{self.weight:g}*output_{self.kind}"
 
 
 class HintonTerm:
@@ -211,7 +211,7 @@ def detection_distiller(student: nn.Module, teacher: FrozenTeacher, config: Dist
     output_term = None
     if config.output:
         check_output_compatible(student, teacher.model)
-        output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight)
+        output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight, config.output_loss)
     pairs = (config.layers or default_layer_pairs(student, teacher.model)) if config.feature else ()
     return DistillationModel(student, teacher, output_term=output_term, pairs=pairs, feature_teacher=teacher.model,
                              feature_loss=config.feature_loss, feature_loss_kwargs=config.feature_loss_kwargs,

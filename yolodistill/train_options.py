@@ -68,6 +68,9 @@ class TrainOptions(RunOptions):
                                             "(model.17:model.17)", primary="--d_layers", group=D, nargs="+",
                                       metavar="S:T")
     feature_loss: str = option(DistillConfig.feature_loss, "feature loss name from the registry", group=D)
+    output_loss: str = option(DistillConfig.output_loss, "output loss: mse (objectness-weighted MSE of the head's "
+                                                         "logits) or kl (binary KL: objectness on every cell, "
+                                                         "classes where the teacher sees an object)", group=D)
     unlabeled: list = option([], "images without labels (folders, .txt lists or globs; or `unlabeled:` in the "
                                  "dataset yaml): augmented like the labeled ones, they get the distillation terms "
                                  "only", group=D)
@@ -88,7 +91,7 @@ class TrainOptions(RunOptions):
             raise UserError("--d_output/--d_feature need a teacher: pass --t_weights teacher.pt")
         return DistillConfig(output=self.d_output or self.d_feature, feature=self.d_feature,
                              output_weight=self.d_weight, feature_weight=self.f_weight,
-                             feature_loss=self.feature_loss,
+                             feature_loss=self.feature_loss, output_loss=self.output_loss,
                              layers=parse_layer_pairs(self.d_layers) if self.d_layers else None)
 
     @classmethod

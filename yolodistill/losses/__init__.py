@@ -8,7 +8,7 @@ from .registry import (
     register_feature_loss,
 )
 from .feature import ChannelWiseDistillationLoss, MSEFeatureLoss  # importing registers mse and cwd
-from .output import output_distillation_loss
+from .output import OUTPUT_LOSSES, binary_kl, output_distillation_loss
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -19,4 +19,6 @@ __all__ = [
     "MSEFeatureLoss",
     "ChannelWiseDistillationLoss",
     "output_distillation_loss",
+    "OUTPUT_LOSSES",
+    "binary_kl",
 ]

@@ -1,17 +1,34 @@
-"""Output distillation: objectness-weighted MSE between student and teacher raw detection heads."""
+"""Output distillation between student and teacher raw detection heads: objectness-weighted MSE of the
+logits (`mse`), or binary KL of the probabilities (`kl`)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+# mse: Mehta & Ozturk (2018), the Adlik fork's loss: every part only where the teacher sees an object.
+# kl: objectness on every cell, so the teacher's "this clutter is not an object" is taught too; classes where
+#     the teacher sees an object, as probabilities (a logit difference far beyond the sigmoid's range costs
+#     what it changes, not its square); boxes as in mse.
+OUTPUT_LOSSES = ("mse", "kl")
+
+
+def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Elementwise KL(teacher || student) of Bernoulli probabilities given as logits: >= 0, and exactly 0
+    where the two logits are equal (the teacher's entropy is subtracted by the same computation)."""
+    target = teacher_logits.sigmoid()
+    return (F.binary_cross_entropy_with_logits(student_logits, target, reduction="none")
+            - F.binary_cross_entropy_with_logits(teacher_logits, target, reduction="none"))
 
 
 def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequence[Tensor], nc: int,
-                             box_gain: float, obj_gain: float,
-                             cls_gain: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Gain-scaled (lbox, lobj, lcls), 0-dim float32, from per-level raw logits (B, A, H, W, 5 + nc)."""
+                             box_gain: float, obj_gain: float, cls_gain: float,
+                             kind: str = "mse") -> tuple[Tensor, Tensor, Tensor]:
+    """Gain-scaled (lbox, lobj, lcls), 0-dim float32, from per-level raw logits (B, A, H, W, 5 + nc);
+    `kind` one of OUTPUT_LOSSES."""
     # Mehta & Ozturk, "Object detection at 200 frames per second" (2018), as the Adlik yolov5 fork
     # implements it: per-element MSE weighted by the teacher's objectness probability.
     if len(student_raw) != len(teacher_raw):
@@ -19,6 +36,8 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
                          f"teacher has {len(teacher_raw)}")
     if len(student_raw) == 0:
         raise ValueError("output distillation: no detection levels given")
+    if kind not in OUTPUT_LOSSES:
+        raise ValueError(f"output distillation: unknown loss {kind!r}; one of {', '.join(OUTPUT_LOSSES)}")
     zero = student_raw[0].new_zeros((), dtype=torch.float32)
     lbox, lobj, lcls = zero, zero, zero
     for i, (s, t) in enumerate(zip(student_raw, teacher_raw)):
@@ -35,7 +54,11 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
         # are meaningless, contribute almost nothing.
         w = t[..., 4].sigmoid()
         lbox = lbox + ((s[..., :4] - t[..., :4]).pow(2) * w[..., None]).mean()
-        lobj = lobj + ((s[..., 4] - t[..., 4]).pow(2) * w).mean()
+        if kind == "kl":
+            lobj = lobj + binary_kl(s[..., 4], t[..., 4]).mean()
+        else:
+            lobj = lobj + ((s[..., 4] - t[..., 4]).pow(2) * w).mean()
         if nc > 1:  # with one class the class logit carries no information (yolov5 skips it too)
-            lcls = lcls + ((s[..., 5:] - t[..., 5:]).pow(2) * w[..., None]).mean()
+            differ = binary_kl(s[..., 5:], t[..., 5:]) if kind == "kl" else (s[..., 5:] - t[..., 5:]).pow(2)
+            lcls = lcls + (differ * w[..., None]).mean()
     return lbox * box_gain, lobj * obj_gain, lcls * cls_gain
