@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# mse: Mehta & Ozturk (2018), the Adlik fork's loss: every part only where the teacher sees an object.
+# mse: Mehta & Ozturk, "Object detection at 200 frames per second" (2018), as the Adlik yolov5 fork implements
+#      it: per-element MSE of the logits weighted by the teacher's objectness probability.
 # kl: objectness on every cell, so the teacher's "this clutter is not an object" is taught too; classes where
 #     the teacher sees an object, as probabilities (a logit difference far beyond the sigmoid's range costs
 #     what it changes, not its square); boxes as in mse.
@@ -29,8 +30,6 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
                              kind: str = "mse") -> tuple[Tensor, Tensor, Tensor]:
     """Gain-scaled (lbox, lobj, lcls), 0-dim float32, from per-level raw logits (B, A, H, W, 5 + nc);
     `kind` one of OUTPUT_LOSSES."""
-    # Mehta & Ozturk, "Object detection at 200 frames per second" (2018), as the Adlik yolov5 fork
-    # implements it: per-element MSE weighted by the teacher's objectness probability.
     if len(student_raw) != len(teacher_raw):
         raise ValueError(f"output distillation: student has {len(student_raw)} detection levels, "
                          f"teacher has {len(teacher_raw)}")
