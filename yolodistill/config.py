@@ -51,7 +51,7 @@ class DistillConfig:
         if self.output_weight < 0 or self.feature_weight < 0:
             raise UserError(f"distillation weights must be >= 0, got --d_weight {self.output_weight} "
                             f"--f_weight {self.feature_weight}")
-        from .losses.output import OUTPUT_LOSSES
+        from .losses.registry import OUTPUT_LOSSES
 
         if self.output_loss not in OUTPUT_LOSSES:
             raise UserError(f"--output-loss must be one of {', '.join(OUTPUT_LOSSES)}, got {self.output_loss!r}")

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .registry import OUTPUT_LOSSES
+
 # mse: Mehta & Ozturk, "Object detection at 200 frames per second" (2018), as the Adlik yolov5 fork implements
 #      it: per-element MSE of the logits weighted by the teacher's objectness probability.
 # kl: objectness on every cell, so the teacher's "this clutter is not an object" is taught too; classes where
 #     the teacher sees an object, as probabilities (a logit difference far beyond the sigmoid's range costs
 #     what it changes, not its square); boxes as in mse.
-OUTPUT_LOSSES = ("mse", "kl")
 
 
 def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Feature losses by name: built-ins register with a decorator, other packages through entry points."""
+"""Losses by name: feature losses (built-ins register with a decorator, other packages through entry points)
+and the names of the output losses."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from torch import nn
 from ..errors import UserError
 
 ENTRY_POINT_GROUP = "yolodistill.feature_losses"
+
+# The output losses (losses/output.py): two ways of comparing the same head, not a plugin family; named here,
+# in the config's tier (tests/test_architecture.py), so that the config checks a name before any data or
+# model is loaded.
+OUTPUT_LOSSES = ("mse", "kl")
 
 FEATURE_LOSSES: dict[str, type[nn.Module]] = {}
 
