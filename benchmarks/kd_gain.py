@@ -96,6 +96,11 @@ SCREENS = ("output, d_weight 3", "output, kl", "yolov5n alone, 60 epochs", "outp
 # the fine-tuning set matches its plan's difficulty: on easier data than they were pretrained on, teacher and
 # student would both saturate and leave no lead to distil
 FINETUNE_PLANS = {"converged": "finetune_hard"}
+
+
+def finetune_plan(plan_name: str) -> str:
+    """The fine-tuning plan that goes with a plan of cfg/quickstart.yaml."""
+    return FINETUNE_PLANS.get(plan_name, "finetune")
 MIN_GAP = 0.005  # a teacher less than half a point ahead leaves no gap worth dividing by
 
 
@@ -366,7 +371,7 @@ def main() -> None:
                                        student_epochs=args.student_epochs,
                                        difficulty=args.difficulty).items() if v is not None}
     plan = replace(quickstart.Plan.named(args.plan), **overrides)
-    args.finetune_plan = args.finetune_plan or FINETUNE_PLANS.get(args.plan, "finetune")
+    args.finetune_plan = args.finetune_plan or finetune_plan(args.plan)
     target = quickstart.Plan.named(args.finetune_plan)
     args.out = args.out or f"runs/kd_gain_{args.plan}"
     out = Path(args.out)

@@ -223,9 +223,8 @@ def main() -> None:
                                  budget_minutes=args.budget_minutes)
     kd_results_path = Path(args.kd_gain) / "results.json"
     kd_results = json.loads(kd_results_path.read_text()) if kd_results_path.exists() else {}
-    finetune = quickstart.Plan.named(kd_gain.FINETUNE_PLANS.get(args.plan, "finetune"))
-    finished = kd_gain.run_all(kd_args, {False: plan, True: finetune}, kd_results,
-                               kd_results_path)
+    finetune = quickstart.Plan.named(kd_gain.finetune_plan(args.plan))
+    finished = kd_gain.run_all(kd_args, {False: plan, True: finetune}, kd_results, kd_results_path)
     store = out / "results.json"
     results: dict = json.loads(store.read_text()) if store.exists() else {}
     if finished:
