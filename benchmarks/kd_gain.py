@@ -260,6 +260,14 @@ def _catch_up(results: dict, label: str, base: str, seeds: list[int]) -> str:
     return ", ".join(cells)
 
 
+def gain_is_clear(gains: list[float]) -> str:
+    """The issue's test of a gain: its mean over the seeds above twice their standard deviation ("-" below 2
+    seeds, where there is no spread to compare with)."""
+    if len(gains) < 2:
+        return "-"
+    return "yes" if statistics.mean(gains) > 2 * statistics.stdev(gains) else "no"
+
+
 def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -> str:
     def per_seed(label: str) -> dict[int, float]:
         return {s: results[str(s)][label]["map"] for s in seeds if label in results.get(str(s), {})}
@@ -269,20 +277,23 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
              f"teaches and `fine-tuned, plan's setting`. Every `fine-tuned` run and `yolov5n on the small set "
              f"only` are trained and scored on the small set of the other style.", "",
              "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
-             "share of the teacher's lead closed | first epoch at the student alone's best (of its epochs) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "gain > twice its seed spread | share of the teacher's lead closed | "
+             "first epoch at the student alone's best (of its epochs) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[tuple[str, str], list[str]] = {}  # (teacher, baseline) -> the runs they compare
     for label, run in RUNS.items():
         got = per_seed(label)
         if not got:
             continue
-        gain, share, catch_up = "", "", ""
+        gain, clear, share, catch_up = "", "", "", ""
         base = baseline(label)
         if base is not None:
             groups.setdefault((run.teacher, base), []).append(label)
             alone, teacher = per_seed(base), per_seed(run.teacher)
             both = [s for s in got if s in alone and s in teacher]
-            gain = _mean_sd([got[s] - alone[s] for s in both], 100, "+.1f")
+            gains = [got[s] - alone[s] for s in both]
+            gain = _mean_sd(gains, 100, "+.1f")
+            clear = gain_is_clear(gains)
             shares = [(got[s] - alone[s]) / (teacher[s] - alone[s]) for s in both
                       if teacher[s] - alone[s] >= MIN_GAP]
             share = (f"{100 * statistics.mean(shares):.0f}% (per seed: "
@@ -290,7 +301,8 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
             catch_up = _catch_up(results, label, base, both)
         twins = {results[str(s)][label].get("same_as") for s in got} - {None}
         name = label + (f" (the run of {', '.join(sorted(twins))}: trained alike)" if twins else "")
-        lines.append(f"| {name} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {share} | {catch_up} |")
+        lines.append(f"| {name} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {clear} | {share} | "
+                     f"{catch_up} |")
 
     lines += ["", "Paired differences between runs with the same teacher and baseline (same seed): mean ± sd "
               "over seeds, and whether |mean| exceeds that seed spread.", "",

@@ -91,3 +91,34 @@ def test_every_unlabeled_gain_row_is_a_valid_training():
     pseudo = unlabeled_gain.options("pseudo", plan, 0.25)
     assert pseudo["pseudo_labels"] == 0.25 and pseudo["d_weight"] == 0.0  # the teacher's boxes, no soft terms
     assert set(unlabeled_gain.SCREENS) < set(unlabeled_gain.ROWS)
+
+
+def test_a_gain_is_clear_only_above_twice_its_seed_spread(kd_gain):
+    assert kd_gain.gain_is_clear([0.03]) == "-"  # one seed: no spread to compare with
+    assert kd_gain.gain_is_clear([0.02, 0.03, 0.04]) == "yes"  # mean 0.03, sd 0.01
+    assert kd_gain.gain_is_clear([0.00, 0.03, 0.06]) == "no"  # mean 0.03, sd 0.03
+    assert kd_gain.gain_is_clear([-0.04, -0.03, -0.02]) == "no"  # a clear loss is not a gain
+
+
+def test_the_report_compares_each_taught_run_with_its_baseline_seed_by_seed(kd_gain, tmp_path):
+    maps = {"teacher yolov5s": [0.60, 0.62], "yolov5n alone": [0.40, 0.44], "output": [0.50, 0.53]}
+    results = {}
+    for seed in (0, 1):
+        for label, per_seed in maps.items():
+            run_dir = tmp_path / f"{seed}_{label}"
+            run_dir.mkdir()
+            # the curve of each run rises to its best in the last of 4 epochs
+            curve = [per_seed[seed] * f for f in (0.25, 0.5, 0.9, 1.0)]
+            (run_dir / "results.csv").write_text(
+                "epoch,metrics/mAP_0.5:0.95\n" + "".join(f"{i},{m}\n" for i, m in enumerate(curve)))
+            results.setdefault(str(seed), {})[label] = {"map": per_seed[seed], "save_dir": str(run_dir)}
+    text = kd_gain.report(results, [0, 1], "# test", Plan.named("converged"))
+    row = next(line for line in text.splitlines() if line.startswith("| output |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # gains 0.10 and 0.09: mean 9.5 points, sd 0.7, clear; shares 0.10/0.20 and 0.09/0.18: 50% each
+    assert cells[1] == "2" and cells[3] == "+9.5 ± 0.7" and cells[4] == "yes"
+    assert cells[5] == "50% (per seed: 50%, 50%)"
+    # the student alone's best (0.40; 0.44) is first reached at epoch 3: 0.9 x 0.50 = 0.45 and 0.9 x 0.53 = 0.477
+    # reach it, 0.5 x 0.50 and 0.5 x 0.53 do not
+    assert cells[6] == "3/4, 3/4"
+    assert "| output - " not in text  # one taught run per (teacher, baseline): no paired difference
