@@ -86,8 +86,8 @@ RUNS = {
     # screens, run only when named in --rows: the output weight, and a schedule twice as long for both the
     # student alone and the distilled one (distillation is known to pay more with longer training)
     "output, d_weight 3": Run(N, "teacher yolov5s", dict(d_output=True, d_weight=3.0)),
-    # the binary-KL output loss: objectness taught on every cell (the teacher's view of clutter), classes as
-    # probabilities
+    # the output loss in yolov5's own forms: objectness taught on every cell (the teacher's view of clutter),
+    # classes as probabilities, boxes by CIoU on the task's scale (mse's box part is next to nothing)
     "output, kl": Run(N, "teacher yolov5s", dict(d_output=True, output_loss="kl")),
     "yolov5n alone, 60 epochs": Run(N, epochs=60),
     "output, 60 epochs": Run(N, "teacher yolov5s", dict(d_output=True), epochs=60),

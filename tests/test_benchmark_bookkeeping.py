@@ -1,5 +1,6 @@
 """The benchmarks' bookkeeping (no training): kd_gain's run order, the baselines its report divides by, a run the
-plan would train twice (the yolov5s alone of plan `converged` is its teacher's run), and unlabeled_gain's rows."""
+plan would train twice (the yolov5s alone of plan `converged` is its teacher's run), unlabeled_gain's rows, and
+output_parts' box IoU."""
 
 from __future__ import annotations
 
@@ -122,3 +123,13 @@ def test_the_report_compares_each_taught_run_with_its_baseline_seed_by_seed(kd_g
     # reach it, 0.5 x 0.50 and 0.5 x 0.53 do not
     assert cells[6] == "3/4, 3/4"
     assert "| output - " not in text  # one taught run per (teacher, baseline): no paired difference
+
+
+def test_output_parts_iou_by_hand():
+    import torch
+
+    output_parts = _load("output_parts")
+    a = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[0.5, 0.0, 1.5, 1.0], [0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 3.0, 3.0]])
+    # half-overlapping unit squares: 0.5 / 1.5; the same box; disjoint boxes
+    assert output_parts.elementwise_iou(a, b).tolist() == pytest.approx([1 / 3, 1.0, 0.0])

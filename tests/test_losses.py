@@ -315,26 +315,65 @@ def test_plugin_cannot_replace_a_builtin(clean_registry, monkeypatch):
 # float32 tolerance: each BCE is at most ~1 here and rounds to a few ulps (1.2e-7 each); KL is the difference
 # of two of them, so a few ulps of 1.0 bound its error
 KL_ABS = 1e-6
+CIOU_EPS = 1e-7  # torchvision's complete_box_iou_loss adds this to the union and the enclosing diagonal
 
 
-def kl_loss(s, t, nc=2):
-    return output_distillation_loss(s, t, nc=nc, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="kl")
+def kl_loss(s, t, nc=2, anchors=None):
+    anchors = anchors if anchors is not None else [torch.ones(r.shape[1], 2) for r in s]
+    return output_distillation_loss(s, t, nc=nc, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="kl",
+                                    anchors=anchors)
 
 
-def test_kl_output_loss_is_exactly_zero_when_student_equals_teacher():
+def test_kl_output_loss_is_zero_when_student_equals_teacher():
     raw = [torch.randn(2, 3, 4, 4, 7), torch.randn(2, 3, 2, 2, 7)]
-    assert [x.item() for x in kl_loss([r.clone() for r in raw], raw)] == [0.0, 0.0, 0.0]
+    lbox, lobj, lcls = kl_loss([r.clone() for r in raw], raw)
+    assert lobj.item() == 0.0 and lcls.item() == 0.0
+    # identical boxes: IoU = area / (area + eps), so 1 - IoU <= eps / area per cell; the smallest box (wh logits
+    # from randn, decoded as (2 sigmoid)^2) bounds the weighted mean of every level, summed over 2 levels
+    smallest = min(((r[..., 2:4].sigmoid() * 2) ** 2).prod(-1).min().item() for r in raw)
+    assert 0.0 <= lbox.item() <= 2 * 2 * CIOU_EPS / smallest
 
 
 def test_kl_output_loss_by_hand():
-    # student probabilities 1/2 everywhere; teacher objectness 3/4 (weight 3/4), classes 3/4 and 1/4
-    s = head(box=[1.0, 2.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])
+    # one cell, anchor 1 x 1. Teacher: box logits 0 -> centre (0.5, 0.5), size 1 x 1; objectness 3/4 (the
+    # weight); classes 3/4 and 1/4. Student: x logit ln 3 -> centre x = 2 * 3/4 - 0.5 = 1.0, the same size;
+    # probabilities 1/2 elsewhere.
+    s = head(box=[math.log(3.0), 0.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])
     t = head(box=[0.0, 0.0, 0.0, 0.0], obj=math.log(3.0), cls=[math.log(3.0), -math.log(3.0)])
     kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(3/4 || 1/2), also KL(1/4 || 1/2)
+    # boxes [0, 0, 1, 1] and [0.5, 0, 1.5, 1]: IoU 1/3; centres 0.5 apart in an enclosing box 1.5 x 1; same aspect
+    one_minus_ciou = 1 - 1 / 3 + 0.5 ** 2 / (1.5 ** 2 + 1 ** 2)
     lbox, lobj, lcls = kl_loss([s], [t])
-    assert lbox.item() == pytest.approx((1 + 4) * 0.75 / 4)  # boxes as in mse
+    # the teacher sees 3/4 of an object: less than one, so the weighted sum is divided by 1
+    assert lbox.item() == pytest.approx(0.75 * one_minus_ciou, abs=KL_ABS)
     assert lobj.item() == pytest.approx(kl, abs=KL_ABS)  # objectness unweighted
-    assert lcls.item() == pytest.approx(kl * 0.75, abs=KL_ABS)  # classes weighted by the teacher's objectness
+    assert lcls.item() == pytest.approx(0.75 * kl, abs=KL_ABS)  # classes weighted by the teacher's objectness
+
+
+def test_kl_boxes_and_classes_are_averaged_over_the_teachers_objects_not_over_every_cell():
+    # the same object cell alone and among 63 background cells: its box and class loss is the same, as
+    # yolov5's task loss averages them over the cells that hold objects; mse's mean over every cell shrinks it
+    def grid(side):
+        t = torch.zeros(1, 1, side, side, 7)
+        t[..., 4] = -30.0  # background: weight sigmoid(-30) ~ 1e-13
+        t[0, 0, 0, 0, 4] = 30.0  # one object, weight 1
+        s = t.clone()
+        s[0, 0, 0, 0, 0] = math.log(3.0)  # the student's box shifted, as in the by-hand test
+        s[0, 0, 0, 0, 5] = 2.0  # and a class logit off
+        return s, t
+
+    (s1, t1), (s8, t8) = grid(1), grid(8)
+    for part in (0, 2):  # box, classes
+        assert kl_loss([s8], [t8])[part].item() == pytest.approx(kl_loss([s1], [t1])[part].item(), rel=1e-5)
+    mse = [output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0)[0].item()
+           for s, t in ((s1, t1), (s8, t8))]
+    assert mse[1] == pytest.approx(mse[0] / 64, rel=1e-5)
+
+
+def test_kl_output_loss_needs_the_anchors():
+    raw = [torch.zeros(1, 3, 2, 2, 7)]
+    with pytest.raises(ValueError, match="needs the anchors"):
+        output_distillation_loss(raw, raw, nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="kl")
 
 
 def test_kl_output_loss_teaches_background_where_mse_is_silent():
@@ -354,6 +393,26 @@ def test_kl_output_loss_gradient_is_the_difference_of_probabilities():
     expected = (s.detach()[..., 4].sigmoid() - t[..., 4].sigmoid()) / s[..., 4].numel()
     assert torch.allclose(s.grad[..., 4], expected, rtol=0, atol=KL_ABS / s[..., 4].numel())
     assert s.grad[..., :4].abs().sum() == 0  # the box part was not in this term
+
+
+def test_kl_box_gradient_brings_the_students_box_onto_the_teachers():
+    t = head(box=[0.0, 0.0, 0.0, 0.0], obj=5.0, cls=[0.0, 0.0])
+    s = head(box=[1.0, -1.0, 0.5, -0.5], obj=5.0, cls=[0.0, 0.0]).requires_grad_(True)
+    # a decaying step, as in training: 1 - IoU has a kink where the sizes match (its gradient does not vanish
+    # there), so a fixed step circles the optimum
+    opt = torch.optim.SGD([s], lr=0.5)
+    decay = torch.optim.lr_scheduler.ExponentialLR(opt, 0.98)
+    losses = []
+    for _ in range(400):
+        opt.zero_grad()
+        lbox = kl_loss([s], [t])[0]
+        lbox.backward()
+        opt.step()
+        decay.step()
+        losses.append(lbox.item())
+    assert losses[0] > 0.5 and losses[-1] < 1e-3 * losses[0]
+    # the box logits, not only the loss, end where the teacher's are (0)
+    assert s.detach()[..., :4].abs().max() < 0.05
 
 
 def test_binary_kl_is_never_negative():

@@ -45,18 +45,24 @@ def loss_names(config: DistillConfig) -> tuple[str, ...]:
 # ---- output terms: (student output, teacher output) -> one weighted term ----------------------------------
 class YoloOutputTerm:
     """Detection: the student's and the teacher's raw head outputs compared by `kind` (losses.OUTPUT_LOSSES:
-    objectness-weighted MSE, or binary KL), box/obj/cls parts scaled by yolov5's loss gains, times `weight`."""
+    objectness-weighted MSE, or yolov5's loss forms with the teacher as target), box/obj/cls parts scaled by
+    yolov5's loss gains, times `weight`. `anchors`: per level (A, 2) in grid units, shared by student and
+    teacher (check_output_compatible); `kl` decodes boxes with them."""
 
     name = DISTILL_OUTPUT
 
-    def __init__(self, nc: int, gains: dict, weight: float, kind: str = "mse"):
+    def __init__(self, nc: int, gains: dict, weight: float, kind: str = "mse",
+                 anchors: Optional[torch.Tensor] = None):
         self.nc, self.weight, self.kind = nc, weight, kind
         self.gains = {k: float(gains[k]) for k in ("box", "obj", "cls")}
+        # a copy: fixed once training starts (autoanchor runs before), and the term must not hold the model
+        self.anchors = None if anchors is None else [a.detach().float().clone() for a in anchors]
 
     def __call__(self, student_out: Any, teacher_raw: Sequence[torch.Tensor]) -> torch.Tensor:
         student_raw = yb.raw_head_outputs(student_out)  # a model in eval mode also returns its decoded boxes
         lbox, lobj, lcls = output_distillation_loss(student_raw, teacher_raw, self.nc, self.gains["box"],
-                                                    self.gains["obj"], self.gains["cls"], kind=self.kind)
+                                                    self.gains["obj"], self.gains["cls"], kind=self.kind,
+                                                    anchors=self.anchors)
         return self.weight * (lbox + lobj + lcls)
 
     def describe(self) -> str:
@@ -211,7 +217,8 @@ def detection_distiller(student: nn.Module, teacher: FrozenTeacher, config: Dist
     output_term = None
     if config.output:
         check_output_compatible(student, teacher.model)
-        output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight, config.output_loss)
+        output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight, config.output_loss,
+                                     anchors=yb.detect_head(student).anchors)
     pairs = (config.layers or default_layer_pairs(student, teacher.model)) if config.feature else ()
     return DistillationModel(student, teacher, output_term=output_term, pairs=pairs, feature_teacher=teacher.model,
                              feature_loss=config.feature_loss, feature_loss_kwargs=config.feature_loss_kwargs,

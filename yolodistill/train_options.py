@@ -69,8 +69,9 @@ class TrainOptions(RunOptions):
                                       metavar="S:T")
     feature_loss: str = option(DistillConfig.feature_loss, "feature loss name from the registry", group=D)
     output_loss: str = option(DistillConfig.output_loss, "output loss: mse (objectness-weighted MSE of the head's "
-                                                         "logits) or kl (binary KL: objectness on every cell, "
-                                                         "classes where the teacher sees an object)", group=D)
+                                                         "logits) or kl (yolov5's loss forms against the teacher: "
+                                                         "binary KL of objectness on every cell, of classes where "
+                                                         "the teacher sees an object, CIoU of boxes there)", group=D)
     unlabeled: list = option([], "images without labels (folders, .txt lists or globs; or `unlabeled:` in the "
                                  "dataset yaml): augmented like the labeled ones, they get the distillation terms "
                                  "only", group=D)

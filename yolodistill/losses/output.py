@@ -1,21 +1,28 @@
 """Output distillation between student and teacher raw detection heads: objectness-weighted MSE of the
-logits (`mse`), or binary KL of the probabilities (`kl`)."""
+logits (`mse`), or the teacher's outputs as soft targets of yolov5's own loss forms (`kl`)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import complete_box_iou_loss
 
 from .registry import OUTPUT_LOSSES
 
 # mse: Mehta & Ozturk, "Object detection at 200 frames per second" (2018), as the Adlik yolov5 fork implements
-#      it: per-element MSE of the logits weighted by the teacher's objectness probability.
-# kl: objectness on every cell, so the teacher's "this clutter is not an object" is taught too; classes where
-#     the teacher sees an object, as probabilities (a logit difference far beyond the sigmoid's range costs
-#     what it changes, not its square); boxes as in mse.
+#      it: per-element MSE of the logits weighted by the teacher's objectness probability, averaged over every
+#      cell. Its box part is about 1% of the term on trained models (small logit differences, on the few cells
+#      with objects, averaged over all of them, times the small box gain: benchmarks/output_parts.py), so it
+#      teaches classes and objectness and next to nothing about where the boxes are.
+# kl: each part in the form and on the scale of yolov5's own loss term, with the teacher's outputs as targets:
+#     objectness as binary KL on every cell (the teacher's "this clutter is not an object" is taught too);
+#     classes as binary KL and boxes as 1 - CIoU of the decoded boxes (yolov5's box loss), both averaged over
+#     the cells weighted by the teacher's objectness, as yolov5 averages them over the cells that hold objects.
+MIN_OBJECT_MASS = 1.0  # a level where the teacher sees less than one object's worth is averaged as if it saw one:
+#                         faint background cells are never blown up into a whole object's loss
 
 
 def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -26,11 +33,20 @@ def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
             - F.binary_cross_entropy_with_logits(teacher_logits, target, reduction="none"))
 
 
+def decode_boxes(raw: Tensor, anchors: Tensor) -> Tensor:
+    """xyxy boxes in grid units, relative to their cell, from raw logits (B, A, H, W, 5 + nc) and the level's
+    anchors (A, 2) in grid units: yolov5's decode (Detect, ComputeLoss) without the cell offset, which a
+    student's and a teacher's box at the same cell share and IoU does not see."""
+    xy = raw[..., :2].sigmoid() * 2 - 0.5
+    wh = (raw[..., 2:4].sigmoid() * 2) ** 2 * anchors.view(1, -1, 1, 1, 2).to(raw)
+    return torch.cat((xy - wh / 2, xy + wh / 2), -1)
+
+
 def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequence[Tensor], nc: int,
-                             box_gain: float, obj_gain: float, cls_gain: float,
-                             kind: str = "mse") -> tuple[Tensor, Tensor, Tensor]:
+                             box_gain: float, obj_gain: float, cls_gain: float, kind: str = "mse",
+                             anchors: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gain-scaled (lbox, lobj, lcls), 0-dim float32, from per-level raw logits (B, A, H, W, 5 + nc);
-    `kind` one of OUTPUT_LOSSES."""
+    `kind` one of OUTPUT_LOSSES; `anchors` per level (A, 2) in grid units, which `kl` needs to decode boxes."""
     if len(student_raw) != len(teacher_raw):
         raise ValueError(f"output distillation: student has {len(student_raw)} detection levels, "
                          f"teacher has {len(teacher_raw)}")
@@ -38,6 +54,8 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
         raise ValueError("output distillation: no detection levels given")
     if kind not in OUTPUT_LOSSES:
         raise ValueError(f"output distillation: unknown loss {kind!r}; one of {', '.join(OUTPUT_LOSSES)}")
+    if kind == "kl" and (anchors is None or len(anchors) != len(student_raw)):
+        raise ValueError("output distillation kl compares decoded boxes: it needs the anchors of every level")
     zero = student_raw[0].new_zeros((), dtype=torch.float32)
     lbox, lobj, lcls = zero, zero, zero
     for i, (s, t) in enumerate(zip(student_raw, teacher_raw)):
@@ -53,12 +71,17 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
         # Teacher confidence as weight: background cells, where the teacher's box and class logits
         # are meaningless, contribute almost nothing.
         w = t[..., 4].sigmoid()
-        lbox = lbox + ((s[..., :4] - t[..., :4]).pow(2) * w[..., None]).mean()
         if kind == "kl":
+            mass = w.sum().clamp_min(MIN_OBJECT_MASS)
+            ciou = complete_box_iou_loss(decode_boxes(s, anchors[i]).reshape(-1, 4),
+                                         decode_boxes(t, anchors[i]).reshape(-1, 4), reduction="none")
+            lbox = lbox + (ciou * w.reshape(-1)).sum() / mass
             lobj = lobj + binary_kl(s[..., 4], t[..., 4]).mean()
+            if nc > 1:  # with one class the class logit carries no information (yolov5 skips it too)
+                lcls = lcls + (binary_kl(s[..., 5:], t[..., 5:]).mean(-1) * w).sum() / mass
         else:
+            lbox = lbox + ((s[..., :4] - t[..., :4]).pow(2) * w[..., None]).mean()
             lobj = lobj + ((s[..., 4] - t[..., 4]).pow(2) * w).mean()
-        if nc > 1:  # with one class the class logit carries no information (yolov5 skips it too)
-            differ = binary_kl(s[..., 5:], t[..., 5:]) if kind == "kl" else (s[..., 5:] - t[..., 5:]).pow(2)
-            lcls = lcls + (differ * w[..., None]).mean()
+            if nc > 1:
+                lcls = lcls + ((s[..., 5:] - t[..., 5:]).pow(2) * w[..., None]).mean()
     return lbox * box_gain, lobj * obj_gain, lcls * cls_gain

@@ -20,7 +20,7 @@ from .files import (count_images, default_hyp_path, image_files, load_data_yaml,
 from .models import (build_model, checkpoint_model, copy_anchors, create_student, detect_head, detect_input_layers,
                      export_metadata, export_model, forward_raw, head_layout, load_detection_checkpoint, load_model,
                      load_yolov5_checkpoint, max_stride, model_stats, num_classes, prepare_for_loss,
-                     raw_head_outputs, strip_checkpoint)
+                     raw_head_outputs, scaled_loss_gains, strip_checkpoint)
 from .plots import enable_plots, plot_labels, plot_results, plot_train_batch, wait_for_plots
 from .prediction import detect_boxes, draw_boxes, label_lines, prepare_image
 from .quant_modules import float_scopes, quantize_yolov5_blocks, share_tensor_scales  # registers the block rules
@@ -32,7 +32,7 @@ __all__ = [*_parts, "autoanchor", "build_model", "check_labels", "checkpoint_mod
            "export_model", "forward_raw", "head_layout", "image_files", "label_lines", "listed_images",
            "load_data_yaml", "load_detection_checkpoint", "load_hyp", "load_model", "load_yolov5_checkpoint",
            "lr_lambda", "max_stride", "model_stats", "num_classes", "prepare_for_loss", "prepare_image",
-           "raw_head_outputs",
+           "raw_head_outputs", "scaled_loss_gains",
            "report_scan", "resolve_hyp", "resolve_model_cfg", "reweight_images", "validate", "warmup_iterations",
            "warm_up", "random_rescale", "strip_checkpoint", "pseudo_labels", "enable_plots", "plot_labels",
            "plot_results", "plot_train_batch", "wait_for_plots", "float_scopes", "quantize_yolov5_blocks",

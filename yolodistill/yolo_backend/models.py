@@ -142,14 +142,20 @@ def max_stride(model: nn.Module) -> int:
     return max(int(de_parallel(model).stride.max()), 32)
 
 
-def prepare_for_loss(model: nn.Module, hyp: dict, nc: int, imgsz: int, names: dict, labels: Sequence[np.ndarray],
-                     label_smoothing: float = 0.0) -> dict:
-    """Scale hyp gains to layers/classes/image size and attach what ComputeLoss reads, as train.py does."""
+def scaled_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int) -> dict:
+    """A copy of `hyp` with the box/cls/obj gains scaled to the detection layers, classes and image size, as
+    yolov5's train.py scales them (its gains are tuned for 3 layers, 80 classes and 640 px)."""
     hyp = dict(hyp)
-    nl = detect_head(model).nl
     hyp["box"] *= 3 / nl
     hyp["cls"] *= nc / 80 * 3 / nl
     hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
+    return hyp
+
+
+def prepare_for_loss(model: nn.Module, hyp: dict, nc: int, imgsz: int, names: dict, labels: Sequence[np.ndarray],
+                     label_smoothing: float = 0.0) -> dict:
+    """Scale hyp gains to layers/classes/image size and attach what ComputeLoss reads, as train.py does."""
+    hyp = scaled_loss_gains(hyp, detect_head(model).nl, nc, imgsz)
     hyp["label_smoothing"] = label_smoothing
     m = de_parallel(model)
     m.nc, m.hyp, m.names = nc, hyp, names
