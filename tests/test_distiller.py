@@ -179,7 +179,7 @@ def test_a_given_teacher_output_replaces_the_teacher():
     d.remove()
 
 
-@pytest.mark.parametrize("kind", ["mse", "kl"])
+@pytest.mark.parametrize("kind", ["mse", "kl", "mse_ciou"])
 def test_the_output_loss_chosen_is_the_one_computed(kind):
     from yolodistill.losses import output_distillation_loss
 

@@ -415,6 +415,20 @@ def test_kl_box_gradient_brings_the_students_box_onto_the_teachers():
     assert s.detach()[..., :4].abs().max() < 0.05
 
 
+def test_mse_ciou_is_mse_with_kls_boxes():
+    # the cells of the by-hand tests: kl's box part, mse's objectness and class parts
+    s = head(box=[math.log(3.0), 0.0, 0.0, 0.0], obj=2.0, cls=[1.0, -3.0])
+    t = head(box=[0.0, 0.0, 0.0, 0.0], obj=math.log(3.0), cls=[math.log(3.0), -math.log(3.0)])
+    kw = dict(nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, anchors=[torch.ones(1, 2)])
+    both = output_distillation_loss([s], [t], kind="mse_ciou", **kw)
+    mse = output_distillation_loss([s], [t], kind="mse", **kw)
+    kl = output_distillation_loss([s], [t], kind="kl", **kw)
+    assert both[0].item() == kl[0].item() and both[1:] == mse[1:]
+    assert both[0].item() == pytest.approx(0.75 * (1 - 1 / 3 + 0.5 ** 2 / (1.5 ** 2 + 1 ** 2)), abs=KL_ABS)
+    with pytest.raises(ValueError, match="mse_ciou compares decoded boxes"):
+        output_distillation_loss([s], [t], kind="mse_ciou", **{**kw, "anchors": None})
+
+
 def test_binary_kl_is_never_negative():
     s, t = torch.randn(10_000) * 8, torch.randn(10_000) * 8
     # a difference of two cross-entropies, each computed as max(x, 0) - x * p + log1p(exp(-|x|)): allow a few
@@ -427,4 +441,4 @@ def test_unknown_output_loss_is_refused():
     raw = [torch.zeros(1, 3, 2, 2, 7)]
     with pytest.raises(ValueError, match="unknown loss 'l1'"):
         output_distillation_loss(raw, raw, nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="l1")
-    assert OUTPUT_LOSSES == ("mse", "kl")
+    assert OUTPUT_LOSSES == ("mse", "kl", "mse_ciou")

@@ -25,9 +25,11 @@ distillation defaults, and why:
   --feature-loss   pkd (Pearson correlation, scale-free) by default; mse (FitNets) and cwd
                    (channel-wise distillation) are built in; plugins add more through the
                    'yolodistill.feature_losses' entry points
-  --output-loss    mse (the Adlik fork's objectness-weighted MSE of the head's logits) by default;
-                   kl teaches objectness on every cell (background too) and classes as
-                   probabilities: being measured (benchmarks/kd_gain.py row "output, kl")
+  --output-loss    mse (the Adlik fork's objectness-weighted MSE of the head's logits) by default:
+                   it teaches objectness and classes, hardly boxes; kl is yolov5's own loss
+                   forms against the teacher (KL of objectness on every cell, of classes, CIoU of
+                   boxes); mse_ciou is mse with kl's boxes: being measured (benchmarks/kd_gain.py
+                   rows "output, kl", "output, mse_ciou")
 """
 
 

@@ -71,7 +71,8 @@ class TrainOptions(RunOptions):
     output_loss: str = option(DistillConfig.output_loss, "output loss: mse (objectness-weighted MSE of the head's "
                                                          "logits) or kl (yolov5's loss forms against the teacher: "
                                                          "binary KL of objectness on every cell, of classes where "
-                                                         "the teacher sees an object, CIoU of boxes there)", group=D)
+                                                         "the teacher sees an object, CIoU of boxes there) or "
+                                                         "mse_ciou (mse with kl's boxes)", group=D)
     unlabeled: list = option([], "images without labels (folders, .txt lists or globs; or `unlabeled:` in the "
                                  "dataset yaml): augmented like the labeled ones, they get the distillation terms "
                                  "only", group=D)

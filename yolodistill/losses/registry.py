@@ -16,7 +16,7 @@ ENTRY_POINT_GROUP = "yolodistill.feature_losses"
 # The output losses (losses/output.py): two ways of comparing the same head, not a plugin family; named here,
 # in the config's tier (tests/test_architecture.py), so that the config checks a name before any data or
 # model is loaded.
-OUTPUT_LOSSES = ("mse", "kl")
+OUTPUT_LOSSES = ("mse", "kl", "mse_ciou")
 
 FEATURE_LOSSES: dict[str, type[nn.Module]] = {}
 
