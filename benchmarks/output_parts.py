@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from yolodistill import yolo_backend as yb  # noqa: E402
-from yolodistill.losses import OUTPUT_LOSSES, output_distillation_loss  # noqa: E402
+from yolodistill.losses import output_distillation_loss  # noqa: E402
 from yolodistill.losses.output import decode_boxes  # noqa: E402
 
 PARTS = ("box", "obj", "cls")
+FORMS = ("mse", "kl")  # the output losses whose parts differ (mse_ciou is mse's objectness and classes, kl's boxes)
 SURE = 0.5  # teacher objectness above which a cell's box is compared
 
 
@@ -42,7 +43,7 @@ def compare(teacher: torch.nn.Module, students: dict[str, torch.nn.Module], load
     """{student: {"mse": [box, obj, cls], "kl": [...], "iou": mean IoU, "cells": compared cells}}, the loss parts
     averaged over the val batches."""
     anchors = yb.detect_head(teacher).anchors
-    out = {name: {**{k: torch.zeros(3, dtype=torch.float64) for k in OUTPUT_LOSSES}, "iou": 0.0, "cells": 0}
+    out = {name: {**{k: torch.zeros(3, dtype=torch.float64) for k in FORMS}, "iou": 0.0, "cells": 0}
            for name in students}
     batches = 0
     with torch.no_grad():
@@ -52,7 +53,7 @@ def compare(teacher: torch.nn.Module, students: dict[str, torch.nn.Module], load
             batches += 1
             for name, model in students.items():
                 s = yb.forward_raw(model, x)
-                for kind in OUTPUT_LOSSES:
+                for kind in FORMS:
                     parts = output_distillation_loss(s, t, nc, gains["box"], gains["obj"], gains["cls"], kind=kind,
                                                      anchors=anchors)
                     out[name][kind] += torch.tensor([p.item() for p in parts], dtype=torch.float64)
@@ -64,18 +65,18 @@ def compare(teacher: torch.nn.Module, students: dict[str, torch.nn.Module], load
                         out[name]["iou"] += iou.sum().item()
                         out[name]["cells"] += int(sure.sum())
     for r in out.values():
-        for kind in OUTPUT_LOSSES:
+        for kind in FORMS:
             r[kind] = (r[kind] / batches).tolist()
         r["iou"] = r["iou"] / max(r["cells"], 1)
     return out
 
 
 def table(results: dict) -> str:
-    head = " | ".join(f"{kind} {part}" for kind in OUTPUT_LOSSES for part in PARTS)
+    head = " | ".join(f"{kind} {part}" for kind in FORMS for part in PARTS)
     lines = [f"| student | {head} | mean IoU with the teacher's boxes (cells) |",
-             "| --- |" + " --- |" * (2 * len(PARTS) + 1)]
+             "| --- |" + " --- |" * (len(FORMS) * len(PARTS) + 1)]
     for name, r in results.items():
-        cells = " | ".join(f"{v:.5f}" for kind in OUTPUT_LOSSES for v in r[kind])
+        cells = " | ".join(f"{v:.5f}" for kind in FORMS for v in r[kind])
         lines.append(f"| {name} | {cells} | {r['iou']:.3f} ({r['cells']}) |")
     return "\n".join(lines)
 

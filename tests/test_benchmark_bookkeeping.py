@@ -133,3 +133,10 @@ def test_output_parts_iou_by_hand():
     b = torch.tensor([[0.5, 0.0, 1.5, 1.0], [0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 3.0, 3.0]])
     # half-overlapping unit squares: 0.5 / 1.5; the same box; disjoint boxes
     assert output_parts.elementwise_iou(a, b).tolist() == pytest.approx([1 / 3, 1.0, 0.0])
+
+
+def test_output_parts_table_has_as_many_cells_in_every_line():
+    output_parts = _load("output_parts")
+    parts = {form: [0.1, 0.2, 0.3] for form in output_parts.FORMS}
+    lines = output_parts.table({"alone": {**parts, "iou": 0.5, "cells": 3}}).splitlines()
+    assert len(lines) == 3 and len({line.count("|") for line in lines}) == 1
