@@ -29,7 +29,7 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
@@ -91,10 +91,12 @@ RUNS = {
     "output, kl": Run(N, "teacher yolov5s", dict(d_output=True, output_loss="kl")),
     # mse's objectness and classes (its better mAP50 on seed 0) with kl's CIoU boxes (its better localization)
     "output, mse_ciou": Run(N, "teacher yolov5s", dict(d_output=True, output_loss="mse_ciou")),
+    "output + pkd, mse_ciou": Run(N, "teacher yolov5s", dict(feature("pkd", 0.1), output_loss="mse_ciou")),
     "yolov5n alone, 60 epochs": Run(N, epochs=60),
     "output, 60 epochs": Run(N, "teacher yolov5s", dict(d_output=True), epochs=60),
 }
-SCREENS = ("output, d_weight 3", "output, kl", "output, mse_ciou", "yolov5n alone, 60 epochs", "output, 60 epochs")
+SCREENS = ("output, d_weight 3", "output, kl", "output, mse_ciou", "output + pkd, mse_ciou", "yolov5n alone, 60 epochs",
+           "output, 60 epochs")
 # the fine-tuning set matches its plan's difficulty: on easier data than they were pretrained on, teacher and
 # student would both saturate and leave no lead to distil
 FINETUNE_PLANS = {"converged": "finetune_hard"}
@@ -160,10 +162,11 @@ def _run_dir(name: str) -> str:
 
 
 def distill_options(run: Run, plan: quickstart.Plan) -> dict:
-    """TrainOptions fields of a taught run: its own, the output term at the plan's weight unless it says."""
+    """TrainOptions fields of a taught run: its own, the output term at the plan's weight and with the plan's
+    loss unless it says."""
     if run.distill is None:
         return plan.distill_options()
-    return {"d_output": True, "d_weight": plan.output_weight, **run.distill}
+    return {"d_output": True, "d_weight": plan.output_weight, "output_loss": plan.output_loss, **run.distill}
 
 
 def kind(run: Run) -> str:
@@ -357,8 +360,12 @@ def write_report(out: Path, text: str, plot: Optional[Path], stopped_at: Optiona
 def _stamp(path: Path, plan: quickstart.Plan) -> dict:
     """The plan's sizes (not its seed), written to `path`; refuses a folder that holds runs of another plan."""
     sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
-    if path.exists() and json.loads(path.read_text()) != sizes:
-        raise SystemExit(f"kd_gain: {path.parent} holds runs of another plan ({path}): use another --out")
+    if path.exists():
+        # a field the stamp lacks was added to Plan later: those runs had its default (the field's first value)
+        defaults = {f.name: f.default for f in fields(plan) if f.default is not MISSING}
+        stamped = json.loads(path.read_text())
+        if any(stamped.get(k, defaults.get(k)) != v for k, v in sizes.items()):
+            raise SystemExit(f"kd_gain: {path.parent} holds runs of another plan ({path}): use another --out")
     path.write_text(json.dumps(sizes, indent=1))
     return sizes
 

@@ -140,3 +140,24 @@ def test_output_parts_table_has_as_many_cells_in_every_line():
     parts = {form: [0.1, 0.2, 0.3] for form in output_parts.FORMS}
     lines = output_parts.table({"alone": {**parts, "iou": 0.5, "cells": 3}}).splitlines()
     assert len(lines) == 3 and len({line.count("|") for line in lines}) == 1
+
+
+def test_a_folder_stamped_before_a_plan_field_existed_still_resumes(kd_gain, tmp_path):
+    import json
+
+    plan = Plan.named("converged")
+    stamp = tmp_path / "plan.json"
+    old = {k: v for k, v in vars(plan).items() if k not in ("seed", "output_loss")}
+    stamp.write_text(json.dumps(old))  # written before Plan had output_loss: its runs used the default, mse
+    assert kd_gain._stamp(stamp, plan)["output_loss"] == "mse"
+    with pytest.raises(SystemExit, match="another plan"):
+        kd_gain._stamp(stamp, replace(plan, output_loss="kl"))
+    with pytest.raises(SystemExit, match="another plan"):
+        kd_gain._stamp(stamp, replace(plan, n_train=10))
+
+
+def test_taught_rows_use_the_plans_output_loss_unless_they_name_one(kd_gain):
+    plan = replace(Plan.named("converged"), output_loss="kl")
+    assert kd_gain.distill_options(kd_gain.RUNS["output"], plan)["output_loss"] == "kl"
+    assert kd_gain.distill_options(kd_gain.RUNS["output + pkd"], plan)["output_loss"] == "kl"
+    assert kd_gain.distill_options(kd_gain.RUNS["output, mse_ciou"], plan)["output_loss"] == "mse_ciou"

@@ -49,6 +49,7 @@ class Plan:
     difficulty: float = 1.0  # of the synthetic data (yolodistill.synth.Difficulty.level)
     nbs: int = 64  # images per optimizer step (yolov5's nominal batch)
     output_weight: float = 1.0  # --d_weight of the distilled student
+    output_loss: str = "mse"  # --output-loss of the distilled student
     style: str = "flat"  # of the synthetic data (yolodistill.synth.STYLES)
 
     @property
@@ -58,8 +59,8 @@ class Plan:
 
     def distill_options(self) -> dict:
         """TrainOptions fields of the distilled student (besides the teacher)."""
-        return dict(d_output=True, d_weight=self.output_weight, d_feature=self.feature_weight > 0,
-                    feature_loss=self.feature_loss, f_weight=self.feature_weight)
+        return dict(d_output=True, d_weight=self.output_weight, output_loss=self.output_loss,
+                    d_feature=self.feature_weight > 0, feature_loss=self.feature_loss, f_weight=self.feature_weight)
 
     @classmethod
     def named(cls, name: str) -> "Plan":
