@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from yolodistill import yolo_backend as yb
+from yolodistill.config import DistillConfig
+from yolodistill.losses import OUTPUT_LOSSES
 from yolodistill.synth import generate
 from yolodistill.trainer import DistillTrainer, TrainOptions
 
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--student", default="yolov5n.yaml")
     ap.add_argument("--teacher", default="yolov5s.yaml")
     ap.add_argument("--feature-loss", default="mse")
+    ap.add_argument("--output-loss", default=DistillConfig.output_loss, choices=OUTPUT_LOSSES,
+                    help="the output loss of the distillation step (default: the trainer's)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0 (AMP steps, FP16 teacher)")
     args = ap.parse_args()
@@ -73,7 +77,7 @@ def main() -> None:
 
         plain = _trainer(data, tmp / "runs", "plain", args)
         distil = _trainer(data, tmp / "runs", "distil", args, t_weights=str(teacher_path), d_feature=True,
-                          feature_loss=args.feature_loss)
+                          feature_loss=args.feature_loss, output_loss=args.output_loss)
         distil.distiller.attach()
         batches = []
         for imgs, targets, _, _ in plain.train_loader:
@@ -101,7 +105,7 @@ def main() -> None:
              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"# overhead, {date.today()}, {where}, torch {torch.__version__}")
     print(f"student {args.student}, teacher {args.teacher}, imgsz {args.imgsz}, batch {args.batch_size}, "
-          f"{args.steps} steps (median s/step)")
+          f"output loss {args.output_loss}, feature loss {args.feature_loss}, {args.steps} steps (median s/step)")
     print(f"{'plain student step':<28}{med['student']:.3f}")
     print(f"{'teacher inference':<28}{med['teacher']:.3f}")
     print(f"{'distillation step':<28}{med['distill']:.3f}")
