@@ -200,8 +200,16 @@ def test_the_output_loss_chosen_is_the_one_computed(kind):
 
 
 def test_checkpoints_from_before_the_output_loss_choice_mean_mse():
+    from yolodistill.train_options import TrainOptions
+
+    assert DistillConfig().output_loss == "mse_ciou"  # today's default (config.py says why)
     old = DistillConfig(output=True).to_dict()
     del old["output_loss"]
     assert DistillConfig.from_dict(old).output_loss == "mse"
+    # --resume reads the options from the checkpoint: a run started before the choice goes on with mse
+    opt = vars(TrainOptions(data="d.yaml", t_weights="t.pt", d_output=True)).copy()
+    del opt["output_loss"]
+    assert TrainOptions.from_dict(opt).output_loss == "mse"
+    assert TrainOptions.from_dict({**opt, "output_loss": "kl"}).output_loss == "kl"
     with pytest.raises(UserError, match="--output-loss must be one of mse, kl"):
         DistillConfig(output=True, output_loss="l1")

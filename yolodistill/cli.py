@@ -25,11 +25,11 @@ distillation defaults, and why:
   --feature-loss   pkd (Pearson correlation, scale-free) by default; mse (FitNets) and cwd
                    (channel-wise distillation) are built in; plugins add more through the
                    'yolodistill.feature_losses' entry points
-  --output-loss    mse (the Adlik fork's objectness-weighted MSE of the head's logits) by default:
-                   it teaches objectness and classes, hardly boxes; kl is yolov5's own loss
-                   forms against the teacher (KL of objectness on every cell, of classes, CIoU of
-                   boxes); mse_ciou is mse with kl's boxes: being measured (benchmarks/kd_gain.py
-                   rows "output, kl", "output, mse_ciou")
+  --output-loss    mse_ciou by default: mse's objectness and classes, boxes by CIoU; it gained
+                   4.3 points over the student alone on kd_gain's converged plan against 1.3
+                   for mse (the Adlik fork's objectness-weighted MSE of the head's logits, whose
+                   box part is about 1% of the term); kl is yolov5's own loss forms against the
+                   teacher (KL of objectness on every cell and of classes, CIoU of boxes)
 """
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
-from .config import DistillConfig, parse_layer_pairs
+from .config import OUTPUT_LOSS_BEFORE_THE_CHOICE, DistillConfig, parse_layer_pairs
 from .errors import UserError
 from .options import RunOptions, option, shared
 
@@ -68,11 +68,12 @@ class TrainOptions(RunOptions):
                                             "(model.17:model.17)", primary="--d_layers", group=D, nargs="+",
                                       metavar="S:T")
     feature_loss: str = option(DistillConfig.feature_loss, "feature loss name from the registry", group=D)
-    output_loss: str = option(DistillConfig.output_loss, "output loss: mse (objectness-weighted MSE of the head's "
-                                                         "logits) or kl (yolov5's loss forms against the teacher: "
-                                                         "binary KL of objectness on every cell, of classes where "
-                                                         "the teacher sees an object, CIoU of boxes there) or "
-                                                         "mse_ciou (mse with kl's boxes)", group=D)
+    output_loss: str = option(DistillConfig.output_loss, "output loss: mse_ciou (mse's objectness and classes, "
+                                                         "CIoU of boxes), mse (objectness-weighted MSE of the "
+                                                         "head's logits) or kl (yolov5's loss forms against the "
+                                                         "teacher: binary KL of objectness on every cell, of "
+                                                         "classes where the teacher sees an object, CIoU of boxes "
+                                                         "there)", group=D)
     unlabeled: list = option([], "images without labels (folders, .txt lists or globs; or `unlabeled:` in the "
                                  "dataset yaml): augmented like the labeled ones, they get the distillation terms "
                                  "only", group=D)
@@ -98,5 +99,7 @@ class TrainOptions(RunOptions):
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainOptions":
+        """The options a checkpoint recorded (--resume): a run from before --output-loss existed goes on with
+        the loss it was started with, not today's default."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"output_loss": OUTPUT_LOSS_BEFORE_THE_CHOICE, **{k: v for k, v in d.items() if k in known}})
