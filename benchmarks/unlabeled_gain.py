@@ -9,7 +9,7 @@ trained alone on all of them (both are trained here first if kd_gain has not). T
 10% of the labeled images, each copied 10 times so that an epoch has as many steps as one over all the labels,
 and the other 90% as `--unlabeled` images (one beside each labeled image in every batch):
 
-- 10% labels alone; 10% labels distilled (the plan's setting, no unlabeled images);
+- 10% labels alone; 10% labels distilled (the plan's setting with --output-loss, no unlabeled images);
 - + unlabeled, soft: the plan's distillation terms on the unlabeled images too;
 - + unlabeled, pseudo-labels: the teacher's boxes above --conf as their targets, no soft terms;
 - + unlabeled, soft + pseudo-labels;
@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kd_gain  # noqa: E402  (the benchmark's runs and helpers)
 
 from yolodistill import quickstart  # noqa: E402
+from yolodistill.config import DistillConfig  # noqa: E402
+from yolodistill.losses import OUTPUT_LOSSES  # noqa: E402
 from yolodistill import yolo_backend as yb  # noqa: E402
 from yolodistill.run_logger import read_results  # noqa: E402
 from yolodistill.synth import generate  # noqa: E402
@@ -207,24 +209,29 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in SCREENS], choices=list(ROWS),
                     help=f"runs to train; default: all but the screens {SCREENS}")
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
+    ap.add_argument("--output-loss", default=DistillConfig.output_loss, choices=OUTPUT_LOSSES,
+                    help="the output loss of the distilled rows (default: the trainer's), whatever the plan's")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     yb.set_yolov5_verbosity(False)
 
-    plan = quickstart.Plan.named(args.plan)
+    base = quickstart.Plan.named(args.plan)
+    # kd_gain's folder is stamped with its plan as it stands (only its untaught runs are used here); the rows
+    # of this benchmark distil with --output-loss
+    plan = replace(base, output_loss=args.output_loss)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = kd_gain._stamp(out / "plan.json", plan)
     t0 = time.time()
     # the teacher and the 100%-label student: kd_gain's runs, trained there first if missing
     Path(args.kd_gain).mkdir(parents=True, exist_ok=True)
-    kd_gain._stamp(Path(args.kd_gain) / "plan.json", plan)
+    kd_gain._stamp(Path(args.kd_gain) / "plan.json", base)
     kd_args = argparse.Namespace(seeds=args.seeds, out=args.kd_gain, rows=[TEACHER, BASE_FULL],
                                  budget_minutes=args.budget_minutes)
     kd_results_path = Path(args.kd_gain) / "results.json"
     kd_results = json.loads(kd_results_path.read_text()) if kd_results_path.exists() else {}
     finetune = quickstart.Plan.named(kd_gain.finetune_plan(args.plan))
-    finished = kd_gain.run_all(kd_args, {False: plan, True: finetune}, kd_results, kd_results_path)
+    finished = kd_gain.run_all(kd_args, {False: base, True: finetune}, kd_results, kd_results_path)
     store = out / "results.json"
     results: dict = json.loads(store.read_text()) if store.exists() else {}
     if finished:
