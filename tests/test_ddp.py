@@ -73,14 +73,19 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tiny_data, teach
     data = _identical_dataset(tiny_data, tmp_path / "same")
     hyp = _no_augmentation_hyp(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "YOLOv5_VERBOSE": "False"}
+    # --output-loss mse: every term a mean over cells, so a rank's half of identical images gives the whole
+    # batch's value. The default mse_ciou averages boxes over the teacher's objects, per rank as yolov5 averages
+    # its own box loss over a rank's targets; this random teacher sees less than one object's worth, where that
+    # average becomes a sum (losses/output.py, MIN_OBJECT_MASS) and so depends on how many images a rank holds.
+    mse = ["--output-loss", "mse"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "yolodistill",
-           *_train_args(data, hyp, teacher_weights, tmp_path, "ddp")]
+           *_train_args(data, hyp, teacher_weights, tmp_path, "ddp"), *mse]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DDP: rank 0 of 2 on cpu, 4 images per rank" in proc.stderr + proc.stdout
     with torch.inference_mode(False):
-        assert main(_train_args(data, hyp, teacher_weights, tmp_path, "single")) == 0
+        assert main([*_train_args(data, hyp, teacher_weights, tmp_path, "single"), *mse]) == 0
 
     ddp, single = _losses(tmp_path / "ddp"), _losses(tmp_path / "single")
     assert len(ddp) == len(single) == 2  # rank 0 alone wrote results.csv, one row per epoch
