@@ -60,6 +60,8 @@ class YoloOutputTerm:
 
     def __call__(self, student_out: Any, teacher_raw: Sequence[torch.Tensor]) -> torch.Tensor:
         student_raw = yb.raw_head_outputs(student_out)  # a model in eval mode also returns its decoded boxes
+        if self.anchors is not None and self.anchors[0].device != student_raw[0].device:
+            self.anchors = [a.to(student_raw[0].device) for a in self.anchors]  # once, not a copy every step
         lbox, lobj, lcls = output_distillation_loss(student_raw, teacher_raw, self.nc, self.gains["box"],
                                                     self.gains["obj"], self.gains["cls"], kind=self.kind,
                                                     anchors=self.anchors)
