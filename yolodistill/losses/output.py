@@ -22,8 +22,9 @@ from .registry import OUTPUT_LOSSES
 #     objectness as binary KL on every cell (the teacher's "this clutter is not an object" is taught too);
 #     classes as binary KL and boxes as 1 - CIoU of the decoded boxes (yolov5's box loss), both averaged over
 #     the cells weighted by the teacher's objectness, as yolov5 averages them over the cells that hold objects.
-# mse_ciou: mse's objectness and classes, kl's boxes. On seed 0 of kd_gain's converged plan, mse and kl scored
-#     alike with complementary strengths (mse the better mAP50, kl the better boxes: RESULTS.md).
+# mse_ciou: mse's objectness and classes, kl's boxes; the default. On seed 0 of kd_gain's converged plan mse and
+#     kl scored alike with complementary strengths (mse the better mAP50, kl the better boxes); mse_ciou got both
+#     and beat mse on each of 3 seeds (RESULTS.md).
 CIOU_BOXES = ("kl", "mse_ciou")
 MIN_OBJECT_MASS = 1.0  # a level where the teacher sees less than one object's worth is averaged as if it saw one:
 #                         faint background cells are never blown up into a whole object's loss
@@ -50,7 +51,8 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
                              box_gain: float, obj_gain: float, cls_gain: float, kind: str = "mse",
                              anchors: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gain-scaled (lbox, lobj, lcls), 0-dim float32, from per-level raw logits (B, A, H, W, 5 + nc);
-    `kind` one of OUTPUT_LOSSES; `anchors` per level (A, 2) in grid units, which `kl` needs to decode boxes."""
+    `kind` one of OUTPUT_LOSSES; `anchors` per level (A, 2) in grid units, which `kl` and `mse_ciou` need to
+    decode boxes."""
     if len(student_raw) != len(teacher_raw):
         raise ValueError(f"output distillation: student has {len(student_raw)} detection levels, "
                          f"teacher has {len(teacher_raw)}")
@@ -75,8 +77,8 @@ def output_distillation_loss(student_raw: Sequence[Tensor], teacher_raw: Sequenc
         # Teacher confidence as weight: background cells, where the teacher's box and class logits
         # are meaningless, contribute almost nothing.
         w = t[..., 4].sigmoid()
-        mass = w.sum().clamp_min(MIN_OBJECT_MASS)
-        if kind in CIOU_BOXES:
+        if kind in CIOU_BOXES:  # (kl among them: its classes are averaged over the same mass)
+            mass = w.sum().clamp_min(MIN_OBJECT_MASS)
             ciou = complete_box_iou_loss(decode_boxes(s, anchors[i]).reshape(-1, 4),
                                          decode_boxes(t, anchors[i]).reshape(-1, 4), reduction="none")
             lbox = lbox + (ciou * w.reshape(-1)).sum() / mass
