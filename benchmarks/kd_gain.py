@@ -105,6 +105,8 @@ FINETUNE_PLANS = {"converged": "finetune_hard"}
 def finetune_plan(plan_name: str) -> str:
     """The fine-tuning plan that goes with a plan of cfg/quickstart.yaml."""
     return FINETUNE_PLANS.get(plan_name, "finetune")
+
+
 MIN_GAP = 0.005  # a teacher less than half a point ahead leaves no gap worth dividing by
 
 

@@ -32,7 +32,8 @@ SURE = 0.5  # teacher objectness above which a cell's box is compared
 
 
 def elementwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of matching rows of two (N, 4) xyxy box sets."""
+    """IoU of matching rows of two (N, 4) xyxy box sets (torchvision's box_iou is pairwise: an N x N matrix for
+    the diagonal)."""
     wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp_min(0)
     inter = wh.prod(1)
     area = (a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1)
