@@ -315,6 +315,7 @@ def test_plugin_cannot_replace_a_builtin(clean_registry, monkeypatch):
 # float32 tolerance: each BCE is at most ~1 here and rounds to a few ulps (1.2e-7 each); KL is the difference
 # of two of them, so a few ulps of 1.0 bound its error
 KL_ABS = 1e-6
+CIOU_KINDS = ("kl", "mse_ciou")
 CIOU_EPS = 1e-7  # torchvision's complete_box_iou_loss adds this to the union and the enclosing diagonal
 
 
@@ -428,6 +429,45 @@ def test_mse_ciou_is_mse_with_kls_boxes():
     assert both[0].item() == pytest.approx(0.75 * (1 - 1 / 3 + 0.5 ** 2 / (1.5 ** 2 + 1 ** 2)), abs=KL_ABS)
     with pytest.raises(ValueError, match="mse_ciou compares decoded boxes"):
         output_distillation_loss([s], [t], kind="mse_ciou", **{**kw, "anchors": None})
+
+
+def test_ciou_boxes_skip_the_cells_the_teacher_calls_background():
+    # three cells, the student's box off in each: an object (weight 3/4), a cell just above the cut and one just
+    # below it. Only the first two count; the mass (3/4 + a little, clamped to 1) is that of every cell.
+    from yolodistill.losses.output import BOX_MIN_OBJECTNESS
+
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    above, below = 1.5 * BOX_MIN_OBJECTNESS, 0.5 * BOX_MIN_OBJECTNESS
+    t = torch.cat([head(box=[0.0] * 4, obj=logit(w), cls=[0.0, 0.0]) for w in (0.75, above, below)], dim=3)
+    s = torch.cat([head(box=[math.log(3.0), 0.0, 0.0, 0.0], obj=0.0, cls=[0.0, 0.0])] * 3, dim=3)
+    one_minus_ciou = 1 - 1 / 3 + 0.5 ** 2 / (1.5 ** 2 + 1 ** 2)  # the by-hand test's pair of boxes
+    for kind in CIOU_KINDS:
+        lbox = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind=kind,
+                                        anchors=[torch.ones(1, 2)])[0]
+        # the weights pass through float32 logits and back: a few ulps of each, relative
+        assert lbox.item() == pytest.approx((0.75 + above) * one_minus_ciou, rel=1e-5), kind
+
+
+def test_ciou_boxes_over_cells_the_teacher_sees_match_every_cell():
+    # teacher objectness logits from randn: every cell above the cut, so the term is CIoU on every cell, written
+    # out here with torchvision directly
+    from torchvision.ops import complete_box_iou_loss
+    from yolodistill.losses.output import BOX_MIN_OBJECTNESS, decode_boxes
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 4, 7), torch.randn(2, 3, 4, 4, 7)
+    anchors = torch.tensor([[1.0, 2.0], [2.0, 1.0], [3.0, 3.0]])
+    w = t[..., 4].sigmoid()
+    assert (w >= BOX_MIN_OBJECTNESS).all()
+    every = complete_box_iou_loss(decode_boxes(s, anchors).reshape(-1, 4), decode_boxes(t, anchors).reshape(-1, 4),
+                                  reduction="none")
+    expected = (every * w.reshape(-1)).sum() / w.sum().clamp_min(1.0)
+    lbox = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind="mse_ciou",
+                                    anchors=[anchors])[0]
+    # the same products summed, perhaps in another order: float32 rounding of a sum of 96 positive terms
+    assert lbox.item() == pytest.approx(expected.item(), rel=96 * torch.finfo(torch.float32).eps)
 
 
 def test_binary_kl_is_never_negative():
