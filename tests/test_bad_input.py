@@ -123,6 +123,36 @@ def test_nan_loss_skips_then_stops(capsys, caplog, teacher_weights, tiny_data, t
     assert sum("step skipped" in r.getMessage() for r in caplog.records) == 2
 
 
+def test_non_finite_gradient_of_a_finite_loss_skips_the_step(caplog, teacher_weights, tiny_data, tmp_path,
+                                                             monkeypatch):
+    # one step whose loss is finite and whose gradient is NaN (as torchvision's CIoU gives for a box of zero
+    # height): stepping with it would write NaN into every weight; skipped, the run trains on and ends finite
+    import logging
+
+    from yolodistill import trainer as trainer_mod
+
+    caplog.set_level(logging.WARNING, logger="yolodistill")
+    real = trainer_mod.DistillTrainer.total_loss
+    calls = []
+
+    def nan_gradient_once(self, *args):
+        total, items = real(self, *args)
+        calls.append(1)
+        if len(calls) == 1:
+            p = next(self.student.parameters())
+            # value 0 * sqrt(0) = 0; gradient 0 * 1 / (2 sqrt(0)) = NaN, into p
+            total = total + 0 * torch.sqrt((p - p.detach()).sum())
+        return total, items
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "total_loss", nan_gradient_once)
+    assert main(_train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                       str(teacher_weights), "--d_output", "--nbs", "8", "--epochs", "2", "--noval")) == 0
+    assert sum("non-finite gradients" in r.getMessage() for r in caplog.records) == 1
+    assert len(calls) > 1  # it trained on after the skipped step
+    model = torch.load(tmp_path / "x" / "weights" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in model.float().state_dict().values())
+
+
 def test_imgsz_rounded_to_stride(tiny_data, tmp_path, caplog):
     import logging
 

@@ -470,6 +470,32 @@ def test_ciou_boxes_over_cells_the_teacher_sees_match_every_cell():
     assert lbox.item() == pytest.approx(expected.item(), rel=96 * torch.finfo(torch.float32).eps)
 
 
+def test_ciou_loss_is_torchvisions_on_ordinary_boxes():
+    from torchvision.ops import complete_box_iou_loss
+    from yolodistill.losses.output import ciou_loss
+
+    torch.manual_seed(0)
+    centre, size = torch.rand(2, 1000, 2) * 2, torch.rand(2, 1000, 2) * 1.5 + 0.5  # sides in [0.5, 2]
+    a, b = (torch.cat((c - s / 2, c + s / 2), -1) for c, s in zip(centre, size))
+    # the two differ only by eps = 1e-7 added to the heights in the aspect term: |d atan(w / h)| <= eps w / h^2
+    # <= 8e-7 here, so v = 4 / pi^2 (difference of atans, |.| < pi)^2 moves by at most 4 / pi^2 * 2 pi * 8e-7
+    # ~ 2e-6, alpha v by twice that; plus float32 rounding of a sum of terms < 4 (a few 1e-7)
+    assert torch.allclose(ciou_loss(a, b), complete_box_iou_loss(a, b, reduction="none"), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", CIOU_KINDS)
+def test_ciou_boxes_give_finite_gradients_for_a_box_of_zero_height(kind):
+    # the student's height logit so low that the decoded height rounds to 0 beside the box's position, width
+    # not: torchvision's w / h is inf there, its atan finite, and its gradient NaN (a kd_gain run was lost so)
+    t = head(box=[0.0, 0.0, 0.0, 0.0], obj=5.0, cls=[0.0, 0.0])
+    s = head(box=[0.0, 0.0, 0.0, -30.0], obj=5.0, cls=[0.0, 0.0]).requires_grad_(True)
+    lbox = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind=kind,
+                                    anchors=[torch.ones(1, 2)])[0]
+    lbox.backward()
+    assert torch.isfinite(lbox) and torch.isfinite(s.grad).all()
+    assert s.grad[..., 3].item() <= 0  # and what is left of it would grow the height, not shrink it
+
+
 def test_binary_kl_is_never_negative():
     s, t = torch.randn(10_000) * 8, torch.randn(10_000) * 8
     # a difference of two cross-entropies, each computed as max(x, 0) - x * p + log1p(exp(-|x|)): allow a few

@@ -354,28 +354,38 @@ class DistillTrainer(Engine):
             pred, terms = self.forward_model(imgs) if self.distiller else (self.forward_model(imgs), {})
             loss, items = self.total_loss(imgs, pred, targets, terms, n_labeled)
         if not self.all_finite(loss):
-            self.bad_steps += 1
-            LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at batch {ni}; step skipped "
-                           f"({self.bad_steps}/{MAX_BAD_STEPS} in a row)")
-            self.optimizer.zero_grad()
-            if self.bad_steps >= MAX_BAD_STEPS:
-                raise TrainingError(f"loss was NaN/inf for {MAX_BAD_STEPS} steps in a row; lower the learning "
-                                    f"rate or the distillation weights, or check the data")
-            return None
-        self.bad_steps = 0
+            return self._skip_step(f"non-finite loss {loss.item()} at batch {ni}")
         if self.dist.enabled:
             loss = loss * self.dist.world_size  # DDP averages gradients over ranks; train.py scales the same way
         self.scaler.scale(loss).backward()
         if ni - self.last_opt_step >= self.accumulate:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.trainable.parameters(), max_norm=10.0)
+            norm = nn.utils.clip_grad_norm_(self.trainable.parameters(), max_norm=10.0)
+            # A finite loss can still have non-finite gradients (a ratio of two underflowed sizes, say), and
+            # stepping with them writes NaN into every weight: every later loss is NaN and the run is lost. AMP's
+            # scaler skips such a step itself; without it, skip here. After DDP's all-reduce every rank has the
+            # same norm, so all skip together.
+            if not self.amp and not torch.isfinite(norm):
+                self.last_opt_step = ni  # the accumulated gradients go with the step
+                return self._skip_step(f"non-finite gradients at batch {ni} (the loss was finite)")
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad()
             self.compression.after_step()
             self.ema.update(self.student)
             self.last_opt_step = ni
+        self.bad_steps = 0
         return items
+
+    def _skip_step(self, what: str) -> None:
+        """Drop this batch's gradients (and those accumulated with it); stop the run after MAX_BAD_STEPS in a row."""
+        self.bad_steps += 1
+        LOGGER.warning(f"WARNING: {what}; step skipped ({self.bad_steps}/{MAX_BAD_STEPS} in a row)")
+        self.optimizer.zero_grad()
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingError(f"loss or gradients were NaN/inf for {MAX_BAD_STEPS} steps in a row; lower the "
+                                f"learning rate or the distillation weights, or check the data")
+        return None
 
     def total_loss(self, imgs: torch.Tensor, pred: list, targets: Optional[torch.Tensor],
                    distill_terms: dict[str, torch.Tensor], n_labeled: Optional[int] = None):

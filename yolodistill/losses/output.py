@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import complete_box_iou_loss
 
 from .registry import OUTPUT_LOSSES
 
@@ -57,13 +58,33 @@ def _decode(raw: Tensor, cell_anchors: Tensor) -> Tensor:
     return torch.cat((xy - wh / 2, xy + wh / 2), -1)
 
 
+CIOU_EPS = 1e-7  # as yolov5's bbox_iou and torchvision's complete_box_iou_loss
+
+
+def ciou_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Elementwise 1 - CIoU of xyxy boxes (N, 4): torchvision's complete_box_iou_loss, with yolov5's eps added to
+    the heights in the aspect-ratio term as well. torchvision's divides width by height bare: for two boxes
+    shrunk to nothing its value stays finite while its gradient is inf or NaN, which a training step then writes
+    into every weight (a kd_gain run at plan converged was lost that way)."""
+    x1, y1, x2, y2 = pred.unbind(-1)
+    x1g, y1g, x2g, y2g = target.unbind(-1)
+    w, h, wg, hg = x2 - x1, y2 - y1, x2g - x1g, y2g - y1g
+    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp_min(0) * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp_min(0)
+    iou = inter / (w * h + wg * hg - inter + CIOU_EPS)
+    diagonal = (torch.max(x2, x2g) - torch.min(x1, x1g)) ** 2 + (torch.max(y2, y2g) - torch.min(y1, y1g)) ** 2
+    centres = ((x1 + x2 - x1g - x2g) ** 2 + (y1 + y2 - y1g - y2g) ** 2) / 4
+    v = (4 / math.pi ** 2) * (torch.atan(wg / (hg + CIOU_EPS)) - torch.atan(w / (h + CIOU_EPS))) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + 1 + CIOU_EPS)
+    return 1 - iou + centres / (diagonal + CIOU_EPS) + alpha * v
+
+
 def weighted_ciou_sum(s: Tensor, t: Tensor, w: Tensor, anchors: Tensor) -> Tensor:
     """Sum over the cells of (1 - CIoU of the decoded student and teacher boxes) x the teacher's objectness `w`
     (B, A, H, W), on the cells where `w` >= BOX_MIN_OBJECTNESS only (why: at the constant)."""
     cells = w >= BOX_MIN_OBJECTNESS
     cell_anchors = anchors.to(s).view(1, -1, 1, 1, 2).expand(*w.shape, 2)[cells]
-    ciou = complete_box_iou_loss(_decode(s[cells], cell_anchors), _decode(t[cells], cell_anchors),
-                                 reduction="none")
+    ciou = ciou_loss(_decode(s[cells], cell_anchors), _decode(t[cells], cell_anchors))
     return (ciou * w[cells]).sum()
 
 
