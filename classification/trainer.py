@@ -250,6 +250,9 @@ class ClassifyTrainer(Engine):
     def checkpoint_meta(self) -> dict:
         return dict(arch=self.opts.model, classes=self.classes, imgsz=self.opts.imgsz, mean=self.mean, std=self.std)
 
+    def saved_models(self) -> list[nn.Module]:
+        return [self.model, self.extra_trainable]
+
     def save(self, path: Path, epoch: int, *, training_state: bool) -> None:
         # A QAT student is saved plain with its INT8 ranges beside (checkpoint_dict splits them off). The final
         # last.pt is the plain classifier; a run killed before it resumes from the previous one.

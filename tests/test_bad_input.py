@@ -153,6 +153,25 @@ def test_non_finite_gradient_of_a_finite_loss_skips_the_step(caplog, teacher_wei
     assert all(torch.isfinite(v).all() for v in model.float().state_dict().values())
 
 
+def test_nan_weights_are_never_saved_over_the_last_good_checkpoint(capsys, tiny_data, tmp_path, monkeypatch):
+    from yolodistill import trainer as trainer_mod
+
+    real = trainer_mod.DistillTrainer.end_epoch
+
+    def corrupt_after_epoch_1(self, epoch):
+        real(self, epoch)
+        if epoch == 1:
+            with torch.no_grad():
+                next(self.student.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "end_epoch", corrupt_after_epoch_1)
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--epochs", "2", "--noval"),
+           "NaN/inf in epoch 1 and were not saved")
+    last = torch.load(tmp_path / "x" / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].float().state_dict().values())
+
+
 def test_imgsz_rounded_to_stride(tiny_data, tmp_path, caplog):
     import logging
 

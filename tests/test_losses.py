@@ -486,7 +486,7 @@ def test_ciou_loss_is_torchvisions_on_ordinary_boxes():
 @pytest.mark.parametrize("kind", CIOU_KINDS)
 def test_ciou_boxes_give_finite_gradients_for_a_box_of_zero_height(kind):
     # the student's height logit so low that the decoded height rounds to 0 beside the box's position, width
-    # not: torchvision's w / h is inf there, its atan finite, and its gradient NaN (a kd_gain run was lost so)
+    # not: torchvision's w / h is inf there, its atan finite, and its gradient NaN
     t = head(box=[0.0, 0.0, 0.0, 0.0], obj=5.0, cls=[0.0, 0.0])
     s = head(box=[0.0, 0.0, 0.0, -30.0], obj=5.0, cls=[0.0, 0.0]).requires_grad_(True)
     lbox = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind=kind,

@@ -445,6 +445,9 @@ class DistillTrainer(Engine):
             ckpt["distill"] = {"adapters": self.distiller.adapters.state_dict(), "config": self.config.to_dict()}
         return ckpt
 
+    def saved_models(self) -> list[nn.Module]:
+        return [yb.de_parallel(self.student), self.ema.ema]
+
     def save(self, path: Path, epoch: int, *, training_state: bool) -> None:
         save_checkpoint_atomic(self._checkpoint(epoch, with_training_state=training_state), path)
 

@@ -100,6 +100,10 @@ class Engine:
         """Write one checkpoint atomically; `training_state`: with what --resume needs."""
         raise NotImplementedError
 
+    def saved_models(self) -> list[nn.Module]:
+        """The models whose weights save() writes: checked to be finite before they overwrite last.pt."""
+        raise NotImplementedError
+
     def after_save(self, epoch: int) -> None:
         """Extra files after an epoch's checkpoints (yolov5's --save-period)."""
 
@@ -218,6 +222,12 @@ class Engine:
         return self.finish()
 
     def save_epoch(self, epoch: int, improved: bool) -> None:
+        # NaN or inf weights are a lost run: writing them would lose the last good last.pt too
+        if not all(torch.isfinite(t).all() for m in self.saved_models() for t in (*m.parameters(), *m.buffers())
+                   if t.is_floating_point()):
+            raise TrainingError(f"the weights became NaN/inf in epoch {epoch} and were not saved: {self.last} "
+                                f"holds the last finite epoch, if any. Lower the learning rate or the distillation "
+                                f"weights, or check the data")
         # best.pt first: once last.pt records an epoch (and the best fitness it reached), best.pt holds it too,
         # so a run killed between the two writes resumes without losing its best model.
         if improved:

@@ -63,9 +63,9 @@ CIOU_EPS = 1e-7  # as yolov5's bbox_iou and torchvision's complete_box_iou_loss
 
 def ciou_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Elementwise 1 - CIoU of xyxy boxes (N, 4): torchvision's complete_box_iou_loss, with yolov5's eps added to
-    the heights in the aspect-ratio term as well. torchvision's divides width by height bare: for two boxes
-    shrunk to nothing its value stays finite while its gradient is inf or NaN, which a training step then writes
-    into every weight (a kd_gain run at plan converged was lost that way)."""
+    the heights in the aspect-ratio term as well. torchvision's divides width by height bare: for a box
+    of zero height (the height rounds to 0 beside the box's position once its logit is below about -9) its
+    value stays finite while its gradient is NaN, which a training step would write into every weight."""
     x1, y1, x2, y2 = pred.unbind(-1)
     x1g, y1g, x2g, y2g = target.unbind(-1)
     w, h, wg, hg = x2 - x1, y2 - y1, x2g - x1g, y2g - y1g
