@@ -92,10 +92,16 @@ RUNS = {
     # mse's objectness and classes (its better mAP50 on seed 0) with kl's CIoU boxes (its better localization)
     "output, mse_ciou": Run(N, "teacher yolov5s", dict(d_output=True, output_loss="mse_ciou")),
     "output + pkd, mse_ciou": Run(N, "teacher yolov5s", dict(feature("pkd", 0.1), output_loss="mse_ciou")),
+    # the fine-tuning case with 100 epochs on the small set instead of the plan's: whether distillation needs
+    # more steps than the plan's fine-tuning gives (30 epochs of 128 images: 240 steps) to pay
+    "fine-tuned yolov5n alone, 100 epochs": Run(N, init="yolov5n alone", target=True, epochs=100),
+    "fine-tuned, output, 100 epochs": Run(N, "fine-tuned teacher yolov5s", dict(d_output=True), init="yolov5n alone",
+                                          target=True, epochs=100),
     "yolov5n alone, 60 epochs": Run(N, epochs=60),
     "output, 60 epochs": Run(N, "teacher yolov5s", dict(d_output=True), epochs=60),
 }
-SCREENS = ("output, d_weight 3", "output, kl", "output, mse_ciou", "output + pkd, mse_ciou", "yolov5n alone, 60 epochs",
+SCREENS = ("output, d_weight 3", "output, kl", "output, mse_ciou", "output + pkd, mse_ciou",
+           "fine-tuned yolov5n alone, 100 epochs", "fine-tuned, output, 100 epochs", "yolov5n alone, 60 epochs",
            "output, 60 epochs")
 # the fine-tuning set matches its plan's difficulty: on easier data than they were pretrained on, teacher and
 # student would both saturate and leave no lead to distil
