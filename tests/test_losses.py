@@ -450,6 +450,17 @@ def test_ciou_boxes_skip_the_cells_the_teacher_calls_background():
         assert lbox.item() == pytest.approx((0.75 + above) * one_minus_ciou, rel=1e-5), kind
 
 
+@pytest.mark.parametrize("kind", CIOU_KINDS)
+def test_ciou_boxes_are_zero_where_the_teacher_sees_no_object(kind):
+    s = torch.randn(1, 3, 2, 2, 7, requires_grad=True)
+    t = torch.randn(1, 3, 2, 2, 7)
+    t[..., 4] = -20.0  # objectness 2e-9 on every cell: below the cut everywhere
+    lbox = output_distillation_loss([s], [t], nc=2, box_gain=1.0, obj_gain=1.0, cls_gain=1.0, kind=kind,
+                                    anchors=[torch.ones(3, 2)])[0]
+    lbox.backward()
+    assert lbox.item() == 0.0 and (s.grad == 0).all()
+
+
 def test_ciou_boxes_over_cells_the_teacher_sees_match_every_cell():
     # teacher objectness logits from randn: every cell above the cut, so the term is CIoU on every cell, written
     # out here with torchvision directly
