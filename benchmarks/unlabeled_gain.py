@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
     ap.add_argument("--output-loss", default=DistillConfig.output_loss, choices=OUTPUT_LOSSES,
                     help="the output loss of the distilled rows (default: the trainer's), whatever the plan's")
+    ap.add_argument("--f-weight", type=float, help="the feature weight of the distilled rows (default: the plan's; "
+                    "0: outputs only, the better setting at plan converged, RESULTS.md)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     yb.set_yolov5_verbosity(False)
@@ -218,7 +220,8 @@ def main() -> None:
     base = quickstart.Plan.named(args.plan)
     # kd_gain's folder is stamped with its plan as it stands (only its untaught runs are used here); the rows
     # of this benchmark distil with --output-loss
-    plan = replace(base, output_loss=args.output_loss)
+    plan = replace(base, output_loss=args.output_loss,
+                   feature_weight=base.feature_weight if args.f_weight is None else args.f_weight)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = kd_gain._stamp(out / "plan.json", plan)
