@@ -4,9 +4,8 @@ of yolov5's own loss forms (`kl`)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +31,9 @@ MIN_OBJECT_MASS = 1.0  # a level where the teacher sees less than one object's w
 BOX_MIN_OBJECTNESS = 1e-3  # CIoU is computed only on cells where the teacher's objectness reaches this. The
 #   weight would make the others' share negligible anyway (on kd_gain's converged data these cells are 17% of
 #   all and carry 98.7% of the weighted term), and CIoU on every cell cost 5.5 ms a step on 2 cores, which put
-#   distillation's overhead over its 1.10 budget (RESULTS.md). Each skipped cell would add at most this weight
-#   times its 1 - CIoU (< 3) to a sum divided by a mass >= 1.
+#   distillation's overhead over its 1.10 budget; with the cut it costs what mse costs (1.07, RESULTS.md). Each
+#   skipped cell would add at most this weight times its 1 - CIoU (< 3) to a sum divided by a mass >= 1. (On
+#   CUDA the boolean selection waits for the GPU once per level and step: small beside a step.)
 
 
 def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -69,7 +69,8 @@ def ciou_loss(pred: Tensor, target: Tensor) -> Tensor:
     x1, y1, x2, y2 = pred.unbind(-1)
     x1g, y1g, x2g, y2g = target.unbind(-1)
     w, h, wg, hg = x2 - x1, y2 - y1, x2g - x1g, y2g - y1g
-    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp_min(0) * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp_min(0)
+    inter = ((torch.min(x2, x2g) - torch.max(x1, x1g)).clamp_min(0)
+             * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp_min(0))
     iou = inter / (w * h + wg * hg - inter + CIOU_EPS)
     diagonal = (torch.max(x2, x2g) - torch.min(x1, x1g)) ** 2 + (torch.max(y2, y2g) - torch.min(y1, y1g)) ** 2
     centres = ((x1 + x2 - x1g - x2g) ** 2 + (y1 + y2 - y1g - y2g) ** 2) / 4
