@@ -223,9 +223,8 @@ def main() -> None:
 
     base = quickstart.Plan.named(args.plan)
     # kd_gain's folder is stamped with its plan as it stands (only its untaught runs are used here); the rows
-    # of this benchmark distil with --output-loss
-    plan = replace(base, output_loss=args.output_loss,
-                   feature_weight=args.f_weight)
+    # of this benchmark distil with --output-loss and --f-weight
+    plan = replace(base, output_loss=args.output_loss, feature_weight=args.f_weight)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = kd_gain._stamp(out / "plan.json", plan)
