@@ -94,6 +94,23 @@ def test_every_unlabeled_gain_row_is_a_valid_training():
     assert set(unlabeled_gain.SCREENS) < set(unlabeled_gain.ROWS)
 
 
+def test_unlabeled_gain_reports_the_share_of_the_way_per_seed():
+    unlabeled_gain = _load("unlabeled_gain")
+    run = lambda m, minutes=10.0: {"map": m, "minutes": minutes}  # noqa: E731
+    reference = {"0": {"teacher yolov5s": run(0.6), "yolov5n alone": run(0.4), "output, mse_ciou": run(0.46)},
+                 "1": {"teacher yolov5s": run(0.6), "yolov5n alone": run(0.5), "output, mse_ciou": run(0.5)}}
+    results = {"0": {"10% labels alone": run(0.2), "+ unlabeled, soft": run(0.35, 30.0)},
+               "1": {"10% labels alone": run(0.3), "+ unlabeled, soft": run(0.45, 40.0)}}
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in unlabeled_gain.report(results, reference, [0, 1], "# t").splitlines() if line.startswith("| ")}
+    # the way from the 10%-label student to the 100%-label one: 0.2 -> 0.4 and 0.3 -> 0.5, gains 0.15 and 0.15
+    assert rows["+ unlabeled, soft"][3] == "+15.0 ± 0.0" and rows["+ unlabeled, soft"][4] == "75% (per seed: 75%, 75%)"
+    assert rows["+ unlabeled, soft"][5].rstrip(" |") == "35.0"  # the mean training minutes
+    distilled = rows["100% labels, distilled: outputs, mse_ciou (kd_gain)"]
+    assert distilled[4] == "115% (per seed: 130%, 100%)"  # (0.46-0.2)/0.2 and (0.5-0.3)/0.2
+    assert rows["10% labels alone"][3] == ""  # the base row has no gain over itself
+
+
 def test_a_gain_is_clear_only_above_twice_its_seed_spread(kd_gain):
     assert kd_gain.gain_is_clear([0.03]) == "-"  # one seed: no spread to compare with
     assert kd_gain.gain_is_clear([0.02, 0.03, 0.04]) == "yes"  # mean 0.03, sd 0.01
