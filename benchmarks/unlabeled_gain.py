@@ -191,17 +191,23 @@ def report(results: dict, reference: dict, seeds: list[int], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: dict, out: Path) -> Path:
+def plot_curves(results: dict, reference: dict, out: Path) -> Path:
+    """Every run of every seed, with kd_gain's (the lines to reach: the 100%-label students, the teacher)
+    dashed in greys for the same seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5), tight_layout=True)
-    for i, label in enumerate(ROWS):
-        for j, seed in enumerate(sorted(results)):
-            if label in results[seed]:
-                rows = read_results(Path(results[seed][label]["save_dir"]) / "results.csv")
-                ax.plot([r[kd_gain.MAP] for r in rows], color=f"C{i}", lw=1, label=label if j == 0 else None)
+    greys = {TEACHER: "0.0", FULL_DISTILLED: "0.35", BASE_FULL: "0.6"}
+    curves = [(reference, label, dict(color=grey, ls="--")) for label, grey in greys.items()]
+    curves += [(results, label, dict(color=f"C{i}")) for i, label in enumerate(ROWS)]
+    for source, label, style in curves:
+        seeds = [s for s in sorted(results) if label in source.get(s, {})]
+        for j, seed in enumerate(seeds):
+            rows = read_results(Path(source[seed][label]["save_dir"]) / "results.csv")
+            ax.plot([r[kd_gain.MAP] for r in rows], lw=1, label=REFERENCE.get(label, label) if j == 0 else None,
+                    **style)
     ax.set(xlabel="epoch", ylabel="val mAP50-95", title="unlabeled_gain: every run, every seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -255,7 +261,7 @@ def main() -> None:
     title = (f"# unlabeled_gain, {date.today()}\n\nplan {args.plan}: {sizes}; labeled fraction {args.fraction:g} "
              f"(each copied {REPEAT}x); pseudo-label confidence {args.conf:g}")
     kd_gain.write_report(out, report(results, kd_results, args.seeds, title),
-                         plot_curves(results, out) if results else None, None if finished else args.budget_minutes)
+                         plot_curves(results, kd_results, out) if results else None, None if finished else args.budget_minutes)
 
 
 if __name__ == "__main__":
