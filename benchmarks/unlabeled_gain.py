@@ -163,14 +163,9 @@ def run_all(args, plan: quickstart.Plan, results: dict, store: Path, minutes: Op
 
 
 def report(results: dict, reference: dict, seeds: list[int], title: str) -> str:
-    def per_seed(label: str) -> dict[int, float]:
+    def per_seed(label: str, key: str = "map") -> dict[int, float]:
         source = reference if label in REFERENCE else results
-        return {s: source[str(s)][label]["map"] for s in seeds if label in source.get(str(s), {})}
-
-    def minutes(label: str) -> str:  # a row's training cost: the unlabeled rows see (1 + ratio) images a step
-        source = reference if label in REFERENCE else results
-        got = [source[str(s)][label]["minutes"] for s in seeds if label in source.get(str(s), {})]
-        return f"{statistics.mean(got):.1f}" if got else ""
+        return {s: source[str(s)][label][key] for s in seeds if label in source.get(str(s), {})}
 
     low, full = per_seed(BASE_LOW), per_seed(BASE_FULL)
     lines = [title, "", "| run | seeds | mAP50-95 (mean ± sd) | gain over 10% labels alone, points | "
@@ -186,8 +181,10 @@ def report(results: dict, reference: dict, seeds: list[int], title: str) -> str:
             shares = [(got[s] - low[s]) / (full[s] - low[s]) for s in both if full[s] - low[s] >= kd_gain.MIN_GAP]
             share = (f"{100 * statistics.mean(shares):.0f}% (per seed: "
                      f"{', '.join(f'{100 * x:.0f}%' for x in shares)})") if shares else "-"
-        lines.append(f"| {REFERENCE.get(label, label)} | {len(got)} | {kd_gain._mean_sd(list(got.values()))} | {gain} | "
-                     f"{share} | {minutes(label)} |")
+        # the training cost beside: an unlabeled row sees (1 + ratio) images a step
+        minutes = statistics.mean(per_seed(label, "minutes").values())
+        lines.append(f"| {REFERENCE.get(label, label)} | {len(got)} | {kd_gain._mean_sd(list(got.values()))} | "
+                     f"{gain} | {share} | {minutes:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -260,8 +257,9 @@ def main() -> None:
         finished = run_all(args, plan, results, store, left)
     title = (f"# unlabeled_gain, {date.today()}\n\nplan {args.plan}: {sizes}; labeled fraction {args.fraction:g} "
              f"(each copied {REPEAT}x); pseudo-label confidence {args.conf:g}")
-    kd_gain.write_report(out, report(results, kd_results, args.seeds, title),
-                         plot_curves(results, kd_results, out) if results else None, None if finished else args.budget_minutes)
+    plot = plot_curves(results, kd_results, out) if results else None
+    kd_gain.write_report(out, report(results, kd_results, args.seeds, title), plot,
+                         None if finished else args.budget_minutes)
 
 
 if __name__ == "__main__":
