@@ -16,7 +16,7 @@ from yolodistill.config import LayerPair, parse_layer_pairs
 from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
 from yolodistill.engine import endless_batches
 from yolodistill.errors import UserError
-from yolodistill.image_lists import image_files
+from yolodistill.image_lists import image_files, unlabeled_only
 from .data import IMAGE_SUFFIXES, ImageDataset, LabeledFolder, list_images, readable
 from .losses import labeled_cross_entropy, soft_targets
 from .models import last_feature_layer
@@ -47,7 +47,7 @@ class KDTrainer(ClassifyTrainer):
                 raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
             self.store = self.open_logits_store(o.teacher_store)
         labeled = self.labeled_dataset(self.train_folder, train=True)
-        unlabeled = [self.unlabeled_dataset(spec) for spec in o.unlabeled]
+        unlabeled = self.unlabeled_datasets(o.unlabeled)
         self.unlabeled_loader = None
         if o.unlabeled_ratio < 0:
             raise UserError(f"--unlabeled-ratio must be positive (or 0: one dataset), got {o.unlabeled_ratio}")
@@ -64,16 +64,36 @@ class KDTrainer(ClassifyTrainer):
                    else "shuffled among the labeled ones")
             LOGGER.info(f"+ {count} unlabeled images, {mix} (distillation term only)")
 
-    def unlabeled_dataset(self, spec: str) -> ImageDataset:
-        """A folder (its images, as before), a .txt list or a glob of images without labels."""
+    def unlabeled_datasets(self, specs: Sequence[str]) -> list[ImageDataset]:
+        """One dataset a spec: a folder (its images, as before), a .txt list or a glob of images without labels.
+        Detection's rule: each image once over all specs; a labeled training image is used once, as labeled; a
+        validation image is refused."""
+        listed = [self._unlabeled_keys(spec) for spec in specs]
+        paths = [[str((root / k).resolve()) for k in keys] for root, keys in listed]
+        if not listed:
+            return []
+        folder_files = lambda f: [f.root / k for k in f.keys]  # noqa: E731
+        kept = set(unlabeled_only(list(dict.fromkeys(p for ps in paths for p in ps)),
+                                  labeled=folder_files(self.train_folder), val=folder_files(self.val_folder)))
+        datasets = []
+        for (root, keys), ps in zip(listed, paths):
+            mine = []
+            for k, p in zip(keys, ps):
+                if p in kept:
+                    kept.discard(p)  # an image named by two specs is used once
+                    mine.append(k)
+            if mine:
+                keys = readable(root, mine, "unlabeled images")
+                datasets.append(ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys)))
+        return datasets
+
+    @staticmethod
+    def _unlabeled_keys(spec: str) -> tuple[Path, list[str]]:
         if Path(spec).is_dir():
-            root, keys = Path(spec), list_images(spec)
-        else:
-            files = image_files([spec], "--unlabeled", suffixes=[x.lstrip(".") for x in IMAGE_SUFFIXES])
-            root = Path(os.path.commonpath([str(Path(f).parent) for f in files]))
-            keys = [Path(f).relative_to(root).as_posix() for f in files]
-        keys = readable(root, keys, "unlabeled images")
-        return ImageDataset(root, keys, None, self.transform(True), self.store_rows(root, keys))
+            return Path(spec), list_images(spec)
+        files = image_files([spec], "--unlabeled", suffixes=[x.lstrip(".") for x in IMAGE_SUFFIXES])
+        root = Path(os.path.commonpath([str(Path(f).parent) for f in files]))
+        return root, [Path(f).relative_to(root).as_posix() for f in files]
 
     def extra_batches(self, epoch: int):
         """The unlabeled stream beside every labeled batch (--unlabeled-ratio > 0)."""

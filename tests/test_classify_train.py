@@ -13,6 +13,7 @@ from yolodistill.classification.teachers import ClassifierTeachers
 from yolodistill.classification.distill import KDTrainer
 from yolodistill.classification.trainer import ClassifyOptions
 from yolodistill.config import LayerPair
+from yolodistill.errors import UserError
 from yolodistill.run_logger import read_results
 
 from .conftest import CLASSIFY_IMGSZ, SHAPES, assert_same_training, initial_weights, one_torch_thread
@@ -141,7 +142,8 @@ def test_unlabeled_images_as_lists_and_globs_with_a_fixed_share_of_every_batch(s
     trainer = KDTrainer(_options(shapes_data, tmp_path, "ratio", teacher=[str(shape_teachers[0])],
                                  unlabeled=[str(listing), glob_spec], unlabeled_ratio=0.5, augment=False)).setup()
     assert len(trainer.train_set) == 3 * 8  # the labeled images alone: the unlabeled ones come as a stream
-    assert trainer.unlabeled_loader.batch_size == 4 and len(trainer.unlabeled_loader.dataset) == 3 + 6
+    # the list's 3 images are among the glob's 6: each is used once, as detection reads the same two specs
+    assert trainer.unlabeled_loader.batch_size == 4 and len(trainer.unlabeled_loader.dataset) == 6
     seen = []
     real = KDTrainer.loss_terms
 
@@ -152,3 +154,21 @@ def test_unlabeled_images_as_lists_and_globs_with_a_fixed_share_of_every_batch(s
     monkeypatch.setattr(KDTrainer, "loss_terms", spy)
     trainer.run()
     assert seen == [(8, 4), (8, 4), (8, 4)]  # 24 labeled images in batches of 8, each with 4 unlabeled
+
+
+def test_unlabeled_images_follow_detections_rules_for_labeled_and_val_images(shapes_data, shape_teachers,
+                                                                              tmp_path, caplog):
+    """A labeled training image among the unlabeled ones is warned about and used once, as labeled; a
+    validation image is refused: the rule `yolodistill train --unlabeled` follows."""
+    import logging
+
+    train_image = sorted((shapes_data / "train").rglob("*.png"))[0]
+    caplog.set_level(logging.WARNING, logger="yolodistill")
+    trainer = KDTrainer(_options(shapes_data, tmp_path, "both", teacher=[str(shape_teachers[0])],
+                                 unlabeled=[str(shapes_data / "unlabeled"), str(train_image)])).setup()
+    assert len(trainer.train_set) == 3 * 8 + 6
+    assert any("also labeled training images" in r.getMessage() for r in caplog.records)
+    val_image = sorted((shapes_data / "val").rglob("*.png"))[0]
+    with pytest.raises(UserError, match="1 validation image"):
+        KDTrainer(_options(shapes_data, tmp_path, "leak", teacher=[str(shape_teachers[0])],
+                           unlabeled=[str(shapes_data / "unlabeled"), str(val_image)])).setup()

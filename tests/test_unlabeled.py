@@ -11,6 +11,7 @@ import torch
 
 from yolodistill import yolo_backend as yb
 from yolodistill.cli import main
+from yolodistill.errors import UserError
 from yolodistill.run_logger import read_results
 
 from .conftest import IMGSZ, make_tiny_dataset
@@ -38,8 +39,11 @@ def _err(capsys, argv) -> str:
 
 
 def test_loader_ignores_labels_beside_the_images_and_augments(pool, tmp_path):
+    folder = tmp_path / "pool"
+    shutil.copytree(pool, folder)
+    (folder / "u3.txt").write_text("0 0.5\n7 2 -1 0 0\n")  # malformed: would drop u3.png as a labeled image
     listing = tmp_path / "list.txt"
-    listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(pool)], "--unlabeled")))
+    listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(folder)], "--unlabeled")))
     hyp = yb.load_hyp(None)
     loader = yb.create_unlabeled_loader(str(listing), IMGSZ, 4, 32, hyp, workers=0, seed=0)
     assert len(loader.dataset) == 10 and all(len(lb) == 0 for lb in loader.dataset.labels)
@@ -61,10 +65,10 @@ def test_image_files_accepts_folders_lists_and_globs(pool, tmp_path):
 def test_unlabeled_images_get_the_distillation_terms_in_every_batch(tiny_data, teacher_weights, pool, tmp_path):
     assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
                  "--unlabeled", str(pool), "--unlabeled-ratio", "0.5", "--epochs", "2", "--project", str(tmp_path),
-                 "--name", "u"]) == 0
+                 "--name", "u", "--batch-size", "16"]) == 0
     run = tmp_path / "u"
     rows = read_results(run / "results.csv")
-    # 24 labeled images in 3 batches of 8, each with round(0.5 * 8) = 4 unlabeled images beside them
+    # 24 labeled images in batches of 16 and 8, with 0.5 * 16 = 8 and 0.5 * 8 = 4 unlabeled images beside them
     assert [(r["x/labeled_images"], r["x/unlabeled_images"]) for r in rows] == [(24, 12), (24, 12)]
     assert all(r["train/distill/output"] > 0 for r in rows)
     assert len((run / "unlabeled.txt").read_text().splitlines()) == 10
@@ -90,6 +94,36 @@ def test_task_loss_counts_only_the_labeled_images(teacher_weights):
     assert torch.allclose(total, alone.reshape(()) + 0.25 * 6)  # distillation over all six images
 
 
+def test_unlabeled_images_add_nothing_when_the_teacher_is_the_student():
+    """Teacher = student: a batch of unlabeled images gives a total loss of exactly zero, and unlabeled images
+    beside labeled ones leave the labeled images' task loss as it is, bit for bit."""
+    from yolodistill.config import DistillConfig
+    from yolodistill.distiller import detection_distiller, loss_names
+    from yolodistill.teacher import FrozenTeacher
+    from yolodistill.trainer import DistillTrainer
+
+    torch.manual_seed(0)
+    student, twin = yb.build_model("yolov5n.yaml", 2), yb.build_model("yolov5n.yaml", 2)
+    twin.load_state_dict(student.state_dict())
+    student.eval()  # BN on running statistics, as the frozen teacher
+    yb.prepare_for_loss(student, yb.load_hyp(None), 2, IMGSZ, {0: "a", 1: "b"}, [torch.zeros((0, 5)).numpy()])
+    config = DistillConfig(output=True, feature=True)
+    trainer = DistillTrainer.__new__(DistillTrainer)
+    trainer.names, trainer.compute_loss = loss_names(config), yb.ComputeLoss(student)
+    trainer.distiller = detection_distiller(student, FrozenTeacher(twin), config, gains={"box": 0.05, "obj": 1.0,
+                                            "cls": 0.5}, imgsz=IMGSZ, device=torch.device("cpu")).attach()
+    imgs = torch.rand(6, 3, IMGSZ, IMGSZ)
+    out, terms = trainer.distiller(imgs)
+    pred = yb.raw_head_outputs(out)
+    total, items = trainer.total_loss(imgs, pred, None, terms)  # all six unlabeled
+    assert float(total.detach()) == 0.0 and not items.any()
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3], [1, 0, 0.4, 0.6, 0.2, 0.2]])
+    mixed, _ = trainer.total_loss(imgs, pred, targets, terms, n_labeled=2)
+    alone, _ = trainer.compute_loss([p[:2] for p in pred], targets)
+    assert float(alone) > 0 and torch.equal(mixed, alone.reshape(()))
+    trainer.distiller.remove()
+
+
 def test_bad_unlabeled_inputs_are_one_line(capsys, caplog, tiny_data, teacher_weights, pool, tmp_path):
     import logging
 
@@ -103,6 +137,15 @@ def test_bad_unlabeled_inputs_are_one_line(capsys, caplog, tiny_data, teacher_we
     assert "drop --rect" in _err(capsys, [*run, *teach, "--name", "d", "--rect", "--unlabeled", str(pool)])
     assert "--unlabeled-ratio must be positive" in _err(
         capsys, [*run, *teach, "--name", "e", "--unlabeled", str(pool), "--unlabeled-ratio", "0"])
+    assert "fewer than the 16 every batch takes" in _err(  # 10 images, 2 x 8 a batch: no batch could be full
+        capsys, [*run, *teach, "--name", "g", "--unlabeled", str(pool), "--unlabeled-ratio", "2"])
+    empty, junk = tmp_path / "empty", tmp_path / "junk"
+    empty.mkdir(), junk.mkdir()
+    (junk / "a.png").write_bytes(b""), (junk / "b.jpg").write_bytes(b"not an image")
+    assert _err(capsys, [*run, *teach, "--name", "h", "--unlabeled", str(empty)]).endswith(
+        f"--unlabeled {empty}: no images found")
+    assert "none of the 2 unlabeled images is readable" in _err(
+        capsys, [*run, *teach, "--name", "i", "--unlabeled", str(junk)])
     # a labeled training image among the unlabeled ones: warned about and used once, as labeled
     caplog.set_level(logging.WARNING, logger="yolodistill")
     train = tiny_data.parent / "images" / "train"
@@ -120,6 +163,14 @@ def test_pseudo_labels_are_the_teachers_boxes_as_targets(teacher_weights):
     assert set(boxes[:, 0].long().tolist()) <= {5, 6, 7} and set(boxes[:, 1].long().tolist()) <= {0, 1}
     assert (boxes[:, 2:4] >= 0).all() and (boxes[:, 2:4] <= 1).all() and (boxes[:, 4:] > 0).all()
     assert len(yb.pseudo_labels(model, imgs, conf_thres=0.9999)) <= len(boxes)
+    # image by image, the teacher's own post-NMS detections (pixels xyxy), in the dataloader's label form
+    from yolov5.utils.general import non_max_suppression
+    for j, det in enumerate(non_max_suppression(model(imgs)[0], 0.0001, 0.45, max_det=300)):
+        mine = boxes[boxes[:, 0] == 5 + j]
+        xyxy = torch.cat([mine[:, 2:4] - mine[:, 4:] / 2, mine[:, 2:4] + mine[:, 4:] / 2], 1) * IMGSZ
+        assert torch.equal(mine[:, 1], det[:, 5]) and len(mine) == len(det)
+        # xywh / IMGSZ and back: a few float32 roundings of numbers up to IMGSZ
+        assert torch.allclose(xyxy, det[:, :4], rtol=0, atol=IMGSZ * 8 * torch.finfo(torch.float32).eps)
 
 
 def test_pseudo_labels_train_and_are_counted(capsys, tiny_data, teacher_weights, pool, tmp_path):
@@ -183,3 +234,42 @@ def test_unreadable_unlabeled_images_are_skipped_with_a_count(caplog, tiny_data,
                  "--unlabeled", str(folder), "--epochs", "1", "--project", str(tmp_path), "--name", "m"]) == 0
     warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unlabeled: WARNING: skipped")]
     assert len(warned) == 1 and "skipped 2 of 12 images" in warned[0] and "using the other 10" in warned[0]
+
+
+def test_the_dataset_yamls_unlabeled_key_takes_the_forms_of_the_flag(tiny_data, pool, tmp_path):
+    """`unlabeled:` in the dataset yaml: a glob (relative to the yaml's path:), as --unlabeled takes it."""
+    import yaml
+
+    from yolodistill.train_options import TrainOptions
+    from yolodistill.unlabeled import select_unlabeled
+
+    data = yaml.safe_load(tiny_data.read_text())
+    data.update({k: str(tiny_data.parent / data[k]) for k in ("train", "val")})
+    data.update(path=str(pool.parent), unlabeled=f"{pool.name}/u[0-4].png")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(data))
+    resolved = yb.load_data_yaml(tmp_path / "d.yaml")
+    files = select_unlabeled(TrainOptions(), resolved, distilling=True, labeled=[])
+    assert files == yb.image_files([str(pool / "u[0-4].png")], "x") and len(files) == 5
+    data.update(unlabeled="nowhere/*.png")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=r"d.yaml: unlabeled .*nowhere/\*.png: no images found"):
+        yb.load_data_yaml(tmp_path / "d.yaml")
+
+
+def test_a_pool_smaller_than_a_batch_on_each_rank_is_refused_not_looped_over(pool, tmp_path):
+    """Under torchrun each rank reads ceil(n / ranks) images in full batches: fewer than one batch would give an
+    endless stream of nothing."""
+    from torch.utils.data import DataLoader
+
+    from yolodistill.engine import endless_batches
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(pool)], "--unlabeled")))
+    hyp = yb.load_hyp(None)
+    with pytest.raises(UserError, match=r"10 usable images over 2 ranks \(5 a rank\), fewer than the 6"):
+        yb.create_unlabeled_loader(str(listing), IMGSZ, 6, 32, hyp, workers=0, seed=0, rank=1, world_size=2)
+    assert len(yb.create_unlabeled_loader(str(listing), IMGSZ, 5, 32, hyp, workers=0, seed=0, rank=1,
+                                          world_size=2)) == 1
+    nothing = DataLoader(list(range(3)), batch_size=4, drop_last=True, generator=torch.Generator())
+    with pytest.raises(RuntimeError, match="gives no batch"):
+        next(endless_batches(nothing, seed=0, epoch=0))

@@ -33,3 +33,27 @@ def image_files(specs: Sequence[str], what: str, *, suffixes: Iterable[str]) -> 
             raise UserError(f"{what} {spec}: no images found")
         files += [str(Path(f).resolve()) for f in found]
     return list(dict.fromkeys(files))
+
+
+def unlabeled_only(files: Sequence[str], *, labeled: Iterable[str], val: Iterable[str],
+                   what: str = "--unlabeled") -> list[str]:
+    """`files` (absolute) without the labeled training images, which are warned about and used once, as labeled;
+    refuses validation images (they would leak into the evaluation) and a set with nothing left. The same rule
+    for detection and classification."""
+    import logging
+
+    val_files = {str(Path(f).resolve()) for f in val}
+    leaked = [f for f in files if f in val_files]
+    if leaked:
+        raise UserError(f"{what} holds {len(leaked)} validation image(s), e.g. {leaked[0]}: they would leak into "
+                        f"the evaluation; leave the val split out of the unlabeled images")
+    labeled_files = {str(Path(f).resolve()) for f in labeled}
+    both = [f for f in files if f in labeled_files]
+    if both:
+        logging.getLogger("yolodistill").warning(
+            f"WARNING: {len(both)} of the {what} images are also labeled training images (e.g. {both[0]}); each is "
+            f"used once, as labeled")
+        files = [f for f in files if f not in labeled_files]
+    if not files:
+        raise UserError(f"{what}: every image is also a labeled training image; nothing is left unlabeled")
+    return list(files)

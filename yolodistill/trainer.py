@@ -305,7 +305,9 @@ class DistillTrainer(Engine):
             self.train_loader.sampler.set_epoch(epoch)  # a different shard order every epoch
         mloss = torch.zeros(len(self.names), device=self.device)
         shorts = [n.replace("distill/", "d_") for n in self.names]
-        LOGGER.info(("\n" + "%11s" * (4 + len(shorts))) % ("Epoch", "GPU_mem", *shorts, "Instances", "Size"))
+        seen = ["Images"] if self.unlabeled else []  # labeled+unlabeled taken so far this epoch
+        LOGGER.info(("\n" + "%11s" * (4 + len(shorts) + len(seen))) % ("Epoch", "GPU_mem", *shorts, "Instances",
+                                                                         "Size", *seen))
         pbar = tqdm(enumerate(self.train_loader), total=nb, bar_format=yb.TQDM_BAR_FORMAT, disable=not self.main)
         unlabeled = self.unlabeled.stream(epoch) if self.unlabeled else None
         pseudo = unlabeled is not None and opt.pseudo_labels > 0
@@ -315,7 +317,7 @@ class DistillTrainer(Engine):
             ni = i + nb * epoch
             n_labeled = imgs.shape[0]
             if unlabeled is not None:  # after the labeled images: the task loss takes the first n_labeled
-                imgs = torch.cat([imgs, next(unlabeled)])
+                imgs = torch.cat([imgs, next(unlabeled)[:self.unlabeled.share(n_labeled)]])
             self.seen["labeled"] += n_labeled
             self.seen["unlabeled"] += imgs.shape[0] - n_labeled
             imgs = imgs.to(self.device, non_blocking=True).float() / 255
@@ -337,9 +339,10 @@ class DistillTrainer(Engine):
             if items is not None:
                 mloss = (mloss * i + items) / (i + 1)
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
-            pbar.set_description(("%11s" * 2 + "%11.4g" * (len(shorts) + 2)) %
+            counts = [f"{self.seen['labeled']}+{self.seen['unlabeled']}"] if seen else []
+            pbar.set_description(("%11s" * 2 + "%11.4g" * (len(shorts) + 2) + "%11s" * len(counts)) %
                                  (f"{epoch}/{opt.epochs - 1}", mem, *mloss.tolist(), targets.shape[0],
-                                  imgs.shape[-1]))
+                                  imgs.shape[-1], *counts))
         return mloss
 
     def training_step(self, imgs: torch.Tensor, targets: Optional[torch.Tensor], ni: int,

@@ -19,6 +19,7 @@ from . import yolo_backend as yb
 from .distributed import DistContext
 from .engine import endless_batches
 from .errors import UserError
+from .image_lists import unlabeled_only
 
 LOGGER = logging.getLogger("yolodistill")
 
@@ -40,20 +41,7 @@ def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[st
     if opts.rect:
         raise UserError("--unlabeled puts square mosaics beside the labeled images in every batch: drop --rect")
     files = yb.image_files(specs, "--unlabeled")
-    val_files = {str(Path(f).resolve()) for f in yb.listed_images(data["val"])}
-    leaked = [f for f in files if f in val_files]
-    if leaked:
-        raise UserError(f"--unlabeled holds {len(leaked)} validation image(s), e.g. {leaked[0]}: they would leak "
-                        f"into the evaluation; leave the val split out of the unlabeled images")
-    labeled_files = {str(Path(f).resolve()) for f in labeled}
-    both = [f for f in files if f in labeled_files]
-    if both:
-        LOGGER.warning(f"WARNING: {len(both)} of the --unlabeled images are also labeled training images (e.g. "
-                       f"{both[0]}); each is used once, as labeled")
-        files = [f for f in files if f not in labeled_files]
-    if not files:
-        raise UserError("--unlabeled: every image is also a labeled training image; nothing is left unlabeled")
-    return files
+    return unlabeled_only(files, labeled=labeled, val=yb.listed_images(data["val"]))
 
 
 class UnlabeledImages:
@@ -63,7 +51,8 @@ class UnlabeledImages:
                  stride: int, hyp: dict, workers: int, seed: int, dist: DistContext):
         if ratio <= 0:
             raise UserError(f"--unlabeled-ratio must be positive, got {ratio}")
-        self.per_batch = max(1, round(ratio * labeled_batch))  # per rank, beside each labeled batch
+        self.ratio, self.labeled_batch = ratio, labeled_batch
+        self.per_batch = max(1, round(ratio * labeled_batch))  # per rank, beside each full labeled batch
         listing = _write_listing(Path(save_dir) / "unlabeled.txt", files, dist.rank)
         self.seed = seed
         self.loader = yb.create_unlabeled_loader(str(listing), imgsz, self.per_batch, stride, hyp, workers=workers,
@@ -72,6 +61,13 @@ class UnlabeledImages:
         self.count = len(self.loader.dataset)
         LOGGER.info(f"unlabeled: {self.count} images, {self.per_batch} in every batch beside "
                     f"{labeled_batch} labeled (distillation terms only)")
+
+    def share(self, n_labeled: int) -> int:
+        """How many unlabeled images go beside a batch of n_labeled: per_batch, or fewer beside the short last
+        batch of an epoch, so that an epoch takes `ratio` unlabeled images per labeled one."""
+        if n_labeled >= self.labeled_batch:
+            return self.per_batch
+        return min(self.per_batch, round(self.ratio * n_labeled))
 
     def stream(self, epoch: int) -> Iterator[torch.Tensor]:
         """uint8 image batches (B, 3, H, W), looping over the images as long as asked. Their order, and with

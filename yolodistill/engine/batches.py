@@ -15,4 +15,9 @@ def endless_batches(loader: DataLoader, seed: int, epoch: int) -> Iterator[Any]:
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     while True:
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:  # would spin forever: a drop_last loader over fewer items than one batch
+            raise RuntimeError(f"the loader over {len(loader.dataset)} items gives no batch of {loader.batch_size}")

@@ -97,6 +97,13 @@ def load_data_yaml(path: str | Path) -> dict:
             continue
         entries = data[key] if isinstance(data[key], (list, tuple)) else [data[key]]
         resolved = [str(p if Path(p).is_absolute() else root / p) for p in entries]
+        if key == "unlabeled":  # the forms --unlabeled takes (folders, .txt lists, globs), checked as it checks them
+            try:
+                image_files(resolved, "unlabeled")
+            except UserError as e:
+                raise UserError(f"dataset yaml {yaml_path}: {e}") from None
+            out[key] = resolved[0] if len(resolved) == 1 else resolved
+            continue
         for p in resolved:
             if not Path(p).exists():
                 raise UserError(f"dataset yaml {yaml_path}: {key} path does not exist: {p}")
