@@ -82,6 +82,15 @@ def broadcast(value: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
+def summed(counts: dict[str, int], ctx: DistContext, device: torch.device) -> dict[str, int]:
+    """Each count summed over the ranks (a collective: every rank calls it, with the same keys)."""
+    if not ctx.enabled:
+        return dict(counts)
+    total = torch.tensor(list(counts.values()), dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return dict(zip(counts, total.tolist()))
+
+
 def leave(ctx: DistContext, *, finished: bool) -> None:
     """Leave the process group at the end of a run.
 

@@ -262,9 +262,9 @@ class DistillTrainer(Engine):
         mloss = self._train_epoch(epoch, len(self.train_loader), self.maps)
         row = {f"train/{n}": float(v) for n, v in zip(self.names, mloss)}
         row.update({f"x/lr{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
-        if self.unlabeled:  # every rank takes as many images (rank 0's pseudo boxes, times the ranks)
-            row.update({f"x/{k}" + ("" if k == "pseudo_boxes" else "_images"): n * self.dist.world_size
-                        for k, n in self.seen.items()})
+        if self.unlabeled:  # over all ranks
+            row.update({f"x/{k}" + ("" if k == "pseudo_boxes" else "_images"): n
+                        for k, n in ddp.summed(self.seen, self.dist, self.device).items()})
             pseudo = f", {row['x/pseudo_boxes']:g} pseudo-labels" if "x/pseudo_boxes" in row else ""
             LOGGER.info(f"epoch {epoch}: {row['x/labeled_images']} labeled and {row['x/unlabeled_images']} "
                         f"unlabeled images{pseudo}")
