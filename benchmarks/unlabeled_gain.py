@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in SCREENS], choices=list(ROWS),
                     help=f"runs to train; default: all but the screens {SCREENS}")
     ap.add_argument("--budget-minutes", type=float, help="stop before a run that would end past this")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: the report of the runs done")
     ap.add_argument("--output-loss", default=DistillConfig.output_loss, choices=OUTPUT_LOSSES,
                     help="the output loss of the distilled rows (default: the trainer's), whatever the plan's")
     ap.add_argument("--f-weight", type=float, default=0.0, help="the feature weight of the distilled rows "
@@ -249,10 +250,11 @@ def main() -> None:
     kd_results_path = Path(args.kd_gain) / "results.json"
     kd_results = json.loads(kd_results_path.read_text()) if kd_results_path.exists() else {}
     finetune = quickstart.Plan.named(kd_gain.finetune_plan(args.plan))
-    finished = kd_gain.run_all(kd_args, {False: base, True: finetune}, kd_results, kd_results_path)
+    finished = args.report_only or kd_gain.run_all(kd_args, {False: base, True: finetune}, kd_results,
+                                                   kd_results_path)
     store = out / "results.json"
     results: dict = json.loads(store.read_text()) if store.exists() else {}
-    if finished:
+    if finished and not args.report_only:
         left = None if args.budget_minutes is None else args.budget_minutes - (time.time() - t0) / 60
         finished = run_all(args, plan, results, store, left)
     title = (f"# unlabeled_gain, {date.today()}\n\nplan {args.plan}: {sizes}; labeled fraction {args.fraction:g} "

@@ -178,3 +178,26 @@ def test_taught_rows_use_the_plans_output_loss_unless_they_name_one(kd_gain):
     assert kd_gain.distill_options(kd_gain.RUNS["output"], plan)["output_loss"] == "kl"
     assert kd_gain.distill_options(kd_gain.RUNS["output + pkd"], plan)["output_loss"] == "kl"
     assert kd_gain.distill_options(kd_gain.RUNS["output, mse_ciou"], plan)["output_loss"] == "mse_ciou"
+
+
+def test_unlabeled_gain_report_only_trains_nothing(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    unlabeled_gain = _load("unlabeled_gain")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only trained")
+
+    monkeypatch.setattr(unlabeled_gain, "run_all", no_training)
+    monkeypatch.setattr(unlabeled_gain.kd_gain, "run_all", no_training)
+    monkeypatch.setattr(unlabeled_gain, "plot_curves", lambda *args: None)  # reads the runs' results.csv
+    run = {"map": 0.3, "minutes": 10.0}
+    (tmp_path / "kd").mkdir()
+    (tmp_path / "kd" / "results.json").write_text(json.dumps({"0": {"teacher yolov5s": run, "yolov5n alone": run}}))
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "results.json").write_text(json.dumps({"0": {"10% labels alone": run}}))
+    monkeypatch.setattr(sys, "argv", ["unlabeled_gain.py", "--report-only", "--seeds", "0", "--out",
+                                      str(tmp_path / "u"), "--kd-gain", str(tmp_path / "kd")])
+    unlabeled_gain.main()
+    assert "| 10% labels alone | 1 | 0.300 |" in (tmp_path / "u" / "report.md").read_text()
