@@ -62,7 +62,11 @@ def test_image_files_accepts_folders_lists_and_globs(pool, tmp_path):
     assert yb.image_files([str(pool / "u[0-2].png")], "x") == files[:3]
 
 
-def test_unlabeled_images_get_the_distillation_terms_in_every_batch(tiny_data, teacher_weights, pool, tmp_path):
+def test_unlabeled_images_get_the_distillation_terms_in_every_batch(caplog, tiny_data, teacher_weights, pool,
+                                                                    tmp_path):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="yolodistill")
     assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
                  "--unlabeled", str(pool), "--unlabeled-ratio", "0.5", "--epochs", "2", "--project", str(tmp_path),
                  "--name", "u", "--batch-size", "16"]) == 0
@@ -72,6 +76,9 @@ def test_unlabeled_images_get_the_distillation_terms_in_every_batch(tiny_data, t
     assert [(r["x/labeled_images"], r["x/unlabeled_images"]) for r in rows] == [(24, 12), (24, 12)]
     assert all(r["train/distill/output"] > 0 for r in rows)
     assert len((run / "unlabeled.txt").read_text().splitlines()) == 10
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged.count("epoch 1: 24 labeled and 12 unlabeled images") == 1
+    assert any(m.split()[-3:] == ["Instances", "Size", "Images"] for m in logged)  # the progress bar's header
 
 
 def test_task_loss_counts_only_the_labeled_images(teacher_weights):
