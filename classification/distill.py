@@ -72,9 +72,8 @@ class KDTrainer(ClassifyTrainer):
         paths = [[str((root / k).resolve()) for k in keys] for root, keys in listed]
         if not listed:
             return []
-        folder_files = lambda f: [f.root / k for k in f.keys]  # noqa: E731
-        kept = set(unlabeled_only(list(dict.fromkeys(p for ps in paths for p in ps)),
-                                  labeled=folder_files(self.train_folder), val=folder_files(self.val_folder)))
+        train, val = ([f.root / k for k in f.keys] for f in (self.train_folder, self.val_folder))
+        kept = set(unlabeled_only(list(dict.fromkeys(p for ps in paths for p in ps)), labeled=train, val=val))
         datasets = []
         for (root, keys), ps in zip(listed, paths):
             mine = []
@@ -90,7 +89,10 @@ class KDTrainer(ClassifyTrainer):
     @staticmethod
     def _unlabeled_keys(spec: str) -> tuple[Path, list[str]]:
         if Path(spec).is_dir():
-            return Path(spec), list_images(spec)
+            keys = list_images(spec)
+            if not keys:
+                raise UserError(f"--unlabeled {spec}: no images found")
+            return Path(spec), keys
         files = image_files([spec], "--unlabeled", suffixes=[x.lstrip(".") for x in IMAGE_SUFFIXES])
         root = Path(os.path.commonpath([str(Path(f).parent) for f in files]))
         return root, [Path(f).relative_to(root).as_posix() for f in files]
