@@ -136,7 +136,9 @@ def test_bad_unlabeled_inputs_are_one_line(capsys, caplog, tiny_data, teacher_we
 
     teach = ["--t_weights", str(teacher_weights), "--d_output"]
     run = ["train", *BASE, "--data", str(tiny_data), "--epochs", "1", "--project", str(tmp_path)]
-    assert "--unlabeled" in _err(capsys, [*run, "--name", "a", "--unlabeled", str(pool)])  # no teacher
+    assert "learn from a teacher" in _err(capsys, [*run, "--name", "a", "--unlabeled", str(pool)])  # no teacher
+    assert "learn from a teacher" in _err(  # a teacher, but neither its soft outputs nor its boxes
+        capsys, [*run, "--t_weights", str(teacher_weights), "--name", "a2", "--unlabeled", str(pool)])
     assert _err(capsys, [*run, *teach, "--name", "b", "--unlabeled", str(tmp_path / "nope")]) == \
         f"yolodistill train: error: --unlabeled {tmp_path / 'nope'} does not exist"
     val = tiny_data.parent / "images" / "val"
@@ -181,11 +183,17 @@ def test_pseudo_labels_are_the_teachers_boxes_as_targets(teacher_weights):
 
 
 def test_pseudo_labels_train_and_are_counted(capsys, tiny_data, teacher_weights, pool, tmp_path):
+    """With the soft terms (--d_output) or alone (the teacher only labels the unlabeled images)."""
     run = ["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
            "--epochs", "1", "--project", str(tmp_path)]
     assert main([*run, "--name", "p", "--unlabeled", str(pool), "--pseudo-labels", "0.0001"]) == 0
     row = read_results(tmp_path / "p" / "results.csv")[0]
+    assert row["x/unlabeled_images"] == 24 and row["x/pseudo_boxes"] > 0 and "train/distill/output" in row
+    alone = [a for a in run if a != "--d_output"]
+    assert main([*alone, "--name", "a", "--unlabeled", str(pool), "--pseudo-labels", "0.0001"]) == 0
+    row = read_results(tmp_path / "a" / "results.csv")[0]
     assert row["x/unlabeled_images"] == 24 and row["x/pseudo_boxes"] > 0
+    assert not any(k.startswith("train/distill") for k in row)
     assert "give --unlabeled too" in _err(capsys, [*run, "--name", "q", "--pseudo-labels", "0.5"])
     assert "confidence threshold" in _err(capsys, [*run, "--name", "r", "--unlabeled", str(pool),
                                                    "--pseudo-labels", "1.5"])

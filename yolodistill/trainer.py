@@ -169,6 +169,9 @@ class DistillTrainer(Engine):
             self.distiller = detection_distiller(self.student, self.teacher, self.config, gains=self.scaled_hyp,
                                        imgsz=self.imgsz, device=self.device)
             LOGGER.info(f"loss = ((box + obj + cls) + {self.distiller.describe()}) * batch_size")
+        elif self.teacher is not None and self.unlabeled and opt.pseudo_labels:
+            LOGGER.info(f"the teacher labels the unlabeled images (--pseudo-labels {opt.pseudo_labels:g}); no "
+                        f"distillation terms: loss = (box + obj + cls) * batch_size over all images")
         elif self.teacher is not None:
             LOGGER.warning("WARNING: --t_weights given without --d_output/--d_feature: the teacher is not used")
         # student + adapters when distilling: what the optimizer trains, gradients are clipped over and DDP wraps

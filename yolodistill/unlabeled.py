@@ -26,7 +26,8 @@ LOGGER = logging.getLogger("yolodistill")
 
 def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[str]) -> list[str]:
     """The unlabeled image files of a run (--unlabeled, else the dataset yaml's `unlabeled:`), without the
-    labeled ones (warned about); refuses validation images, and unlabeled images a run cannot use."""
+    labeled ones (warned about); refuses validation images, and unlabeled images a run cannot use (no teacher,
+    or a teacher with neither distillation terms nor --pseudo-labels)."""
     specs = list(opts.unlabeled) or ([data["unlabeled"]] if isinstance(data.get("unlabeled"), str)
                                      else list(data.get("unlabeled") or []))
     if not specs:
@@ -35,9 +36,9 @@ def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[st
         return []
     if not 0 <= opts.pseudo_labels < 1:
         raise UserError(f"--pseudo-labels is a confidence threshold in (0, 1), got {opts.pseudo_labels}")
-    if not distilling:
-        raise UserError("--unlabeled images can only be distilled: add --t_weights teacher.pt and --d_output "
-                        "or --d_feature")
+    if not (distilling or (opts.t_weights and opts.pseudo_labels)):
+        raise UserError("--unlabeled images learn from a teacher: add --t_weights teacher.pt and --d_output or "
+                        "--d_feature (its soft outputs), or --pseudo-labels CONF (its boxes)")
     if opts.rect:
         raise UserError("--unlabeled puts square mosaics beside the labeled images in every batch: drop --rect")
     files = yb.image_files(specs, "--unlabeled")
