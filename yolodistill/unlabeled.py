@@ -60,8 +60,7 @@ class UnlabeledImages:
                                                  seed=seed, rank=dist.rank if dist.enabled else -1,
                                                  world_size=dist.world_size)
         self.count = len(self.loader.dataset)
-        LOGGER.info(f"unlabeled: {self.count} images, {self.per_batch} in every batch beside "
-                    f"{labeled_batch} labeled (distillation terms only)")
+        LOGGER.info(f"unlabeled: {self.count} images, {self.per_batch} in every batch beside {labeled_batch} labeled")
 
     def share(self, n_labeled: int) -> int:
         """How many unlabeled images go beside a batch of n_labeled: per_batch, or fewer beside the short last
