@@ -102,13 +102,12 @@ def load_data_yaml(path: str | Path) -> dict:
                 image_files(resolved, "unlabeled")
             except UserError as e:
                 raise UserError(f"dataset yaml {yaml_path}: {e}") from None
-            out[key] = resolved[0] if len(resolved) == 1 else resolved
-            continue
-        for p in resolved:
-            if not Path(p).exists():
-                raise UserError(f"dataset yaml {yaml_path}: {key} path does not exist: {p}")
-        if count_images(resolved) == 0:
-            raise UserError(f"dataset yaml {yaml_path}: no images found in {key} path(s) {', '.join(resolved)}")
+        else:
+            for p in resolved:
+                if not Path(p).exists():
+                    raise UserError(f"dataset yaml {yaml_path}: {key} path does not exist: {p}")
+            if count_images(resolved) == 0:
+                raise UserError(f"dataset yaml {yaml_path}: no images found in {key} path(s) {', '.join(resolved)}")
         out[key] = resolved[0] if len(resolved) == 1 else resolved
     return out
 
