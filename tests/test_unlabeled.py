@@ -3,6 +3,7 @@ in every batch, the task loss over the labeled images only, and the inputs refus
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -45,7 +46,16 @@ def test_loader_ignores_labels_beside_the_images_and_augments(pool, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(folder)], "--unlabeled")))
     hyp = yb.load_hyp(None)
-    loader = yb.create_unlabeled_loader(str(listing), IMGSZ, 4, 32, hyp, workers=0, seed=0)
+    yolov5_log, said = logging.getLogger("yolov5"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    yolov5_log.addHandler(handler)
+    try:
+        loader = yb.create_unlabeled_loader(str(listing), IMGSZ, 4, 32, hyp, workers=0, seed=0)
+    finally:
+        yolov5_log.removeHandler(handler)
+    assert said and not any("No labels found" in m for m in said)  # yolov5 spoke, but not of missing labels
+    assert not logging.getLogger("yolov5").filters  # the filter is gone again
     assert len(loader.dataset) == 10 and all(len(lb) == 0 for lb in loader.dataset.labels)
     assert loader.dataset.mosaic and loader.dataset.augment
     imgs, targets, _, _ = next(iter(loader))

@@ -95,10 +95,17 @@ def _no_label_files():
     real = yolov5_dataloaders.img2label_paths
     nowhere = Path(os.devnull)  # a file, so nothing can exist under it
     yolov5_dataloaders.img2label_paths = lambda files: [str(nowhere / f"{i}.txt") for i, _ in enumerate(files)]
+    yolov5_log = logging.getLogger("yolov5")  # its "No labels found ... See <docs>" is no news for unlabeled images
+    yolov5_log.addFilter(_drop_no_labels_warning)
     try:
         yield
     finally:
         yolov5_dataloaders.img2label_paths = real
+        yolov5_log.removeFilter(_drop_no_labels_warning)
+
+
+def _drop_no_labels_warning(record: logging.LogRecord) -> bool:
+    return "No labels found" not in record.getMessage()
 
 
 def listed_images(path) -> list[str]:
