@@ -154,6 +154,7 @@ def test_bad_unlabeled_inputs_are_one_line(capsys, caplog, tiny_data, teacher_we
     val = tiny_data.parent / "images" / "val"
     assert "validation image" in _err(capsys, [*run, *teach, "--name", "c", "--unlabeled", str(val)])
     assert "drop --rect" in _err(capsys, [*run, *teach, "--name", "d", "--rect", "--unlabeled", str(pool)])
+    assert "drop --quad" in _err(capsys, [*run, *teach, "--name", "d2", "--quad", "--unlabeled", str(pool)])
     assert "--unlabeled-ratio must be positive" in _err(
         capsys, [*run, *teach, "--name", "e", "--unlabeled", str(pool), "--unlabeled-ratio", "0"])
     assert "fewer than the 16 every batch takes" in _err(  # 10 images, 2 x 8 a batch: no batch could be full
