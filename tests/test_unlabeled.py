@@ -299,3 +299,26 @@ def test_a_pool_smaller_than_a_batch_on_each_rank_is_refused_not_looped_over(poo
     nothing = DataLoader(list(range(3)), batch_size=4, drop_last=True, generator=torch.Generator())
     with pytest.raises(RuntimeError, match="gives no batch"):
         next(endless_batches(nothing, seed=0, epoch=0))
+
+
+def test_pseudo_labels_take_the_datasets_classes(capsys, tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
+    """The teacher's classes become targets: a dataset of other classes is refused; under --single-cls every
+    pseudo-box is class 0, as yolov5 makes every label."""
+    from yolodistill import trainer as trainer_mod
+
+    three = tmp_path / "three.yaml"
+    three.write_text(tiny_data.read_text().replace("nc: 2", "nc: 3").replace("circle]", "circle, star]"))
+    run = ["train", *BASE, "--t_weights", str(teacher_weights), "--unlabeled", str(pool), "--pseudo-labels",
+           "0.0001", "--epochs", "1", "--project", str(tmp_path)]
+    assert _err(capsys, [*run, "--data", str(three), "--name", "n"]).endswith(
+        "--pseudo-labels makes the teacher's classes targets: the teacher has nc=2, the dataset nc=3")
+    classes = []
+    real = trainer_mod.DistillTrainer.training_step
+
+    def record(self, imgs, targets, ni, n_labeled):
+        classes.extend(targets[:, 1].tolist())
+        return real(self, imgs, targets, ni, n_labeled)
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", record)
+    assert main([*run, "--data", str(tiny_data), "--single-cls", "--name", "s"]) == 0
+    assert read_results(tmp_path / "s" / "results.csv")[0]["x/pseudo_boxes"] > 0 and set(classes) == {0.0}

@@ -158,12 +158,24 @@ class DistillTrainer(Engine):
             self.student, self.train_loader, lambda batch: batch[0].to(self.device, non_blocking=True).float() / 255,
             quant_state=(self.resume_ckpt or {}).get("quant"))
 
+    def _check_pseudo_label_classes(self) -> bool:
+        """--pseudo-labels makes the teacher's classes the targets, so they must be the dataset's; under
+        --single-cls every class is one. True: map the teacher's classes to class 0."""
+        if self.teacher is None or not self.unlabeled or not self.opts.pseudo_labels:
+            return False
+        teacher_nc = yb.num_classes(self.teacher.model)
+        if teacher_nc != self.nc and not self.opts.single_cls:
+            raise UserError(f"--pseudo-labels makes the teacher's classes targets: the teacher has nc={teacher_nc}, "
+                            f"the dataset nc={self.nc}")
+        return teacher_nc != self.nc
+
     def _setup_training(self) -> None:
         opt = self.opts
         self._setup_compression()
         self.scaled_hyp = yb.prepare_for_loss(self.student, self.hyp, self.nc, self.imgsz, self.class_names,
                                               self.dataset.labels, opt.label_smoothing)
         self.compute_loss = yb.ComputeLoss(self.student)
+        self.pseudo_classes_to_one = self._check_pseudo_label_classes()
         self.distiller = None
         if self.teacher is not None and self.config.enabled:
             self.distiller = detection_distiller(self.student, self.teacher, self.config, gains=self.scaled_hyp,
@@ -328,6 +340,8 @@ class DistillTrainer(Engine):
             if pseudo:  # the teacher labels the unlabeled images: the task loss takes all
                 boxes = yb.pseudo_labels(self.teacher.model, imgs[n_labeled:], conf_thres=opt.pseudo_labels,
                                          first_index=n_labeled)
+                if self.pseudo_classes_to_one:
+                    boxes[:, 1] = 0
                 targets, n_labeled = torch.cat([targets, boxes]), imgs.shape[0]
                 self.seen["pseudo_boxes"] += len(boxes)
             if ni <= self.nw:
