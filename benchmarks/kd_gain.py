@@ -32,7 +32,7 @@ import time
 from dataclasses import MISSING, fields, replace
 from datetime import date
 from pathlib import Path
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from yolodistill import quickstart
 from yolodistill import yolo_backend as yb
@@ -319,17 +319,24 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
                      f"{catch_up} |")
 
     lines += ["", "Paired differences between runs with the same teacher and baseline (same seed): mean ± sd "
-              "over seeds, and whether |mean| exceeds that seed spread.", "",
-              "| A - B | seeds | difference, points | exceeds the seed spread |", "| --- | --- | --- | --- |"]
-    for labels in groups.values():
-        for a, b in itertools.combinations(labels, 2):
-            pa, pb = per_seed(a), per_seed(b)
-            diffs = [pa[s] - pb[s] for s in pa if s in pb]
-            if len(diffs) >= 2:
-                mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-                lines.append(f"| {a} - {b} | {len(diffs)} | {100 * mean:+.1f} ± {100 * sd:.1f} | "
-                             f"{'yes' if abs(mean) > sd else 'no'} |")
+              "over seeds, and whether |mean| exceeds that seed spread.", ""]
+    lines += paired_differences(per_seed, [pair for labels in groups.values()
+                                           for pair in itertools.combinations(labels, 2)])
     return "\n".join(lines) + "\n"
+
+
+def paired_differences(per_seed: Callable[[str], dict], pairs: list[tuple[str, str]]) -> list[str]:
+    """A table row for each pair (A, B) run on at least 2 common seeds: A - B seed by seed, mean ± sd in
+    points, and whether |mean| exceeds that sd (the difference is more than seed noise)."""
+    lines = ["| A - B | seeds | difference, points | exceeds the seed spread |", "| --- | --- | --- | --- |"]
+    for a, b in pairs:
+        pa, pb = per_seed(a), per_seed(b)
+        diffs = [pa[s] - pb[s] for s in pa if s in pb]
+        if len(diffs) >= 2:
+            mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+            lines.append(f"| {a} - {b} | {len(diffs)} | {100 * mean:+.1f} ± {100 * sd:.1f} | "
+                         f"{'yes' if abs(mean) > sd else 'no'} |")
+    return lines
 
 
 def plot_curves(results: dict, out: Path) -> Path:

@@ -99,8 +99,10 @@ def test_unlabeled_gain_reports_the_share_of_the_way_per_seed():
     run = lambda m, minutes=10.0: {"map": m, "minutes": minutes}  # noqa: E731
     reference = {"0": {"teacher yolov5s": run(0.6), "yolov5n alone": run(0.4), "output, mse_ciou": run(0.46)},
                  "1": {"teacher yolov5s": run(0.6), "yolov5n alone": run(0.5), "output, mse_ciou": run(0.5)}}
-    results = {"0": {"10% labels alone": run(0.2), "+ unlabeled, soft": run(0.35, 30.0)},
-               "1": {"10% labels alone": run(0.3), "+ unlabeled, soft": run(0.45, 40.0)}}
+    results = {"0": {"10% labels alone": run(0.2), "+ unlabeled, soft": run(0.35, 30.0),
+                     "+ unlabeled, pseudo-labels": run(0.30)},
+               "1": {"10% labels alone": run(0.3), "+ unlabeled, soft": run(0.45, 40.0),
+                     "+ unlabeled, pseudo-labels": run(0.44)}}
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
             for line in unlabeled_gain.report(results, reference, [0, 1], "# t").splitlines() if line.startswith("| ")}
     # the way from the 10%-label student to the 100%-label one: 0.2 -> 0.4 and 0.3 -> 0.5, gains 0.15 and 0.15
@@ -108,6 +110,8 @@ def test_unlabeled_gain_reports_the_share_of_the_way_per_seed():
     assert rows["+ unlabeled, soft"][5].rstrip(" |") == "35.0"  # the mean training minutes
     distilled = rows["100% labels, distilled: outputs, mse_ciou (kd_gain)"]
     assert distilled[4] == "115% (per seed: 130%, 100%)"  # (0.46-0.2)/0.2 and (0.5-0.3)/0.2
+    # pseudo-labels against soft, seed by seed: -5 and -1 points, mean -3 ± 2.83: more than the spread
+    assert rows["+ unlabeled, pseudo-labels - + unlabeled, soft"][1:] == ["2", "-3.0 ± 2.8", "yes |"]
     assert rows["10% labels alone"][3] == ""  # the base row has no gain over itself
 
 
