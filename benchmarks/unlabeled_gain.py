@@ -72,7 +72,7 @@ ROWS: dict[str, tuple[Optional[str], object, dict]] = {
 }
 SCREENS = ("+ unlabeled, soft, ratio 0.5", "+ unlabeled, soft, ratio 2", "+ unlabeled, soft, 50 epochs")
 BASE_LOW, BASE_FULL, TEACHER = "10% labels alone", "yolov5n alone", "teacher yolov5s"
-SOFT = "+ unlabeled, soft"  # the recommended mode, which the others are compared with
+SOFT = "+ unlabeled, soft"  # the mode that needs no threshold: the others are compared with it
 # kd_gain's student distilled on every label with this benchmark's default terms (outputs, mse_ciou): shown
 # beside the rows, where kd_gain has it, since an unlabeled row may pass the 100%-label student alone
 FULL_DISTILLED = "output, mse_ciou"
