@@ -39,10 +39,10 @@ def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[st
     if not (distilling or (opts.t_weights and opts.pseudo_labels)):
         raise UserError("--unlabeled images learn from a teacher: add --t_weights teacher.pt and --d_output or "
                         "--d_feature (its soft outputs), or --pseudo-labels CONF (its boxes)")
-    for flag, why in (("rect", "--rect"), ("quad", "--quad (it joins four labeled images into one of twice the side)")):
+    for flag in ("rect", "quad"):  # --quad joins four labeled images into one of twice the side
         if getattr(opts, flag):
             raise UserError(f"--unlabeled puts square mosaics of --imgsz beside the labeled images in every batch: "
-                            f"drop {why}")
+                            f"drop --{flag}")
     files = yb.image_files(specs, "--unlabeled")
     return unlabeled_only(files, labeled=labeled, val=yb.listed_images(data["val"]))
 
