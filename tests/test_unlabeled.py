@@ -47,14 +47,16 @@ def test_loader_ignores_labels_beside_the_images_and_augments(pool, tmp_path):
     listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(folder)], "--unlabeled")))
     hyp = yb.load_hyp(None)
     yolov5_log, said = logging.getLogger("yolov5"), []
-    filters = list(yolov5_log.filters)
+    filters, level = list(yolov5_log.filters), yolov5_log.level
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
     yolov5_log.addHandler(handler)
+    yolov5_log.setLevel(logging.INFO)  # other tests may have quieted it
     try:
         loader = yb.create_unlabeled_loader(str(listing), IMGSZ, 4, 32, hyp, workers=0, seed=0)
     finally:
         yolov5_log.removeHandler(handler)
+        yolov5_log.setLevel(level)
     assert said and not any("No labels found" in m for m in said)  # yolov5 spoke, but not of missing labels
     assert yolov5_log.filters == filters  # the filter is gone again
     assert len(loader.dataset) == 10 and all(len(lb) == 0 for lb in loader.dataset.labels)
