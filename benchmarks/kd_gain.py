@@ -29,14 +29,15 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import MISSING, fields, replace
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
 from yolodistill import quickstart
 from yolodistill import yolo_backend as yb
-from yolodistill.run_logger import read_results
+
+import run_records  # benchmarks/, beside this file
 
 MAP = "metrics/mAP_0.5:0.95"
 LOGGER = logging.getLogger("yolodistill")
@@ -163,6 +164,7 @@ def _save(store: Path, results: dict) -> None:
     tmp = store.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(store)
+    run_records.write(store.parent, results)  # the figures outlive runs/ (benchmarks/records)
 
 
 def _run_dir(name: str) -> str:
@@ -254,7 +256,7 @@ def plan_run(plan: quickstart.Plan) -> Optional[str]:
 
 
 def _val_maps(result: dict) -> list[float]:
-    return [r[MAP] for r in read_results(Path(result["save_dir"]) / "results.csv")]
+    return run_records.curve(result)
 
 
 def first_epoch_at(curve: list[float], level: float) -> Optional[int]:
@@ -349,8 +351,7 @@ def plot_curves(results: dict, out: Path) -> Path:
         for i, label in enumerate(k for k, r in RUNS.items() if r.target == target):
             for j, seed in enumerate(sorted(results)):
                 if label in results[seed] and "same_as" not in results[seed][label]:
-                    rows = read_results(Path(results[seed][label]["save_dir"]) / "results.csv")
-                    ax.plot([r[MAP] for r in rows], color=f"C{i % 10}", alpha=0.8, lw=1,
+                    ax.plot(_val_maps(results[seed][label]), color=f"C{i % 10}", alpha=0.8, lw=1,
                             label=label if j == 0 else None)
         ax.set(xlabel="epoch", ylabel="val mAP50-95", title=f"kd_gain, {title}: every run, every seed")
         ax.grid(alpha=0.3)
@@ -376,12 +377,8 @@ def write_report(out: Path, text: str, plot: Optional[Path], stopped_at: Optiona
 def _stamp(path: Path, plan: quickstart.Plan) -> dict:
     """The plan's sizes (not its seed), written to `path`; refuses a folder that holds runs of another plan."""
     sizes = {k: v for k, v in vars(plan).items() if k != "seed"}
-    if path.exists():
-        # a field the stamp lacks was added to Plan later: those runs had its default (the field's first value)
-        defaults = {f.name: f.default for f in fields(plan) if f.default is not MISSING}
-        stamped = json.loads(path.read_text())
-        if any(stamped.get(k, defaults.get(k)) != v for k, v in sizes.items()):
-            raise SystemExit(f"kd_gain: {path.parent} holds runs of another plan ({path}): use another --out")
+    if path.exists() and not run_records.same_plan(json.loads(path.read_text()), sizes):
+        raise SystemExit(f"kd_gain: {path.parent} holds runs of another plan ({path}): use another --out")
     path.write_text(json.dumps(sizes, indent=1))
     return sizes
 
@@ -421,8 +418,11 @@ def main() -> None:
     finished = run_all(args, {False: plan, True: target}, results, store)
     title = (f"# kd_gain, {date.today()}\n\nplan {args.plan}: {sizes}\n\nfine-tuning plan {args.finetune_plan}: "
              f"{target_sizes}")
-    write_report(out, report(results, args.seeds, title, plan), plot_curves(results, out) if results else None,
-                 None if finished else args.budget_minutes)
+    if results:
+        run_records.write(out, results)
+    shown = run_records.merged(out, results)  # with the recorded runs of earlier checkouts (benchmarks/records)
+    text = report(shown, args.seeds, title, plan) + "\n".join(run_records.recorded_note(shown, args.seeds, out))
+    write_report(out, text, plot_curves(shown, out) if shown else None, None if finished else args.budget_minutes)
 
 
 if __name__ == "__main__":

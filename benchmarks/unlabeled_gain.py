@@ -42,12 +42,12 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kd_gain  # noqa: E402  (the benchmark's runs and helpers)
+import run_records  # noqa: E402
 
 from yolodistill import quickstart  # noqa: E402
 from yolodistill.config import DistillConfig  # noqa: E402
 from yolodistill.losses import OUTPUT_LOSSES  # noqa: E402
 from yolodistill import yolo_backend as yb  # noqa: E402
-from yolodistill.run_logger import read_results  # noqa: E402
 from yolodistill.synth import generate  # noqa: E402
 
 LOGGER = logging.getLogger("yolodistill")
@@ -211,8 +211,7 @@ def plot_curves(results: dict, reference: dict, out: Path) -> Path:
     for source, label, style in curves:
         seeds = [s for s in sorted(results) if label in source.get(s, {})]
         for j, seed in enumerate(seeds):
-            rows = read_results(Path(source[seed][label]["save_dir"]) / "results.csv")
-            ax.plot([r[kd_gain.MAP] for r in rows], lw=1, label=REFERENCE.get(label, label) if j == 0 else None,
+            ax.plot(run_records.curve(source[seed][label]), lw=1, label=REFERENCE.get(label, label) if j == 0 else None,
                     **style)
     ax.set(xlabel="epoch", ylabel="val mAP50-95", title="unlabeled_gain: every run, every seed")
     ax.grid(alpha=0.3)
@@ -268,8 +267,16 @@ def main() -> None:
         finished = run_all(args, plan, results, store, left)
     title = (f"# unlabeled_gain, {date.today()}\n\nplan {args.plan}: {sizes}; labeled fraction {args.fraction:g} "
              f"(each copied {REPEAT}x); pseudo-label confidence {args.conf:g}")
-    plot = plot_curves(results, kd_results, out) if results else None
-    kd_gain.write_report(out, report(results, kd_results, args.seeds, title), plot,
+    for folder, runs in ((out, results), (Path(args.kd_gain), kd_results)):
+        if runs:
+            run_records.write(folder, runs)
+    # with the recorded runs of earlier checkouts (benchmarks/records)
+    shown, reference = run_records.merged(out, results), run_records.merged(Path(args.kd_gain), kd_results)
+    plot = plot_curves(shown, reference, out) if shown else None
+    notes = [*run_records.recorded_note(shown, args.seeds, out),
+             *run_records.recorded_note({s: {k: r for k, r in reference.get(s, {}).items() if k in REFERENCE}
+                                         for s in reference}, args.seeds, Path(args.kd_gain))]
+    kd_gain.write_report(out, report(shown, reference, args.seeds, title) + "\n".join(notes), plot,
                          None if finished else args.budget_minutes)
 
 

@@ -32,6 +32,14 @@ def kd_gain():
     return _load("kd_gain")
 
 
+@pytest.fixture(autouse=True)
+def records(tmp_path, monkeypatch, kd_gain):
+    """benchmarks/records redirected: a test's runs must not land in the repository's records."""
+    folder = tmp_path / "records"
+    monkeypatch.setattr(kd_gain.run_records, "RECORDS", folder)
+    return folder
+
+
 def test_a_run_comes_after_its_teacher_start_and_baseline(kd_gain):
     assert kd_gain.with_dependencies(["output"]) == ["teacher yolov5s", "yolov5n alone", "output"]
     order = kd_gain.with_dependencies(["fine-tuned, output"])
@@ -205,3 +213,76 @@ def test_unlabeled_gain_report_only_trains_nothing(tmp_path, monkeypatch):
                                       str(tmp_path / "u"), "--kd-gain", str(tmp_path / "kd")])
     unlabeled_gain.main()
     assert "| 10% labels alone | 1 | 0.300 |" in (tmp_path / "u" / "report.md").read_text()
+
+
+def _finished_run(folder: Path, maps: list[float]) -> dict:
+    """A run folder with a results.csv of these val mAP50-95 per epoch, as the benchmarks store a run."""
+    from yolodistill.run_logger import RunLogger
+
+    folder.mkdir(parents=True)
+    log = RunLogger(folder, ["metrics/mAP_0.5:0.95"], tensorboard=False)
+    for epoch, m in enumerate(maps):
+        log.log(epoch, {"metrics/mAP_0.5:0.95": m})
+    return {"map": max(maps), "minutes": 1.0, "kind": "yolov5n alone", "save_dir": str(folder)}
+
+
+def test_a_record_keeps_the_runs_figures_and_curves_after_runs_is_gone(kd_gain, records, tmp_path):
+    import json
+    import shutil
+
+    out = tmp_path / "runs" / "kd_conv"
+    out.mkdir(parents=True)
+    kd_gain._stamp(out / "plan.json", Plan.named("converged"))
+    results = {"0": {"yolov5n alone": _finished_run(out / "seed0" / "alone", [0.1, 0.25, 0.5])}}
+    kd_gain._save(out / "results.json", results)  # every save mirrors into the record
+
+    record = json.loads((records / "kd_conv.json").read_text())
+    kept = record["runs"]["0"]["yolov5n alone"]
+    assert kept["curve"] == [0.1, 0.25, 0.5] and kept["map"] == 0.5 and "save_dir" not in kept
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the record alone
+    out.mkdir(parents=True)
+    kd_gain._stamp(out / "plan.json", Plan.named("converged"))
+    shown = kd_gain.run_records.merged(out, {"1": {"yolov5n alone": {"map": 0.4, "minutes": 1.0}}})
+    assert shown["0"]["yolov5n alone"]["recorded"] and shown["0"]["yolov5n alone"]["map"] == 0.5
+    assert kd_gain._val_maps(shown["0"]["yolov5n alone"]) == [0.1, 0.25, 0.5]
+    assert not shown["1"]["yolov5n alone"].get("recorded")  # OUT's own run, not the record's
+    note = "\n".join(kd_gain.run_records.recorded_note(shown, [0, 1], out))
+    assert "seed 0: yolov5n alone" in note and "seed 1" not in note
+
+    # a save of this checkout's seed 1 keeps seed 0 in the record, and a rerun of seed 0 replaces it
+    kd_gain._save(out / "results.json", {"1": {"yolov5n alone": _finished_run(out / "seed1" / "a", [0.2, 0.4])}})
+    runs = json.loads((records / "kd_conv.json").read_text())["runs"]
+    assert runs["0"]["yolov5n alone"]["curve"] == [0.1, 0.25, 0.5] and runs["1"]["yolov5n alone"]["map"] == 0.4
+
+
+def test_a_record_of_another_plan_is_left_out(kd_gain, records, tmp_path):
+    out = tmp_path / "kd_conv"
+    out.mkdir()
+    kd_gain._stamp(out / "plan.json", Plan.named("converged"))
+    kd_gain._save(out / "results.json", {"0": {"yolov5n alone": _finished_run(out / "a", [0.3])}})
+    (out / "plan.json").unlink()
+    kd_gain._stamp(out / "plan.json", replace(Plan.named("converged"), n_train=7))
+    assert kd_gain.run_records.merged(out, {}) == {}
+
+
+def test_unlabeled_gain_reports_recorded_runs_and_names_them(tmp_path, monkeypatch, records):
+    import json
+    import sys
+
+    unlabeled_gain = _load("unlabeled_gain")
+    monkeypatch.setattr(unlabeled_gain, "plot_curves", lambda *args: None)
+    plan = {k: v for k, v in vars(replace(Plan.named("converged"), output_loss="mse_ciou",
+                                           feature_weight=0.0)).items() if k != "seed"}
+    kd_plan = {k: v for k, v in vars(Plan.named("converged")).items() if k != "seed"}
+    run = {"map": 0.3, "minutes": 10.0, "curve": [0.3]}
+    records.mkdir()
+    (records / "kd.json").write_text(json.dumps({"plan": kd_plan, "runs": {"0": {"teacher yolov5s": run,
+                                                                                 "yolov5n alone": run}}}))
+    (records / "u.json").write_text(json.dumps({"plan": plan, "runs": {"0": {"10% labels alone": run}}}))
+    monkeypatch.setattr(sys, "argv", ["unlabeled_gain.py", "--report-only", "--seeds", "0", "--out",
+                                      str(tmp_path / "u"), "--kd-gain", str(tmp_path / "kd")])
+    unlabeled_gain.main()
+    text = (tmp_path / "u" / "report.md").read_text()
+    assert "| 10% labels alone | 1 | 0.300 |" in text and "| 100% labels alone (kd_gain) | 1 | 0.300 |" in text
+    assert "seed 0: 10% labels alone" in text and "seed 0: teacher yolov5s, yolov5n alone" in text

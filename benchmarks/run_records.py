@@ -1,0 +1,109 @@
+"""The benchmarks' finished runs, kept in the repository: their figures outlive the runs/ folder.
+
+runs/ is not committed, and a fresh checkout (a new machine, CI, the next working session) starts without it.
+The figures of a long benchmark would then survive only as prose in RESULTS.md, and a seed trained in a later
+session could not be averaged with the earlier ones. So every save of a benchmark's OUT/results.json is
+mirrored to benchmarks/records/<OUT's name>.json: each finished run's figures and its val mAP50-95 per epoch,
+with the date it was recorded and the plan it ran under, without its (machine-local) folder.
+
+A report merges the record with OUT/results.json: a run of OUT wins; a run only in the record is reported and
+named as recorded. A recorded run is never a reason to skip training: its checkpoints are gone, and a run that
+teaches or starts another needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import MISSING, fields
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+from yolodistill import quickstart
+from yolodistill.run_logger import read_results
+
+RECORDS = Path(__file__).resolve().parent / "records"
+MAP = "metrics/mAP_0.5:0.95"
+LOGGER = logging.getLogger("yolodistill")
+
+
+def record_path(out: Path) -> Path:
+    return RECORDS / f"{Path(out).name}.json"
+
+
+def curve(result: dict) -> list[float]:
+    """A run's val mAP50-95 per epoch: recorded, or read from its results.csv."""
+    if "curve" in result:
+        return result["curve"]
+    if "save_dir" not in result:  # recorded after its folder was gone
+        return []
+    return [r[MAP] for r in read_results(Path(result["save_dir"]) / "results.csv")]
+
+
+def _portable(result: dict, earlier: Optional[dict]) -> dict:
+    """A run as the record keeps it: no machine-local folder, its curve, the date it was first recorded."""
+    kept = {k: v for k, v in result.items() if k not in ("save_dir", "recorded")}
+    # a run whose folder is gone (an empty curve) keeps the curve recorded before, if any
+    kept["curve"] = [round(x, 5) for x in curve(result)] or (earlier or {}).get("curve", [])
+    kept["recorded_on"] = (earlier or {}).get("recorded_on", str(date.today()))
+    return kept
+
+
+def same_plan(a: dict, b: dict) -> bool:
+    """Two plan stamps (quickstart.Plan's fields but the seed) of the same runs; a field one of them lacks was
+    added to Plan later, and its runs had the field's default (a field Plan no longer has is not compared)."""
+    defaults = {f.name: f.default for f in fields(quickstart.Plan) if f.default is not MISSING}
+    known = {f.name for f in fields(quickstart.Plan)} - {"seed"}
+    return all(a.get(k, defaults.get(k)) == b.get(k, defaults.get(k)) for k in known)
+
+
+def _read(out: Path, plan: dict) -> dict:
+    path = record_path(out)
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    if not same_plan(record.get("plan", {}), plan):
+        LOGGER.warning(f"{path}: runs of another plan than {Path(out) / 'plan.json'}'s, left out")
+        return {}
+    return record.get("runs", {})
+
+
+def write(out: Path, results: dict) -> None:
+    """Mirror OUT/results.json (stamped by OUT/plan.json) into the record; runs the record holds and `results`
+    does not (an earlier checkout's) stay."""
+    out = Path(out)
+    plan = json.loads((out / "plan.json").read_text())
+    runs = _read(out, plan)
+    for seed, done in results.items():
+        kept = runs.setdefault(seed, {})
+        for label, result in done.items():
+            if not result.get("recorded"):
+                kept[label] = _portable(result, kept.get(label))
+    path = record_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"plan": plan, "runs": runs}, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def merged(out: Path, results: dict) -> dict:
+    """OUT's runs, and the record's runs OUT lacks (marked `recorded`): what a report shows."""
+    out = Path(out)
+    plan_file = out / "plan.json"
+    runs = _read(out, json.loads(plan_file.read_text())) if plan_file.is_file() else {}
+    both = {seed: dict(done) for seed, done in results.items()}
+    for seed, recorded in runs.items():
+        for label, result in recorded.items():
+            both.setdefault(seed, {}).setdefault(label, {**result, "recorded": True})
+    return both
+
+
+def recorded_note(results: dict, seeds: list[int], out: Path) -> list[str]:
+    """A report's line naming the runs it took from the record, seed by seed (none: no line)."""
+    cells = [f"seed {s}: {', '.join(label for label, r in results.get(str(s), {}).items() if r.get('recorded'))}"
+             for s in seeds if any(r.get("recorded") for r in results.get(str(s), {}).values())]
+    if not cells:
+        return []
+    return ["", f"From {record_path(out).relative_to(RECORDS.parent.parent)} (finished in an earlier checkout; "
+            f"figures and curves only): {'; '.join(cells)}."]
