@@ -18,7 +18,8 @@ it. Finished runs are kept in OUT/results.json and an interrupted run resumes fr
 same kind) and says how to go on. The report gives mean ± sd of mAP50-95 (best.pt, val split), the gain
 over the student alone, the share of the teacher's lead closed, for each pair of runs with the same
 teacher and baseline whether their per-seed difference exceeds its own seed spread, and plots of val mAP
-per epoch (OUT/curves.png).
+per epoch (OUT/curves.png). Every finished run is also mirrored to benchmarks/records/<OUT's name>.json
+(figures and curve, committed): a report in a checkout without runs/ still counts it, named as recorded.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ and the other 90% as `--unlabeled` images (one beside each labeled image in ever
 Each row gets mean ± sd over the seeds, the gain over the 10%-label student, and the share of the way from it
 to the 100%-label student; OUT/curves.png plots val mAP per epoch. Finished runs are kept in
 OUT/results.json; an interrupted run resumes from its last.pt; --budget-minutes stops before a run that would
-not fit, and the same command goes on.
+not fit, and the same command goes on. Finished runs are mirrored to benchmarks/records (run_records.py), and
+the report counts recorded runs of earlier checkouts.
 """
 
 from __future__ import annotations
