@@ -325,17 +325,33 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
               "over seeds, and whether |mean| exceeds that seed spread.", ""]
     lines += paired_differences(per_seed, [pair for labels in groups.values()
                                            for pair in itertools.combinations(labels, 2)])
+    lines += ["", "The capacity gap: the same student and setting taught by another teacher (same seed).", ""]
+    lines += paired_differences(per_seed, teacher_pairs())
     return "\n".join(lines) + "\n"
 
 
+def teacher_pairs() -> list[tuple[str, str]]:
+    """(A, B) taught runs that differ only in their teacher (the larger teacher's run first): whether a
+    larger teacher teaches the same student better."""
+    pairs = []
+    for a, b in itertools.permutations(RUNS, 2):
+        ra, rb = RUNS[a], RUNS[b]
+        if (ra.teacher and rb.teacher and ra.teacher != rb.teacher and RUNS[ra.teacher].model == M
+                and ra._replace(teacher=None) == rb._replace(teacher=None)):
+            pairs.append((a, b))
+    return pairs
+
+
 def paired_differences(per_seed: Callable[[str], dict], pairs: list[tuple[str, str]]) -> list[str]:
-    """A table row for each pair (A, B) run on at least 2 common seeds: A - B seed by seed, mean ± sd in
-    points, and whether |mean| exceeds that sd (the difference is more than seed noise)."""
+    """A table row for each pair (A, B) run on a common seed: A - B seed by seed, mean ± sd in points, and
+    whether |mean| exceeds that sd (the difference is more than seed noise; one seed: no spread to say)."""
     lines = ["| A - B | seeds | difference, points | exceeds the seed spread |", "| --- | --- | --- | --- |"]
     for a, b in pairs:
         pa, pb = per_seed(a), per_seed(b)
         diffs = [pa[s] - pb[s] for s in pa if s in pb]
-        if len(diffs) >= 2:
+        if len(diffs) == 1:
+            lines.append(f"| {a} - {b} | 1 | {100 * diffs[0]:+.1f} | - (one seed) |")
+        elif len(diffs) >= 2:
             mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
             lines.append(f"| {a} - {b} | {len(diffs)} | {100 * mean:+.1f} ± {100 * sd:.1f} | "
                          f"{'yes' if abs(mean) > sd else 'no'} |")

@@ -154,6 +154,18 @@ def test_the_report_compares_each_taught_run_with_its_baseline_seed_by_seed(kd_g
     assert "| output - " not in text  # one taught run per (teacher, baseline): no paired difference
 
 
+def test_the_report_sets_a_larger_teachers_run_beside_the_same_setting_from_the_smaller(kd_gain):
+    assert kd_gain.teacher_pairs() == [("yolov5m -> yolov5n", "output, mse_ciou")]
+    maps = {"teacher yolov5s": 0.56, "teacher yolov5m": 0.60, "yolov5n alone": 0.47, "output, mse_ciou": 0.51,
+            "yolov5m -> yolov5n": 0.52}
+    results = {"2": {label: {"map": m, "curve": [m]} for label, m in maps.items()}}
+    text = kd_gain.report(results, [2], "# test", Plan.named("converged"))
+    # one seed: the difference, and no spread to weigh it against
+    assert "| yolov5m -> yolov5n - output, mse_ciou | 1 | +1.0 | - (one seed) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| yolov5m -> yolov5n |"))
+    assert "38% (per seed: 38%)" in row  # (0.52 - 0.47) / (0.60 - 0.47): the share of its own teacher's lead
+
+
 def test_output_parts_iou_by_hand():
     import torch
 
