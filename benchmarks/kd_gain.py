@@ -236,8 +236,7 @@ def run_all(args, plans: dict[bool, quickstart.Plan], results: dict, store: Path
             t0 = time.time()
             r = quickstart.train_or_resume(root, _run_dir(label), plan, data, "cpu", cfg=run.model,
                                            epochs=epochs_of(run, plan), **extra)
-            done[label] = {"map": r[MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60,
-                           "kind": kind(run), "save_dir": r["save_dir"]}
+            done[label] = run_records.finished(r, t0, kind(run))
             _save(store, results)
     return True
 
@@ -438,7 +437,8 @@ def main() -> None:
     if results:
         run_records.write(out, results)
     shown = run_records.merged(out, results)  # with the recorded runs of earlier checkouts (benchmarks/records)
-    text = report(shown, args.seeds, title, plan) + "\n".join(run_records.recorded_note(shown, args.seeds, out))
+    notes = [*run_records.recorded_note(shown, args.seeds, out), *run_records.machines_note(shown, args.seeds)]
+    text = report(shown, args.seeds, title, plan) + "\n".join(notes)
     write_report(out, text, plot_curves(shown, out) if shown else None, None if finished else args.budget_minutes)
 
 

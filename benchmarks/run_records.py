@@ -9,16 +9,24 @@ with the date it was recorded and the plan it ran under, without its (machine-lo
 A report merges the record with OUT/results.json: a run of OUT wins; a run only in the record is reported and
 named as recorded. A recorded run is never a reason to skip training: its checkpoints are gone, and a run that
 teaches or starts another needs them.
+
+Each run also keeps the machine that trained it. Runs of one seed are not reproducible across machines (the
+same command and seed gave a yolov5n 0.473, 0.450 and 0.436 on three VMs: RESULTS.md), so a report whose runs
+came from more than one machine says which ran where.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
+import time
 from dataclasses import MISSING, fields
 from datetime import date
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from yolodistill import quickstart
 from yolodistill.run_logger import read_results
@@ -26,6 +34,29 @@ from yolodistill.run_logger import read_results
 RECORDS = Path(__file__).resolve().parent / "records"
 MAP = "metrics/mAP_0.5:0.95"
 LOGGER = logging.getLogger("yolodistill")
+UNSTAMPED = "a machine not recorded (runs finished before 2026-12-07)"
+
+
+def machine() -> str:
+    """What a CPU run's figures depend on besides its seed: the processor (the instruction set its kernels use),
+    the threads and the torch build. (The host name says nothing here: every VM is called the same.)"""
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        first = info.read_text().split("\n\n", 1)[0]  # the first processor's block
+        keys = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+        keys = {k.strip(): v.strip() for k, v in keys.items()}
+        if "model name" in keys:
+            cpu = f"{keys['model name']} (family {keys.get('cpu family', '?')}, model {keys.get('model', '?')})"
+    return (f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
+            f"torch {torch.__version__}")
+
+
+def finished(r: dict, t0: float, kind: str) -> dict:
+    """A benchmark's entry for a run that finished just now: its figures (`r`: quickstart.train_or_resume's), its
+    minutes since `t0`, its kind, its folder and the machine that trained it."""
+    return {"map": r[MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60, "kind": kind,
+            "save_dir": r["save_dir"], "machine": machine()}
 
 
 def record_path(out: Path) -> Path:
@@ -107,3 +138,19 @@ def recorded_note(results: dict, seeds: list[int], out: Path) -> list[str]:
         return []
     return ["", f"From {record_path(out).relative_to(RECORDS.parent.parent)} (finished in an earlier checkout; "
             f"figures and curves only): {'; '.join(cells)}."]
+
+
+def machines_note(results: dict, seeds: list[int]) -> list[str]:
+    """A report's lines naming the machine of each run, when its runs came from more than one (none: no line)."""
+    where: dict[str, dict[int, list[str]]] = {}
+    for s in seeds:
+        for label, r in results.get(str(s), {}).items():
+            where.setdefault(r.get("machine", UNSTAMPED), {}).setdefault(s, []).append(label)
+    if len(where) < 2:
+        return []
+    lines = ["", "These runs were trained on more than one machine, and the same seed is not reproducible across "
+             "machines (benchmarks/RESULTS.md): a gain, share or difference between runs of two machines mixes "
+             "them."]
+    for name, per_seed in where.items():
+        lines.append(f"- {name}: " + "; ".join(f"seed {s}: {', '.join(labels)}" for s, labels in per_seed.items()))
+    return lines

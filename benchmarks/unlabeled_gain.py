@@ -162,8 +162,7 @@ def run_all(args, plan: quickstart.Plan, results: dict, store: Path, minutes: Op
             t0 = time.time()
             r = quickstart.train_or_resume(root, kd_gain._run_dir(label.replace("%", "pct")), splan, few, "cpu",
                                            cfg=plan.student_cfg, epochs=epochs, **extra)
-            done[label] = {"map": r[kd_gain.MAP], "mAP50": r["metrics/mAP_0.5"], "minutes": (time.time() - t0) / 60,
-                           "kind": run_kind, "save_dir": r["save_dir"]}
+            done[label] = run_records.finished(r, t0, run_kind)
             kd_gain._save(store, results)
     return True
 
@@ -274,9 +273,11 @@ def main() -> None:
     # with the recorded runs of earlier checkouts (benchmarks/records)
     shown, reference = run_records.merged(out, results), run_records.merged(Path(args.kd_gain), kd_results)
     plot = plot_curves(shown, reference, out) if shown else None
+    used = {s: {k: r for k, r in reference.get(s, {}).items() if k in REFERENCE} for s in reference}
     notes = [*run_records.recorded_note(shown, args.seeds, out),
-             *run_records.recorded_note({s: {k: r for k, r in reference.get(s, {}).items() if k in REFERENCE}
-                                         for s in reference}, args.seeds, Path(args.kd_gain))]
+             *run_records.recorded_note(used, args.seeds, Path(args.kd_gain)),
+             *run_records.machines_note({s: {**used.get(s, {}), **shown.get(s, {})} for s in {*used, *shown}},
+                                        args.seeds)]
     kd_gain.write_report(out, report(shown, reference, args.seeds, title) + "\n".join(notes), plot,
                          None if finished else args.budget_minutes)
 

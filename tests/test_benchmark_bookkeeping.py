@@ -298,3 +298,33 @@ def test_unlabeled_gain_reports_recorded_runs_and_names_them(tmp_path, monkeypat
     text = (tmp_path / "u" / "report.md").read_text()
     assert "| 10% labels alone | 1 | 0.300 |" in text and "| 100% labels alone (kd_gain) | 1 | 0.300 |" in text
     assert "seed 0: 10% labels alone" in text and "seed 0: teacher yolov5s, yolov5n alone" in text
+
+
+def test_a_finished_run_keeps_the_machine_that_trained_it_and_the_record_too(kd_gain, records, tmp_path):
+    import json
+
+    import torch
+
+    stamp = kd_gain.run_records.machine()
+    assert f"{torch.get_num_threads()} threads" in stamp and torch.__version__ in stamp
+    out = tmp_path / "kd_conv"
+    out.mkdir()
+    kd_gain._stamp(out / "plan.json", Plan.named("converged"))
+    r = {"metrics/mAP_0.5:0.95": 0.4, "metrics/mAP_0.5": 0.6, "save_dir": str(out / "a")}
+    entry = kd_gain.run_records.finished(r, 0.0, "yolov5n alone")
+    assert (entry["map"], entry["mAP50"], entry["kind"], entry["machine"]) == (0.4, 0.6, "yolov5n alone", stamp)
+    kd_gain._save(out / "results.json", {"0": {"yolov5n alone": entry}})
+    assert json.loads((records / "kd_conv.json").read_text())["runs"]["0"]["yolov5n alone"]["machine"] == stamp
+
+
+def test_a_report_names_the_machines_only_when_its_runs_came_from_more_than_one(kd_gain):
+    note = kd_gain.run_records.machines_note
+    here = {"map": 0.4, "machine": "cpu A"}
+    assert note({"0": {"teacher yolov5s": here, "yolov5n alone": here}}, [0]) == []
+    mixed = {"0": {"teacher yolov5s": here, "yolov5n alone": {"map": 0.4}},
+             "2": {"teacher yolov5s": {"map": 0.5, "machine": "cpu B"}, "yolov5n alone": here}}
+    text = "\n".join(note(mixed, [0, 2]))
+    assert "- cpu A: seed 0: teacher yolov5s; seed 2: yolov5n alone" in text
+    assert "- cpu B: seed 2: teacher yolov5s" in text
+    assert f"- {kd_gain.run_records.UNSTAMPED}: seed 0: yolov5n alone" in text
+    assert note(mixed, [1]) == []  # a seed the report does not show
