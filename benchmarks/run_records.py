@@ -73,11 +73,14 @@ def curve(result: dict) -> list[float]:
 
 
 def _portable(result: dict, earlier: Optional[dict]) -> dict:
-    """A run as the record keeps it: no machine-local folder, its curve, the date it was first recorded."""
+    """A run as the record keeps it: no machine-local folder, its curve, the date it was first recorded (and
+    its machine, as recorded before if OUT's entry lacks it)."""
     kept = {k: v for k, v in result.items() if k not in ("save_dir", "recorded")}
     # a run whose folder is gone (an empty curve) keeps the curve recorded before, if any
     kept["curve"] = [round(x, 5) for x in curve(result)] or (earlier or {}).get("curve", [])
     kept["recorded_on"] = (earlier or {}).get("recorded_on", str(date.today()))
+    if "machine" in (earlier or {}):  # so is the machine, for a run OUT holds from before runs were stamped
+        kept.setdefault("machine", earlier["machine"])
     return kept
 
 

@@ -315,6 +315,9 @@ def test_a_finished_run_keeps_the_machine_that_trained_it_and_the_record_too(kd_
     assert (entry["map"], entry["mAP50"], entry["kind"], entry["machine"]) == (0.4, 0.6, "yolov5n alone", stamp)
     kd_gain._save(out / "results.json", {"0": {"yolov5n alone": entry}})
     assert json.loads((records / "kd_conv.json").read_text())["runs"]["0"]["yolov5n alone"]["machine"] == stamp
+    # an entry of OUT from before runs were stamped keeps the machine the record has for it
+    kd_gain._save(out / "results.json", {"0": {"yolov5n alone": {k: v for k, v in entry.items() if k != "machine"}}})
+    assert json.loads((records / "kd_conv.json").read_text())["runs"]["0"]["yolov5n alone"]["machine"] == stamp
 
 
 def test_a_report_names_the_machines_only_when_its_runs_came_from_more_than_one(kd_gain):
