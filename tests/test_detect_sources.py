@@ -17,7 +17,7 @@ from yolodistill import media
 from yolodistill import yolo_backend as yb
 from yolodistill.deploy.tensorrt import tensorrt_status
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, yolov5n_with_data_statistics
 from .test_deploy import _one_thread, run  # noqa: F401 -- torch on one thread here too; the CLI runner
 
 CLIP_FRAMES, CLIP_HW, CLIP_FPS = 6, (60, 80), 5.0
@@ -52,24 +52,14 @@ def video_frames(path: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def student(tiny_data, tmp_path_factory) -> Path:
-    """A yolov5n checkpoint with its ONNX file (fixed 64x64) beside it. Its BatchNorm statistics come from the tiny
-    dataset's images: in a freshly initialised network activations shrink layer by layer until every box sits at
-    the Detect biases (equal confidences everywhere, ties for NMS); with real statistics the boxes follow the image."""
+    """A yolov5n checkpoint with its ONNX file (fixed 64x64) beside it; BatchNorm statistics from the tiny dataset
+    (conftest.yolov5n_with_data_statistics), so its boxes follow the image."""
     from yolodistill.checkpoint import save_checkpoint_atomic
     from yolodistill.deploy.export import export
 
-    images = sorted((tiny_data.parent / "images" / "val").glob("*.png"))
-    batch = torch.cat([yb.prepare_image(cv2.imread(str(f)), (IMGSZ, IMGSZ), stride=32, auto=False, device="cpu")
-                       for f in images])
-    torch.manual_seed(0)
-    model = yb.build_model("yolov5n.yaml", 2)
-    model.names = {0: "rect", 1: "circle"}
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.momentum = 1.0  # running statistics := this batch's
-    with torch.no_grad():
-        model.train()(batch)
+    model = yolov5n_with_data_statistics(tiny_data)
     weights = tmp_path_factory.mktemp("student") / "student.pt"
-    save_checkpoint_atomic({"model": model.eval().half(), "opt": {"imgsz": IMGSZ}}, weights)
+    save_checkpoint_atomic({"model": model.half(), "opt": {"imgsz": IMGSZ}}, weights)
     export(weights, include=("onnx",), imgsz=[IMGSZ])
     return weights
 

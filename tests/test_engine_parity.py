@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from yolodistill.deploy import compare
 from yolodistill.deploy import engine_parity as ep
 from yolodistill.deploy import tensorrt as trt_module
 from yolodistill.errors import UserError
@@ -55,14 +56,14 @@ def test_boxes_match_by_class_and_iou_each_used_once():
     want = np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.8, 1], [0, 0, 10, 10, 0.7, 1]], np.float32)
     # the first box shifted by 1 px (IoU 81/119 = 0.68), the second's class changed, the third exact
     have = np.array([[1, 1, 11, 11, 0.9, 0], [20, 20, 30, 30, 0.8, 0], [0, 0, 10, 10, 0.6, 1]], np.float32)
-    assert ep.matched_boxes(want, have) == 2
-    assert ep.matched_boxes(want, have[:0]) == 0
+    assert compare.matched_boxes(want, have) == 2
+    assert compare.matched_boxes(want, have[:0]) == 0
     # two wanted boxes on one engine box: only one can claim it
-    assert ep.matched_boxes(want[[0, 0]], have[:1]) == 1
+    assert compare.matched_boxes(want[[0, 0]], have[:1]) == 1
 
 
 def test_sample_images_are_real_photos_at_the_input_size():
-    images, where = ep.sample_images((32, 48))
+    images, where = compare.sample_images((32, 48))
     assert where == "yolov5's sample images" and len(images) == 2
     for im in images:
         assert im.shape == (1, 3, 32, 48) and im.dtype == np.float32
@@ -73,7 +74,7 @@ def test_unreadable_images_are_a_user_error(tmp_path):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(UserError, match="could be read"):
-        ep.sample_images((32, 32), files=[bad])
+        compare.sample_images((32, 32), files=[bad])
 
 
 # ---- placement in `yolodistill export --include engine`, TensorRT replaced by onnxruntime fakes ----------------------
@@ -131,5 +132,5 @@ def test_with_a_dataset_the_engine_is_compared_on_its_val_images(tiny_data):
 
     files = _val_images(tiny_data)
     assert len(files) == 4 and all(f.is_file() and f.parent.name == "val" for f in files)
-    images, where = ep.sample_images((32, 32), files=files)
+    images, where = compare.sample_images((32, 32), files=files)
     assert where == "the given images" and len(images) == 4

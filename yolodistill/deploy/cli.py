@@ -29,14 +29,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     flag(p, "--int8", action="store_true",
          help="INT8 Q/DQ ONNX and engine: implied for a --qat student (its ranges); otherwise give --data to "
               "calibrate the ranges on training images (post-training INT8)")
-    flag(p, "--data", default=None, help="dataset yaml whose training images calibrate --int8 (no augmentation)")
+    flag(p, "--data", default=None, help="dataset yaml whose training images calibrate --int8 (no augmentation) "
+                                         "and whose val images check parity (default: yolov5's sample photos)")
     flag(p, "--calib-images", type=int, default=512, help="training images that calibrate --int8 --data")
     flag(p, "--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
     flag(p, "--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     flag(p, "--output", default=None, help="ONNX path (default: the weights path with .onnx)")
     flag(p, "--tolerance", type=float, nargs=2, metavar=("ATOL", "RTOL"), default=None,
-         help="parity: every |ort - torch| <= ATOL + RTOL*|torch| (defaults fp32 1e-3 1e-3, fp16 2e-2 2e-2); "
-              "for a Q/DQ (QAT) model mean |ort - torch| <= RTOL * mean |torch| (default 0.05)")
+         help="parity judged element-wise, every |ort - torch| <= ATOL + RTOL*|torch|, instead of against PyTorch's "
+              "own rounding error (the default rule for FP32/FP16); for a Q/DQ (INT8) model the limit on "
+              "mean |ort - torch| / mean |torch| (default 0.05)")
     flag(p, "--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
     flag(p, "--max-batch", type=int, default=None, help="TensorRT max batch with --dynamic (default --batch)")
     add_shared(p, trust_checkpoint=False, workers=2)

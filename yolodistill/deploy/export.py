@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 from ..errors import UserError
 from .engine_parity import check_built_engine
 from .onnx_export import MIN_OPSET, export_onnx
-from .student import INPUT_NAME, load_deployable
+from .student import DETECT, INPUT_NAME, load_deployable
 
 LOGGER = logging.getLogger("yolodistill")
 FORMATS = ("onnx", "engine")
@@ -38,15 +38,17 @@ def export(weights: Union[str, Path], *, include: Sequence[str] = ("onnx",), img
     # calibrators, 10 deprecates them)
     _int8_ranges(dep, weights, int8=int8, data=data, images=calib_images, workers=workers)
     onnx_path = Path(output) if output else weights.with_suffix(".onnx")
+    # a dataset's val images are the realest input to compare runtimes on (a detector's --data is a yolov5 yaml)
+    val_images = _val_images(data) if data is not None and dep.task == DETECT else ()
     report = export_onnx(dep, onnx_path, batch=batch, dynamic=dynamic, half=half, simplify=simplify, opset=opset,
-                         tolerance=tuple(tolerance) if tolerance else None)
+                         tolerance=tuple(tolerance) if tolerance else None, parity_files=val_images)
     result = {"task": dep.task, "onnx": str(report.path), "parity_max_abs_diff": report.max_abs_diff,
               "precision": report.precision, "qdq_nodes": report.qdq_nodes,
               "qdq_coverage": report.coverage.summary() if report.coverage else None}
     if "engine" in include:
         result["engine"] = str(_engine(report.path, dep, batch=batch, dynamic=dynamic, half=half and not dep.quantized,
                                        int8=int8 or dep.quantized, workspace=workspace, max_batch=max_batch,
-                                       parity_images=_val_images(data) if data is not None else ()))
+                                       parity_images=val_images))
     return result
 
 
@@ -60,14 +62,12 @@ def _val_images(data: Union[str, Path], count: int = 4) -> list[Path]:
 
 def _int8_ranges(dep, weights: Path, *, int8: bool, data, images: int, workers: int) -> None:
     """The student's own INT8 ranges (QAT), or ranges calibrated on `data` (PTQ); refusals with what to do."""
-    from .student import DETECT
-
     current = dep.quantized and not dep.legacy_int8
     if current or not (int8 or dep.legacy_int8):
         if data is not None:
             why = (f"{weights.name} carries the INT8 ranges of its quantization-aware training" if current
                    else "it calibrates post-training INT8, which only --int8 asks for")
-            LOGGER.warning(f"WARNING: --data is not used: {why}")
+            LOGGER.warning(f"WARNING: --data calibrates nothing here, its val images only check parity: {why}")
         return
     if dep.task != DETECT:
         raise UserError(f"--int8 needs a quantization-aware trained classifier ({weights} has no INT8 ranges; "

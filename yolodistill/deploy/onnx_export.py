@@ -1,5 +1,5 @@
 """PyTorch -> ONNX for any student: TorchScript exporter (dynamo=False), opset >= 17, ONNX checker, optional
-onnxslim, metadata, and an onnxruntime parity check before the file is put in place.
+onnxslim, metadata, and an onnxruntime parity check (onnx_parity.py) before the file is put in place.
 
 Why dynamo=False: the dynamo exporter of recent PyTorch drops the fake-quant ops, so a QAT student would
 lose its QuantizeLinear/DequantizeLinear nodes; the TorchScript exporter maps each fake-quant op to a Q/DQ pair.
@@ -16,33 +16,17 @@ import warnings
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from ..errors import UserError
+from .onnx_parity import ParityError, ParityReport, check_parity
 from .qdq_coverage import QdqCoverage, merge_duplicate_qdq, qdq_coverage
 from .student import DETECT, INPUT_NAME, Deployable
 
 LOGGER = logging.getLogger("yolodistill")
 MIN_OPSET = 17
-
-# Parity rule for FP32 and FP16 graphs, every output element: |onnxruntime - torch| <= atol + rtol * |torch|
-# (numpy.allclose's form). FP32 differs only by kernel summation order, FP16 rounds activations to 11 bits.
-# Q/DQ graphs cannot meet an element-wise rule: an activation within float error (1e-7) of a rounding boundary
-# rounds the other way in one runtime, moving that element by a whole quantization step, and the flip spreads
-# through every later layer (measured on a calibrated yolov5n: identical after the first conv, 3% of elements
-# off by one step after the second, 31% slightly off by the fifth). So for INT8 the rule is on the mean:
-# mean |onnxruntime - torch| <= INT8_MEAN_RTOL * mean |torch|. That flip noise measured 1.4%, against 2.5% for
-# the quantization itself; dropped quantizers are caught by the Q/DQ node count instead.
-TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (2e-2, 2e-2), "int8": (5e-2, 5e-2)}
-INT8_MEAN_RTOL = 0.05
-
-
-class ParityError(UserError):
-    """onnxruntime's output of the exported file disagrees with PyTorch's beyond the tolerance."""
-
 
 class QdqCoverageError(UserError):
     """An INT8 detector exported with Conv, Add or Concat nodes whose inputs have no Q/DQ (qdq_coverage.py)."""
@@ -51,33 +35,22 @@ class QdqCoverageError(UserError):
 @dataclass
 class OnnxExport:
     path: Path
-    max_abs_diff: float
-    outside: int  # elements outside atol + rtol * |ref|
-    elements: int
-    mean_rel_diff: float  # mean |diff| / mean |ref|
-    tolerance: tuple[float, float]
     precision: str  # fp32 | fp16 | int8
+    parity: ParityReport
     qdq_nodes: int
     opset: int
     seconds: float
-    custom: bool = False  # tolerance given by the user (for INT8 its rtol is then the mean limit)
     coverage: Optional[QdqCoverage] = None  # INT8 only
 
     @property
-    def passed(self) -> bool:
-        if self.precision == "int8":
-            return self.mean_rel_diff <= (self.tolerance[1] if self.custom else INT8_MEAN_RTOL)
-        return self.outside == 0
+    def max_abs_diff(self) -> float:
+        return self.parity.max_abs_diff
 
     def summary(self) -> str:
         mb = self.path.stat().st_size / 1e6 if self.path.exists() else float("nan")
         q = f", {self.qdq_nodes} Q/DQ nodes" if self.qdq_nodes else ""
         q += f" ({self.coverage.summary()})" if self.coverage else ""
-        rule = (f"mean |diff| {self.mean_rel_diff:.2%} of mean |output| (limit {INT8_MEAN_RTOL:.0%})"
-                if self.precision == "int8" else
-                f"{self.outside}/{self.elements} outside atol {self.tolerance[0]:g} + rtol {self.tolerance[1]:g}")
-        return (f"ONNX {self.precision} opset {self.opset}{q}: {self.path} ({mb:.1f} MB, {self.seconds:.1f}s); "
-                f"parity with PyTorch through onnxruntime: max |diff| {self.max_abs_diff:.3g}, {rule}")
+        return f"ONNX {self.precision} opset {self.opset}{q}: {self.path} ({mb:.1f} MB, {self.seconds:.1f}s); {self.parity.summary()}"
 
 
 def _writable_tmp(out: Path) -> Path:
@@ -99,9 +72,12 @@ def count_qdq(model) -> int:
 
 def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynamic: bool = False, half: bool = False,
                 simplify: bool = False, opset: int = MIN_OPSET, tolerance: Optional[tuple[float, float]] = None,
-                check_batch: Optional[int] = None) -> OnnxExport:
-    """Export `dep` to `out`; the file appears only once it passed the checker and the parity check."""
+                check_batch: Optional[int] = None, parity_files: Sequence[Path] = ()) -> OnnxExport:
+    """Export `dep` to `out`; the file appears only once it passed the checker and the parity check (onnx_parity.py,
+    on `parity_files` or yolov5's sample photos)."""
     import onnx
+
+    from ..onnx_runtime import ort_session
 
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset}: at least {MIN_OPSET} is needed (LayerNorm and Q/DQ per-channel forms)")
@@ -134,17 +110,14 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
             meta.key, meta.value = k, str(v)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        report = _parity(dep, tmp, precision, tolerance, check_batch or (2 if dynamic else batch))
-        report.qdq_nodes, report.opset, report.coverage = count_qdq(proto), opset, coverage
-        if dep.quantized and not report.qdq_nodes:
+        if dep.quantized and not count_qdq(proto):
             raise ParityError(f"the QAT student exported without QuantizeLinear/DequantizeLinear nodes; "
                               f"{out} was not written")
-        if not report.passed:
-            raise ParityError(
-                f"parity check failed ({precision}): onnxruntime differs from PyTorch by up to "
-                f"{report.max_abs_diff:.3g}; {report.outside} of {report.elements} outputs outside atol "
-                f"{report.tolerance[0]:g} + rtol {report.tolerance[1]:g} * |ref|, mean |diff| "
-                f"{report.mean_rel_diff:.2%} of mean |ref|; {out} was not written (--tolerance ATOL RTOL to relax)")
+        parity = check_parity(dep, ort_session(tmp), precision, batch=check_batch or (2 if dynamic else batch),
+                              tolerance=tolerance, files=parity_files)
+        if not parity.passed:
+            raise ParityError(f"parity check failed ({precision}): {parity.failure()}; {out} was not written "
+                              f"(--tolerance ATOL RTOL to judge element-wise instead)")
         os.replace(tmp, out)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
@@ -152,7 +125,8 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
         raise UserError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    report.path, report.seconds = out, time.perf_counter() - t0
+    report = OnnxExport(path=out, precision=precision, parity=parity, qdq_nodes=count_qdq(proto), opset=opset,
+                        seconds=time.perf_counter() - t0, coverage=coverage)
     LOGGER.info(report.summary())
     return report
 
@@ -190,27 +164,3 @@ def _slim(proto):
     except ImportError:
         raise UserError("--simplify needs onnxslim: pip install onnxslim") from None
     return onnxslim.slim(proto)
-
-
-def _parity(dep: Deployable, path: Path, precision: str, tolerance, batch: int) -> OnnxExport:
-    """Run the file in onnxruntime and the FP32 PyTorch model on the same input; count disagreements."""
-    from ..onnx_runtime import ort_session
-
-    x = dep.example_input(batch, seed=1)  # not the tracing input: a graph that baked it in would show up here
-    with torch.no_grad():
-        ref = dep.model(x)
-    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).float().numpy()
-    session = ort_session(path)
-    feed = x.numpy().astype(np.float16 if "float16" in session.get_inputs()[0].type else np.float32)
-    got = session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
-    if got.shape != ref.shape:
-        raise ParityError(f"parity check failed: onnxruntime output shape {got.shape}, PyTorch {ref.shape}")
-    atol, rtol = tolerance or TOLERANCES[precision]
-    diff = np.abs(got - ref)
-    outside = int((diff > atol + rtol * np.abs(ref)).sum()) + int((~np.isfinite(got)).sum())
-    mean_rel = float(np.nanmean(diff) / max(float(np.abs(ref).mean()), 1e-12)) if diff.size else 0.0
-    if not np.isfinite(got).all():
-        mean_rel = float("inf")
-    return OnnxExport(path=path, max_abs_diff=float(np.nanmax(diff)) if diff.size else 0.0, outside=outside,
-                      elements=int(diff.size), mean_rel_diff=mean_rel, tolerance=(atol, rtol), precision=precision,
-                      qdq_nodes=0, opset=0, seconds=0.0, custom=tolerance is not None)
