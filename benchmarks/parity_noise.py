@@ -11,7 +11,7 @@ under NOISE_FACTOR, a broken one must land far above it. The broken files are th
   resize_linear   the first nearest-neighbour Resize made bilinear (a wrong op; detectors)
   channels_bgr    the input's channels reversed in the graph (RGB/BGR mix-up)
   transpose_hw    the input's height and width swapped in the graph (a layout mix-up)
-  conv_bf16       one middle Conv's weights rounded to bfloat16 (0.4% relative: a dtype slip)
+  conv_bf16       the first Conv's weights rounded to bfloat16 (up to 0.4% each: a dtype slip)
 
     python benchmarks/parity_noise.py                 # ~5 min on 2 cores; writes benchmarks/records/parity_noise.json
     python benchmarks/parity_noise.py --report-only   # the tables of the committed record
@@ -45,6 +45,8 @@ PATHS = {  # name -> environment of a worker
     "aten avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
     "onednn sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "avx2"},
 }
+# outputs that sit at the Detect biases whatever the input: no defect shows in them, under any rule
+INPUT_BLIND = ("yolov5n fresh",)
 BREAKS = ("drop_silu", "resize_linear", "channels_bgr", "transpose_hw", "conv_bf16")
 DETECT_SIZES = (64, 160)
 CLASSIFY_SIZE = 64
@@ -124,7 +126,8 @@ def classifier_checkpoints(folder: Path, seed: int) -> dict[str, Path]:
 
 
 def train_detector(folder: Path) -> Path:
-    """A yolov5n trained 40 epochs on 256 synthetic 160 px images (about 3 minutes, validated once)."""
+    """A yolov5n trained 40 epochs on 256 synthetic 160 px images (about 3 minutes, validated once; it has barely
+    learned, mAP50 about 0.003, but its weights are a trained network's, not an initialisation's)."""
     from yolodistill import synth
     from yolodistill.cli import main
 
@@ -176,13 +179,10 @@ def broken(proto, how: str):
         return proto
     if how == "conv_bf16":
         inits = {i.name: i for i in proto.graph.initializer}
-        # a conv whose weights matter: timm's fresh ResNets zero the scale of each block's last BatchNorm, which
-        # silences the conv before it
-        silenced = {n.input[0] for n in nodes if n.op_type == "BatchNormalization"
-                    and not np.abs(numpy_helper.to_array(inits[n.input[1]])).max() > 0}
-        convs = [n for n in nodes if n.op_type == "Conv" and n.input[1] in inits and n.output[0] not in silenced
-                 and np.abs(numpy_helper.to_array(inits[n.input[1]])).max() > 0]
-        init = inits[convs[len(convs) // 2].input[1]]
+        # the first conv: every output depends on it (in a fresh timm ResNet each residual branch ends in a
+        # BatchNorm of scale 0, which silences every conv inside it)
+        conv = next(n for n in nodes if n.op_type == "Conv" and n.input[1] in inits)
+        init = inits[conv.input[1]]
         w = numpy_helper.to_array(init).astype(np.float32)
         bits = w.view(np.uint32)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).view(np.float32)  # round to nearest even
@@ -194,7 +194,7 @@ def broken(proto, how: str):
 # ---- a worker: one kernel path -------------------------------------------------------------------------------------
 
 def measure(dep, path: Path, precision: str, batch: int) -> dict:
-    from yolodistill.deploy.onnx_parity import check_parity
+    from yolodistill.deploy.onnx_parity import NOISE_FACTOR, check_parity
     from yolodistill.onnx_runtime import ort_session
 
     session = ort_session(path)
@@ -203,7 +203,8 @@ def measure(dep, path: Path, precision: str, batch: int) -> dict:
     if not np.isfinite(report.mean_rel_diff):
         return {"ratio": float("inf"), "passed": False, "old_rule_passed": old, "groups": {}}
     return {"ratio": max(g.ratio for g in report.groups), "passed": report.passed, "old_rule_passed": old,
-            "groups": {g.name: [g.error, g.noise, g.mean_error, g.mean_noise] for g in report.groups}}
+            "groups": {g.name: [g.error, g.noise, g.mean_error, g.mean_noise, g.limit - NOISE_FACTOR * g.noise]
+                       for g in report.groups}}
 
 
 def worker(folder: Path, seeds: list[int], trained: Path | None) -> list[dict]:
@@ -268,10 +269,16 @@ def report(record: dict) -> str:
                 cells.append(f"{max(sel):.2f}" if sel else "-")
             lines.append(f"| {model} | {precision} | " + " | ".join(cells) + " |")
     sound = [r for r in rows if r["file"] == "sound"]
-    lines += ["", f"Sound files: {sum(r['passed'] for r in sound)}/{len(sound)} pass; largest ratio "
-              f"{max(r['ratio'] for r in sound):.2f} (a group within the floor passes whatever its ratio). The "
+    decided = [v[0] / v[1] for r in sound for v in r["groups"].values() if len(v) > 4 and NOISE_FACTOR * v[1] >= v[4]]
+    seen = [r for r in rows if r["file"] != "sound" and r["model"] not in INPUT_BLIND]
+    lines += ["", f"Sound files: {sum(r['passed'] for r in sound)}/{len(sound)} pass; where the noise, not the floor, "
+              f"sets the limit, the largest max-error ratio is {max(decided, default=float('nan')):.2f}. The "
               f"element-wise rule before issue 27 (fp32 1e-3 + 1e-3|ref|, fp16 2e-2 + 2e-2|ref|) passed "
               f"{sum(r['old_rule_passed'] for r in sound)}/{len(sound)}.", "",
+              f"Broken files of models whose outputs depend on the input (all but {', '.join(INPUT_BLIND)}): "
+              f"{sum(not r['passed'] for r in seen)}/{len(seen)} refused, the closest at "
+              f"{min((r['ratio'] for r in seen), default=float('nan')):.3g}x its noise; the rule before refused "
+              f"{sum(not r['old_rule_passed'] for r in seen)}.", "",
               f"Broken FP32 files refused, this rule / the rule before, of all (seeds x sizes x kernel paths); in "
               f"brackets the smallest ratio", "", "| model | " + " | ".join(BREAKS) + " |",
               "|---|" + "---|" * len(BREAKS)]
