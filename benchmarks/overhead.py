@@ -73,7 +73,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = generate(tmp / "data", n_train=args.batch_size * 4, n_val=8, imgsz=args.imgsz, progress=False)
+        data = generate(tmp / "data", n_train=args.batch_size * 4, n_val=8, n_test=0, imgsz=args.imgsz, progress=False)
         if args.teacher_weights:
             teacher_path = Path(args.teacher_weights)
         else:

@@ -131,7 +131,7 @@ def train_detector(folder: Path) -> Path:
     from yolodistill import synth
     from yolodistill.cli import main
 
-    data = synth.generate(folder / "synth", n_train=256, n_val=32, imgsz=160, progress=False)
+    data = synth.generate(folder / "synth", n_train=256, n_val=32, n_test=0, imgsz=160, progress=False)
     rc = main(["train", "--cfg", "yolov5n.yaml", "--data", str(data), "--imgsz", "160", "--epochs", "40",
                "--batch-size", "32", "--workers", "0", "--device", "cpu", "--project", str(folder), "--name", "t",
                "--noplots", "--noautoanchor", "--noval", "--seed", "0"])

@@ -77,7 +77,7 @@ def main() -> None:
     yb.set_yolov5_verbosity(False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = generate(tmp / "data", n_train=args.batch_size * 2, n_val=4, imgsz=args.imgsz, progress=False)
+        data = generate(tmp / "data", n_train=args.batch_size * 2, n_val=4, n_test=0, imgsz=args.imgsz, progress=False)
         teacher = tmp / "teacher.pt"
         torch.save({"model": yb.build_model("yolov5s.yaml", 6).half(), "ema": None, "epoch": -1,
                     "optimizer": None}, teacher)

@@ -26,6 +26,32 @@ def test_same_seed_same_bytes(tmp_path):
     assert not all(filecmp.cmp(a / f, c / f, shallow=False) for f in _files(a) if f.suffix == ".png")
 
 
+def test_three_disjoint_splits_and_train_val_bytes_unchanged_by_test(tmp_path):
+    import cv2
+    import yaml
+
+    root = generate(tmp_path / "s", n_train=4, n_val=3, n_test=5, imgsz=64, seed=3, progress=False).parent
+    data = yaml.safe_load((root / "data.yaml").read_text())
+    assert (data["train"], data["val"], data["test"]) == ("images/train", "images/val", "images/test")
+    pngs = {split: sorted((root / "images" / split).glob("*.png")) for split in ("train", "val", "test")}
+    assert [len(v) for v in pngs.values()] == [4, 3, 5]
+    assert all(len(list((root / "labels" / split).glob("*.txt"))) == len(pngs[split]) for split in pngs)
+    # disjoint: no image of one split is pixel-identical to an image of another
+    pixels = {split: [cv2.imread(str(f)).tobytes() for f in files] for split, files in pngs.items()}
+    assert not set(pixels["test"]) & (set(pixels["train"]) | set(pixels["val"]))
+    assert not set(pixels["train"]) & set(pixels["val"])
+    # no test split: the same train and val bytes, and no test key
+    none = generate(tmp_path / "n", n_train=4, n_val=3, n_test=0, imgsz=64, seed=3, progress=False).parent
+    assert "test" not in yaml.safe_load((none / "data.yaml").read_text()) and not (none / "images" / "test").exists()
+    assert all(filecmp.cmp(root / f, none / f, shallow=False) for f in _files(none))
+    # and the bytes from before there was a test split: val image i came from SeedSequence(seed).spawn(2)[1]'s
+    # i-th child (the earlier two-split code), which spawn(3) leaves as it was
+    old_val = np.random.SeedSequence(3).spawn(2)[1].spawn(3)
+    for i, child in enumerate(old_val):
+        img, _ = render_image(np.random.default_rng(child), 64, 6)
+        assert np.array_equal(cv2.imread(str(pngs["val"][i])), img)
+
+
 def test_labels_in_range_and_inside_image(tmp_path):
     root = generate(tmp_path / "d", n_train=40, n_val=5, imgsz=160, seed=0, progress=False).parent
     sizes, classes = [], set()

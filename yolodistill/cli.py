@@ -156,7 +156,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                                         "setting, same bytes.")
     flag(s, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
     flag(s, "--n-train", type=int, default=800, help="training images")
-    flag(s, "--n-val", type=int, default=200, help="validation images")
+    flag(s, "--n-val", type=int, default=200, help="validation images (they pick best.pt)")
+    flag(s, "--n-test", type=int, default=200, help="test images (they score it; 0: no test split)")
     flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
     flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
     flag(s, "--seed", type=int, default=0, help="random seed")
@@ -190,8 +191,9 @@ def _run_synth(args: argparse.Namespace) -> None:
 
     difficulty = Difficulty.level(args.difficulty, clutter=args.clutter, lookalikes=args.lookalikes, blur=args.blur,
                                   small=args.small, occlusion=args.occlusion, noise=args.noise)
-    path = generate(args.out, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, classes=args.classes,
-                    seed=args.seed, difficulty=difficulty, style=args.style, exist_ok=args.exist_ok)
+    path = generate(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, imgsz=args.imgsz,
+                    classes=args.classes, seed=args.seed, difficulty=difficulty, style=args.style,
+                    exist_ok=args.exist_ok)
     logging.getLogger("yolodistill").info(f"dataset written: {path}")
 
 

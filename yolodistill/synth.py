@@ -274,17 +274,21 @@ def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
     return lines
 
 
-def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: int = 160, classes: int = 6,
-             seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, style: str = "flat",
+def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, n_test: int = 200, imgsz: int = 160,
+             classes: int = 6, seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, style: str = "flat",
              exist_ok: bool = False, progress: bool = True) -> Path:
-    """Write images/{train,val}, labels/{train,val} and data.yaml under `out`; returns the yaml path."""
+    """Write images/{train,val,test}, labels/{train,val,test} and data.yaml under `out`; returns the yaml path.
+
+    val picks the checkpoint (best.pt) and the settings; test, which nothing is chosen on, scores them. n_test=0
+    writes no test split."""
     out = Path(out)
     if not isinstance(difficulty, Difficulty):
         difficulty = Difficulty.level(float(difficulty))
     if not MIN_IMGSZ <= imgsz <= MAX_IMGSZ:
         raise UserError(f"--imgsz must be between {MIN_IMGSZ} and {MAX_IMGSZ}, got {imgsz}")
-    if n_train < 1 or n_val < 1:
-        raise UserError(f"--n-train and --n-val must be at least 1, got {n_train} and {n_val}")
+    if n_train < 1 or n_val < 1 or n_test < 0:
+        raise UserError(f"--n-train and --n-val must be at least 1 and --n-test at least 0, got {n_train}, {n_val} "
+                        f"and {n_test}")
     if not 1 <= classes <= len(CLASS_NAMES):
         raise UserError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {classes}")
     if style not in STYLES:
@@ -293,9 +297,12 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: in
         raise UserError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not exist_ok:
         raise UserError(f"--out {out} is not empty; pass --exist-ok to write into it")
-    # One child seed per image: any image can be regenerated alone, and n_train does not shift val.
-    seeds = np.random.SeedSequence(seed).spawn(2)
-    for split, n, ss in (("train", n_train, seeds[0]), ("val", n_val, seeds[1])):
+    # One child seed per image: any image can be regenerated alone, and n_train does not shift val. Each split
+    # draws from its own child of the seed; test's is the third, so train and val are the bytes they were before
+    # there was a test split (SeedSequence.spawn numbers its children: spawn(3)[:2] == spawn(2)).
+    seeds = np.random.SeedSequence(seed).spawn(3)
+    splits = (("train", n_train, seeds[0]), ("val", n_val, seeds[1]), ("test", n_test, seeds[2]))
+    for split, n, ss in (sp for sp in splits if sp[1]):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not progress)):
@@ -309,6 +316,7 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, imgsz: in
     yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz} --style {style} "
                          f"{difficulty.describe()}\n"
                          f"path: {out.resolve()}\ntrain: images/train\nval: images/val\n"
+                         + ("test: images/test\n" if n_test else "") +
                          f"nc: {classes}\nnames:\n{names}")
     return yaml_path
 
