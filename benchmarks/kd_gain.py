@@ -17,7 +17,8 @@ it. Finished runs are kept in OUT/results.json and an interrupted run resumes fr
 --budget-minutes the benchmark stops before a run that would not fit (estimated from finished runs of the
 same kind) and says how to go on. The report gives mean ± sd of mAP50-95 (best.pt, val split), the gain
 over the student alone, the share of the teacher's lead closed, for each pair of runs with the same
-teacher and baseline whether their per-seed difference exceeds its own seed spread, and plots of val mAP
+teacher and baseline their per-seed difference with its 95% t-interval (paired_stats.py: same seed, same
+machine; shown when the interval excludes 0), and plots of val mAP
 per epoch (OUT/curves.png). Every finished run is also mirrored to benchmarks/records/<OUT's name>.json
 (figures and curve, committed): a report in a checkout without runs/ still counts it, named as recorded.
 """
@@ -39,6 +40,7 @@ from yolodistill import quickstart
 from yolodistill import yolo_backend as yb
 
 import run_records  # benchmarks/, beside this file
+from paired_stats import paired_interval
 
 MAP = "metrics/mAP_0.5:0.95"
 LOGGER = logging.getLogger("yolodistill")
@@ -276,24 +278,23 @@ def _catch_up(results: dict, label: str, base: str, seeds: list[int]) -> str:
     return ", ".join(cells)
 
 
-def gain_is_clear(gains: list[float]) -> str:
-    """The issue's test of a gain: its mean over the seeds above twice their standard deviation ("-" below 2
-    seeds, where there is no spread to compare with)."""
+def gain_pays(gains: list[float]) -> str:
+    """Whether a gain is shown: its paired 95% interval over the seeds lies above 0 ("-" below 2 seeds)."""
     if len(gains) < 2:
         return "-"
-    return "yes" if statistics.mean(gains) > 2 * statistics.stdev(gains) else "no"
+    return "yes" if paired_interval(gains).low > 0 else "no"
 
 
 def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -> str:
-    def per_seed(label: str) -> dict[int, float]:
-        return {s: results[str(s)][label]["map"] for s in seeds if label in results.get(str(s), {})}
+    def per_seed(label: str, key: str = "map") -> dict[int, float]:
+        return {s: results[str(s)][label].get(key) for s in seeds if label in results.get(str(s), {})}
 
     setting = ", ".join(f"{k} {v}" for k, v in plan.distill_options().items())
     lines = [title, "", f"The plan's setting is {setting}: the run `{plan_run(plan)}`, and the runs a yolov5m "
              f"teaches and `fine-tuned, plan's setting`. Every `fine-tuned` run and `yolov5n on the small set "
              f"only` are trained and scored on the small set of the other style.", "",
-             "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points | "
-             "gain > twice its seed spread | share of the teacher's lead closed | "
+             "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points [95% interval] | "
+             "pays (interval above 0) | share of the teacher's lead closed | "
              "first epoch at the student alone's best (of its epochs) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[tuple[str, str], list[str]] = {}  # (teacher, baseline) -> the runs they compare
@@ -306,10 +307,12 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
         if base is not None:
             groups.setdefault((run.teacher, base), []).append(label)
             alone, teacher = per_seed(base), per_seed(run.teacher)
-            both = [s for s in got if s in alone and s in teacher]
+            machines = per_seed(label, "machine")
+            both = [s for s in got if s in alone and s in teacher and
+                    machines[s] == per_seed(base, "machine")[s] == per_seed(run.teacher, "machine")[s]]
             gains = [got[s] - alone[s] for s in both]
-            gain = _mean_sd(gains, 100, "+.1f")
-            clear = gain_is_clear(gains)
+            gain = paired_interval(gains).describe() if gains else "-"
+            clear = gain_pays(gains)
             shares = [(got[s] - alone[s]) / (teacher[s] - alone[s]) for s in both
                       if teacher[s] - alone[s] >= MIN_GAP]
             share = (f"{100 * statistics.mean(shares):.0f}% (per seed: "
@@ -320,8 +323,8 @@ def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -
         lines.append(f"| {name} | {len(got)} | {_mean_sd(list(got.values()))} | {gain} | {clear} | {share} | "
                      f"{catch_up} |")
 
-    lines += ["", "Paired differences between runs with the same teacher and baseline (same seed): mean ± sd "
-              "over seeds, and whether |mean| exceeds that seed spread.", ""]
+    lines += ["", "Paired differences between runs with the same teacher and baseline (same seed, same machine): "
+              "the mean and its 95% t-interval, shown when the interval excludes 0.", ""]
     lines += paired_differences(per_seed, [pair for labels in groups.values()
                                            for pair in itertools.combinations(labels, 2)])
     lines += ["", "The capacity gap: the same student and setting taught by another teacher (same seed).", ""]
@@ -341,19 +344,23 @@ def teacher_pairs() -> list[tuple[str, str]]:
     return pairs
 
 
-def paired_differences(per_seed: Callable[[str], dict], pairs: list[tuple[str, str]]) -> list[str]:
-    """A table row for each pair (A, B) run on a common seed: A - B seed by seed, mean ± sd in points, and
-    whether |mean| exceeds that sd (the difference is more than seed noise; one seed: no spread to say)."""
-    lines = ["| A - B | seeds | difference, points | exceeds the seed spread |", "| --- | --- | --- | --- |"]
+def paired_differences(per_seed: Callable[..., dict], pairs: list[tuple[str, str]]) -> list[str]:
+    """A table row for each pair (A, B) run on a common seed on one machine (`per_seed(label, key)` gives
+    {seed: value} of "map" and "machine"): A - B in points with its 95% t-interval, and whether it is shown
+    (paired_stats.py). Seeds whose two runs trained on different machines are left out, and counted."""
+    lines = ["| A - B | seeds | difference, points [95% interval] | shown |", "| --- | --- | --- | --- |"]
     for a, b in pairs:
         pa, pb = per_seed(a), per_seed(b)
-        diffs = [pa[s] - pb[s] for s in pa if s in pb]
-        if len(diffs) == 1:
-            lines.append(f"| {a} - {b} | 1 | {100 * diffs[0]:+.1f} | - (one seed) |")
-        elif len(diffs) >= 2:
-            mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-            lines.append(f"| {a} - {b} | {len(diffs)} | {100 * mean:+.1f} ± {100 * sd:.1f} | "
-                         f"{'yes' if abs(mean) > sd else 'no'} |")
+        ma, mb = per_seed(a, "machine"), per_seed(b, "machine")
+        common = [s for s in pa if s in pb]
+        diffs = [pa[s] - pb[s] for s in common if ma[s] == mb[s]]
+        apart = len(common) - len(diffs)
+        note = f" ({apart} seed{'s' * (apart > 1)} left out: its runs trained on different machines)" if apart else ""
+        if diffs:
+            interval = paired_interval(diffs)
+            lines.append(f"| {a} - {b} | {len(diffs)} | {interval.describe()} | {interval.verdict}{note} |")
+        elif apart:
+            lines.append(f"| {a} - {b} | 0 | - | -{note} |")
     return lines
 
 

@@ -118,16 +118,46 @@ def test_unlabeled_gain_reports_the_share_of_the_way_per_seed():
     assert rows["+ unlabeled, soft"][5].rstrip(" |") == "35.0"  # the mean training minutes
     distilled = rows["100% labels, distilled: outputs, mse_ciou (kd_gain)"]
     assert distilled[4] == "115% (per seed: 130%, 100%)"  # (0.46-0.2)/0.2 and (0.5-0.3)/0.2
-    # pseudo-labels against soft, seed by seed: -5 and -1 points, mean -3 ± 2.83: more than the spread
-    assert rows["+ unlabeled, pseudo-labels - + unlabeled, soft"][1:] == ["2", "-3.0 ± 2.8", "yes |"]
+    # pseudo-labels against soft, seed by seed: -5 and -1 points, mean -3, sd 2.83: the 95% interval
+    # -3 ± t(1) 2.83 / sqrt(2) = -3 ± 12.706 * 2 = [-28.4, +22.4] holds 0
+    assert rows["+ unlabeled, pseudo-labels - + unlabeled, soft"][1:] == ["2", "-3.0 [-28.4, +22.4]", "not shown |"]
     assert rows["10% labels alone"][3] == ""  # the base row has no gain over itself
 
 
-def test_a_gain_is_clear_only_above_twice_its_seed_spread(kd_gain):
-    assert kd_gain.gain_is_clear([0.03]) == "-"  # one seed: no spread to compare with
-    assert kd_gain.gain_is_clear([0.02, 0.03, 0.04]) == "yes"  # mean 0.03, sd 0.01
-    assert kd_gain.gain_is_clear([0.00, 0.03, 0.06]) == "no"  # mean 0.03, sd 0.03
-    assert kd_gain.gain_is_clear([-0.04, -0.03, -0.02]) == "no"  # a clear loss is not a gain
+def test_a_gain_pays_only_when_its_95_percent_interval_is_above_zero(kd_gain):
+    assert kd_gain.gain_pays([0.03]) == "-"  # one seed: no interval
+    # mean 0.03, sd 0.01, n 3: half-width t(2) 0.01 / sqrt(3) = 4.303 * 0.00577 = 0.0248: [0.005, 0.055]
+    assert kd_gain.gain_pays([0.02, 0.03, 0.04]) == "yes"
+    assert kd_gain.gain_pays([0.00, 0.03, 0.06]) == "no"  # sd 0.03: [-0.045, 0.105]
+    assert kd_gain.gain_pays([-0.04, -0.03, -0.02]) == "no"  # a clear loss is not a gain
+
+
+def test_paired_interval_by_hand():
+    paired_stats = _load("paired_stats")
+    interval = paired_stats.paired_interval([0.02, 0.03, 0.04])
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # t(0.975, 2) from a t-table, sd 0.01
+    assert interval.n == 3 and interval.mean == pytest.approx(0.03)
+    assert (interval.low, interval.high) == (pytest.approx(0.03 - half), pytest.approx(0.03 + half))
+    assert interval.verdict == "shown" and interval.describe() == "+3.0 [+0.5, +5.5]"
+    assert paired_stats.paired_interval([0.00, 0.03, 0.06]).verdict == "not shown"  # [-4.5, +10.5] holds 0
+    assert paired_stats.paired_interval([-0.04, -0.03, -0.02]).verdict == "shown"  # a loss is shown too
+    one = paired_stats.paired_interval([0.012])
+    assert one.verdict == "one seed" and one.describe() == "+1.2"
+    # 5 seeds: t(0.975, 4) = 2.776; differences 1..5 points: mean 3, sd 1.58, half-width 1.96
+    five = paired_stats.paired_interval([0.01, 0.02, 0.03, 0.04, 0.05])
+    assert five.describe() == "+3.0 [+1.0, +5.0]"
+
+
+def test_pairs_of_runs_from_different_machines_are_refused(kd_gain):
+    maps = {"a": {0: 0.50, 1: 0.52, 2: 0.51}, "b": {0: 0.48, 1: 0.50, 2: 0.40}}
+    machines = {"a": {0: "vm1", 1: "vm1", 2: "vm2"}, "b": {0: "vm1", 1: "vm1", 2: "vm3"}}
+
+    def per_seed(label, key="map"):
+        return maps[label] if key == "map" else machines[label]
+
+    (row,) = kd_gain.paired_differences(per_seed, [("a", "b")])[2:]
+    # seed 2's pair (vm2 against vm3) is left out: the differences are seeds 0 and 1's, +2.0 each
+    assert row.startswith("| a - b | 2 | +2.0 [+2.0, +2.0] | shown (1 seed left out: its runs trained on different")
 
 
 def test_the_report_compares_each_taught_run_with_its_baseline_seed_by_seed(kd_gain, tmp_path):
@@ -145,8 +175,9 @@ def test_the_report_compares_each_taught_run_with_its_baseline_seed_by_seed(kd_g
     text = kd_gain.report(results, [0, 1], "# test", Plan.named("converged"))
     row = next(line for line in text.splitlines() if line.startswith("| output |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # gains 0.10 and 0.09: mean 9.5 points, sd 0.7, clear; shares 0.10/0.20 and 0.09/0.18: 50% each
-    assert cells[1] == "2" and cells[3] == "+9.5 ± 0.7" and cells[4] == "yes"
+    # gains 0.10 and 0.09: mean 9.5 points, sd 0.71, 95% interval 9.5 ± 12.706 * 0.5 = [+3.1, +15.9], so it pays;
+    # shares 0.10/0.20 and 0.09/0.18: 50% each
+    assert cells[1] == "2" and cells[3] == "+9.5 [+3.1, +15.9]" and cells[4] == "yes"
     assert cells[5] == "50% (per seed: 50%, 50%)"
     # the student alone's best (0.40; 0.44) is first reached at epoch 3: 0.9 x 0.50 = 0.45 and 0.9 x 0.53 = 0.477
     # reach it, 0.5 x 0.50 and 0.5 x 0.53 do not
@@ -160,8 +191,8 @@ def test_the_report_sets_a_larger_teachers_run_beside_the_same_setting_from_the_
             "yolov5m -> yolov5n": 0.52}
     results = {"2": {label: {"map": m, "curve": [m]} for label, m in maps.items()}}
     text = kd_gain.report(results, [2], "# test", Plan.named("converged"))
-    # one seed: the difference, and no spread to weigh it against
-    assert "| yolov5m -> yolov5n - output, mse_ciou | 1 | +1.0 | - (one seed) |" in text
+    # one seed: the difference, and no interval to weigh it with
+    assert "| yolov5m -> yolov5n - output, mse_ciou | 1 | +1.0 | one seed |" in text
     row = next(line for line in text.splitlines() if line.startswith("| yolov5m -> yolov5n |"))
     assert "38% (per seed: 38%)" in row  # (0.52 - 0.47) / (0.60 - 0.47): the share of its own teacher's lead
 
