@@ -310,6 +310,7 @@ def main() -> None:
     import run_records
 
     t0 = time.time()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     rows, paths = [], available_paths()
     with tempfile.TemporaryDirectory() as tmp:
         trained = train_detector(Path(tmp))
@@ -323,7 +324,6 @@ def main() -> None:
             if out.returncode or line is None:
                 sys.exit(f"worker {name} failed:\n{out.stderr[-3000:]}")
             rows += json.loads(line[5:])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     record = {"command": "python benchmarks/parity_noise.py " + " ".join(sys.argv[1:]), "commit": commit.strip(),
               "machine": run_records.machine(), "date": time.strftime("%Y-%m-%d"), "paths": list(paths),
               "seeds": args.seeds, "minutes": round((time.time() - t0) / 60, 1), "rows": rows}

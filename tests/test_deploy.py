@@ -28,6 +28,8 @@ from yolodistill.deploy.tensorrt import tensorrt_status
 
 from .conftest import CLASSIFY_IMGSZ, IMGSZ, SHAPES, one_torch_thread
 
+pytestmark = pytest.mark.float_sensitive  # exports through the parity check; onnxruntime against PyTorch
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_BOXES = 3 * sum((IMGSZ // s) ** 2 for s in (8, 16, 32))  # yolov5 at 64 px: 3 anchors on 8x8, 4x4, 2x2 grids
 TRT_OK = tensorrt_status()[0]  # where TensorRT builds engines, `--include engine` succeeds instead of failing

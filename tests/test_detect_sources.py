@@ -20,6 +20,8 @@ from yolodistill.deploy.tensorrt import tensorrt_status
 from .conftest import IMGSZ, yolov5n_with_data_statistics
 from .test_deploy import _one_thread, run  # noqa: F401 -- torch on one thread here too; the CLI runner
 
+pytestmark = pytest.mark.float_sensitive  # its fixture exports through the parity check; .pt and .onnx boxes compared
+
 CLIP_FRAMES, CLIP_HW, CLIP_FPS = 6, (60, 80), 5.0
 
 
