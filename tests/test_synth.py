@@ -18,9 +18,9 @@ def _files(root):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    a = generate(tmp_path / "a", n_train=6, n_val=2, imgsz=96, seed=3, progress=False).parent
-    b = generate(tmp_path / "b", n_train=6, n_val=2, imgsz=96, seed=3, progress=False).parent
-    c = generate(tmp_path / "c", n_train=6, n_val=2, imgsz=96, seed=4, progress=False).parent
+    a = generate(tmp_path / "a", n_train=6, n_val=2, n_test=2, imgsz=96, seed=3, progress=False).parent
+    b = generate(tmp_path / "b", n_train=6, n_val=2, n_test=2, imgsz=96, seed=3, progress=False).parent
+    c = generate(tmp_path / "c", n_train=6, n_val=2, n_test=2, imgsz=96, seed=4, progress=False).parent
     assert _files(a) == _files(b)
     assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in _files(a))
     assert not all(filecmp.cmp(a / f, c / f, shallow=False) for f in _files(a) if f.suffix == ".png")
@@ -53,7 +53,7 @@ def test_three_disjoint_splits_and_train_val_bytes_unchanged_by_test(tmp_path):
 
 
 def test_labels_in_range_and_inside_image(tmp_path):
-    root = generate(tmp_path / "d", n_train=40, n_val=5, imgsz=160, seed=0, progress=False).parent
+    root = generate(tmp_path / "d", n_train=40, n_val=5, n_test=0, imgsz=160, seed=0, progress=False).parent
     sizes, classes = [], set()
     for f in (root / "labels" / "train").glob("*.txt"):
         objs = load_objects_for_check(f, 160)
@@ -86,11 +86,12 @@ def test_refuses_non_empty_folder_and_bad_sizes(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")
     with pytest.raises(UserError, match="not empty"):
-        generate(tmp_path / "full", n_train=1, n_val=1, progress=False)
-    generate(tmp_path / "full", n_train=1, n_val=1, exist_ok=True, progress=False)
-    for kwargs, msg in (({"imgsz": 8}, "--imgsz"), ({"n_train": 0}, "--n-train"), ({"classes": 9}, "--classes")):
+        generate(tmp_path / "full", n_train=1, n_val=1, n_test=0, progress=False)
+    generate(tmp_path / "full", n_train=1, n_val=1, n_test=0, exist_ok=True, progress=False)
+    for kwargs, msg in (({"imgsz": 8}, "--imgsz"), ({"n_train": 0}, "--n-train"), ({"n_test": -1}, "--n-test"),
+                        ({"classes": 9}, "--classes")):
         with pytest.raises(UserError, match=msg):
-            generate(tmp_path / "bad", **{"n_train": 1, "n_val": 1, **kwargs}, progress=False)
+            generate(tmp_path / "bad", **{"n_train": 1, "n_val": 1, "n_test": 0, **kwargs}, progress=False)
     assert main(["data", "synth", "--out", str(tmp_path / "full")]) == 1
     assert "not empty" in capsys.readouterr().err
 
@@ -106,7 +107,7 @@ SETTINGS = {
 
 @pytest.mark.parametrize("name", SETTINGS)
 def test_same_seed_and_setting_same_bytes(tmp_path, name):
-    kw = dict(n_train=3, n_val=1, imgsz=96, seed=5, difficulty=SETTINGS[name], progress=False)
+    kw = dict(n_train=3, n_val=1, n_test=1, imgsz=96, seed=5, difficulty=SETTINGS[name], progress=False)
     a, b = (generate(tmp_path / x, **kw).parent for x in "ab")
     assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in _files(a))
     other = SETTINGS["hardest" if name != "hardest" else "easiest"]
@@ -167,7 +168,7 @@ def test_easier_images_are_calmer_and_objects_larger():
 
 def test_difficulty_flags(tmp_path, capsys):
     out = tmp_path / "d"
-    assert main(["data", "synth", "--out", str(out), "--n-train", "2", "--n-val", "1", "--imgsz", "64",
+    assert main(["data", "synth", "--out", str(out), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--imgsz", "64",
                  "--difficulty", "0.25", "--clutter", "0"]) == 0
     header = (out / "data.yaml").read_text().splitlines()[0]
     assert "--clutter 0 --lookalikes 0.25 --blur 0.25 --small 0.25 --occlusion 0.25 --noise 0.25" in header
@@ -182,7 +183,7 @@ def test_difficulty_flags(tmp_path, capsys):
 def test_textured_style_is_deterministic_and_looks_otherwise(tmp_path):
     import cv2
 
-    kw = dict(n_train=3, n_val=1, imgsz=96, seed=5, difficulty=0.0, progress=False)
+    kw = dict(n_train=3, n_val=1, n_test=1, imgsz=96, seed=5, difficulty=0.0, progress=False)
     a, b = (generate(tmp_path / x, style="textured", **kw).parent for x in "ab")
     flat = generate(tmp_path / "flat", **kw).parent
     assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in _files(a))
@@ -204,7 +205,7 @@ def test_textured_style_is_deterministic_and_looks_otherwise(tmp_path):
 
 
 def test_style_flag(tmp_path, capsys):
-    assert main(["data", "synth", "--out", str(tmp_path / "t"), "--n-train", "2", "--n-val", "1", "--imgsz", "64",
+    assert main(["data", "synth", "--out", str(tmp_path / "t"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--imgsz", "64",
                  "--style", "textured"]) == 0
     assert "--style textured" in (tmp_path / "t" / "data.yaml").read_text()
     with pytest.raises(UserError, match="--style"):
