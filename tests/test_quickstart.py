@@ -24,7 +24,14 @@ def test_quickstart_fast_then_reuses_data_and_teacher(tmp_path, caplog):
         assert label in table
     assert (out / "map_per_epoch.png").stat().st_size > 0
     assert "quickstart finished in" in table and "teacher" in table.splitlines()[-1]  # minutes per stage
-    assert "distillation: " in table and "points mAP50-95 over the student alone" in table
+    assert "distillation: " in table and "points test mAP50-95 over the student alone" in table
+    # val chose best.pt, test scores it: both columns, every figure a mAP
+    header, _, *rows = table.splitlines()
+    assert "val mAP50-95" in header and "test mAP50-95" in header
+    for line in rows[:3]:
+        val_map, test50, test_map = (float(v) for v in line.split()[-4:-1])
+        assert 0 <= test_map <= test50 <= 1 and 0 <= val_map <= 1
+    assert (out / "data" / "images" / "test").is_dir() and len(list((out / "data" / "images" / "test").iterdir())) == 16
     assert (out / "distilled" / "results.csv").read_text().count("distill/feature") == 1
     # it ends by deploying: the distilled student's ONNX file and the teacher-vs-student benchmark
     assert (out / "distilled" / "weights" / "best.onnx").stat().st_size > 100_000
@@ -56,7 +63,12 @@ def test_table_gives_the_share_of_the_gap_closed():
         return {"model": name, "params": 1e6, "gflops": 1.0, "mAP50": m, "mAP50-95": m, "latency_ms": 1.0}
 
     table = format_table([row("teacher", 0.5), row("alone", 0.3), row("distilled", 0.4)])
-    assert table.splitlines()[-1] == ("distillation: +10.0 points mAP50-95 over the student alone; closes 50% of "
-                                      "the teacher's 20.0-point lead")
+    assert table.splitlines()[-1] == ("distillation: +10.0 points val mAP50-95 over the student alone; closes 50% "
+                                      "of the teacher's 20.0-point lead")
+    # with a test split the share is the test split's: val chose best.pt
+    tested = [{**row(name, m), "test mAP50": t, "test mAP50-95": t}
+              for name, m, t in (("teacher", 0.5, 0.45), ("alone", 0.3, 0.25), ("distilled", 0.4, 0.3))]
+    assert format_table(tested).splitlines()[-1] == ("distillation: +5.0 points test mAP50-95 over the student "
+                                                     "alone; closes 25% of the teacher's 20.0-point lead")
     assert gap_closed(0.3, 0.3, 0.35) is None
     assert "not ahead" in format_table([row("teacher", 0.2), row("alone", 0.3), row("distilled", 0.3)])

@@ -1,8 +1,8 @@
 """`yolodistill quickstart`: the whole story on the embedded synthetic dataset, on a laptop CPU.
 
 generate data -> train a yolov5s teacher -> train a yolov5n student alone -> distil a yolov5n student
-(output + feature) -> validate all three -> a table (params, GFLOPs, mAP, CPU latency) and one plot
-of val mAP per epoch. The teacher is cached: a rerun reuses a finished teacher, resumes an
+(output + feature) -> score all three on the test split (val chose each best.pt) -> a table (params,
+GFLOPs, val and test mAP, CPU latency) and one plot of val mAP per epoch. The teacher is cached: a rerun reuses a finished teacher, resumes an
 interrupted one from its last.pt, and never reuses a broken file.
 """
 
@@ -51,6 +51,7 @@ class Plan:
     output_weight: float = 1.0  # --d_weight of the distilled student
     output_loss: str = "mse"  # --output-loss of the distilled student
     style: str = "flat"  # of the synthetic data (yolodistill.synth.STYLES)
+    n_test: int = 0  # test images, which score best.pt after val chose it (0: no test split, val figures only)
 
     @property
     def distill_label(self) -> str:
@@ -108,14 +109,14 @@ def prepare_data(out: Path, plan: Plan) -> Path:
     """The synthetic dataset under out/data, generated once."""
     folder = out / "data"
     marker = folder / DATA_DONE
-    expected = f"{plan.n_train} {plan.n_val} {plan.imgsz} {plan.seed} {plan.difficulty} {plan.style}"
+    expected = f"{plan.n_train} {plan.n_val} {plan.n_test} {plan.imgsz} {plan.seed} {plan.difficulty} {plan.style}"
     if marker.is_file() and marker.read_text().strip() == expected:
         LOGGER.info(f"Reusing dataset {folder}")
         return folder / "data.yaml"
     if folder.exists():
         shutil.rmtree(folder)
-    yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, imgsz=plan.imgsz, seed=plan.seed,
-                         difficulty=plan.difficulty, style=plan.style)
+    yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, n_test=plan.n_test, imgsz=plan.imgsz,
+                         seed=plan.seed, difficulty=plan.difficulty, style=plan.style)
     marker.write_text(expected + "\n")
     return yaml_path
 
@@ -156,13 +157,18 @@ def cpu_latency_ms(weights: Path, imgsz: int, runs: int = 30) -> float:
 
 
 def summary_rows(runs: dict[str, dict], imgsz: int) -> list[dict]:
+    """A row per run: size, speed, val mAP (`mAP50`, `mAP50-95`: the split that chose best.pt) and, when the
+    data has a test split, test mAP (`test mAP50`, `test mAP50-95`)."""
     rows = []
     for label, result in runs.items():
         model = yb.load_model(result["best"])
         stats = yb.model_stats(model, imgsz)
-        rows.append({"model": label, "params": stats["params"], "gflops": stats["gflops"],
-                     "mAP50": result["metrics/mAP_0.5"], "mAP50-95": result["metrics/mAP_0.5:0.95"],
-                     "latency_ms": cpu_latency_ms(Path(result["best"]), imgsz)})
+        row = {"model": label, "params": stats["params"], "gflops": stats["gflops"],
+               "mAP50": result["metrics/mAP_0.5"], "mAP50-95": result["metrics/mAP_0.5:0.95"],
+               "latency_ms": cpu_latency_ms(Path(result["best"]), imgsz)}
+        if "test/mAP_0.5:0.95" in result:
+            row.update({"test mAP50": result["test/mAP_0.5"], "test mAP50-95": result["test/mAP_0.5:0.95"]})
+        rows.append(row)
     return rows
 
 
@@ -172,16 +178,23 @@ def gap_closed(teacher: float, alone: float, distilled: float) -> Optional[float
 
 
 def format_table(rows: list[dict]) -> str:
-    """The table; rows in the order teacher, student alone, student distilled get the gap line under it."""
-    head = f"{'model':<34}{'params':>10}{'GFLOPs':>8}{'mAP50':>8}{'mAP50-95':>10}{'CPU ms/img':>12}"
+    """The table; rows in the order teacher, student alone, student distilled get the gap line under it, on the
+    test split when there is one (val chose each best.pt, so its figures flatter them: reference only)."""
+    test = all("test mAP50-95" in r for r in rows)
+    head = f"{'model':<34}{'params':>10}{'GFLOPs':>8}{'val mAP50-95':>14}"
+    head += f"{'test mAP50':>12}{'test mAP50-95':>15}" if test else f"{'val mAP50':>11}"
+    head += f"{'CPU ms/img':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:<34}{r['params'] / 1e6:>9.2f}M{r['gflops']:>8.2f}{r['mAP50']:>8.3f}"
-                     f"{r['mAP50-95']:>10.3f}{r['latency_ms']:>12.1f}")
+        line = f"{r['model']:<34}{r['params'] / 1e6:>9.2f}M{r['gflops']:>8.2f}{r['mAP50-95']:>14.3f}"
+        line += f"{r['test mAP50']:>12.3f}{r['test mAP50-95']:>15.3f}" if test else f"{r['mAP50']:>11.3f}"
+        lines.append(line + f"{r['latency_ms']:>12.1f}")
     if len(rows) == 3:
-        teacher, alone, distilled = (r["mAP50-95"] for r in rows)
+        key = "test mAP50-95" if test else "mAP50-95"
+        teacher, alone, distilled = (r[key] for r in rows)
         share = gap_closed(teacher, alone, distilled)
-        lines.append(f"distillation: {100 * (distilled - alone):+.1f} points mAP50-95 over the student alone; "
+        lines.append(f"distillation: {100 * (distilled - alone):+.1f} points {'test' if test else 'val'} mAP50-95 "
+                     f"over the student alone; "
                      + (f"closes {100 * share:.0f}% of the teacher's {100 * (teacher - alone):.1f}-point lead"
                         if share is not None else "the teacher is not ahead of the student alone"))
     return "\n".join(lines)
@@ -238,6 +251,10 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     runs[f"student {student_label} distilled"] = train_run(out, "distilled", plan, data, device, **common,
                                                         t_weights=str(teacher), **plan.distill_options())
     lap("student distilled")
+    if plan.n_test:
+        for result in runs.values():
+            result.update(val_metrics(Path(result["best"]), data, plan, device, out, task="test"))
+        lap("test split")
     rows = summary_rows(runs, plan.imgsz)
     table = format_table(rows)
     plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},
@@ -271,10 +288,12 @@ def deploy_student(out: Path, teacher: Path, student: Path, *, fast: bool = Fals
     return {"onnx": onnx, "ratios": bench["ratios"], "table": table, "plot": str(bench_dir / "benchmark.png")}
 
 
-def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path) -> dict:
-    """mAP50 and mAP50-95 of a checkpoint on the plan's val split."""
+def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path, task: str = "val") -> dict:
+    """mAP50 and mAP50-95 of a checkpoint on the plan's val split (yolov5's metric names) or test split (the same
+    names under test/)."""
     from .inference import val
 
     res = val(str(weights), str(data), imgsz=plan.imgsz, batch_size=plan.batch_size * 2, device=device, workers=2,
-              project=str(out), name="teacher_val", exist_ok=True)
-    return {"metrics/mAP_0.5": res["metrics/mAP_0.5"], "metrics/mAP_0.5:0.95": res["metrics/mAP_0.5:0.95"]}
+              task=task, project=str(out), name=f"{weights.parents[1].name}_{task}", exist_ok=True)
+    prefix = "metrics/" if task == "val" else f"{task}/"
+    return {f"{prefix}mAP_0.5": res["metrics/mAP_0.5"], f"{prefix}mAP_0.5:0.95": res["metrics/mAP_0.5:0.95"]}
