@@ -362,3 +362,32 @@ def test_a_report_names_the_machines_only_when_its_runs_came_from_more_than_one(
     assert "- cpu B: seed 2: teacher yolov5s" in text
     assert f"- {kd_gain.run_records.UNSTAMPED}: seed 0: yolov5n alone" in text
     assert note(mixed, [1]) == []  # a seed the report does not show
+
+
+# ---- benchmarks/report.py: the tables are their records' ----------------------------------------------------------
+
+def test_committed_tables_are_what_the_committed_records_give():
+    report = _load("report")
+    assert report.main(["--check"]) == 0
+
+
+def test_a_table_edited_by_hand_fails_the_check_and_is_rewritten(tmp_path, capsys):
+    report = _load("report")
+    doc = tmp_path / "doc.md"
+    made = report.render("<!-- report: parity_noise -->\n<!-- /report: parity_noise -->\n", report.ROOT /
+                         "benchmarks" / "records")
+    assert "424/424 refused" in made  # the record's figure, through parity_noise.report
+    doc.write_text("# results\n\n" + made.replace("424/424 refused", "424/424 rejected") + "\nafter\n")
+    assert report.main(["--check", "--documents", str(doc)]) == 1
+    assert "tables differ from their records" in capsys.readouterr().err
+    assert report.main(["--documents", str(doc)]) == 0  # rewrites the table, keeps the text around it
+    assert doc.read_text() == "# results\n\n" + made + "\nafter\n"
+    assert report.main(["--check", "--documents", str(doc)]) == 0
+
+
+def test_an_unknown_table_name_is_refused(tmp_path):
+    report = _load("report")
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- report: nowhere -->\n<!-- /report: nowhere -->\n")
+    with pytest.raises(SystemExit, match="unknown report table 'nowhere'"):
+        report.main(["--check", "--documents", str(doc)])
