@@ -15,7 +15,8 @@ Runs go one at a time over all seeds (every seed's teacher, then every seed's st
 variant), so the main comparison fills first; a run's teacher, starting weights and baseline come before
 it. Finished runs are kept in OUT/results.json and an interrupted run resumes from its last.pt; with
 --budget-minutes the benchmark stops before a run that would not fit (estimated from finished runs of the
-same kind) and says how to go on. The report gives mean ± sd of mAP50-95 (best.pt, val split), the gain
+same kind) and says how to go on. The report gives mean ± sd of mAP50-95 (best.pt, chosen on val, scored
+on the test split where the plan has one, else on val), the gain
 over the student alone, the share of the teacher's lead closed, for each pair of runs with the same
 teacher and baseline their per-seed difference with its 95% t-interval (paired_stats.py: same seed, same
 machine; shown when the interval excludes 0), and plots of val mAP
@@ -238,7 +239,7 @@ def run_all(args, plans: dict[bool, quickstart.Plan], results: dict, store: Path
             t0 = time.time()
             r = quickstart.train_or_resume(root, _run_dir(label), plan, data, "cpu", cfg=run.model,
                                            epochs=epochs_of(run, plan), **extra)
-            done[label] = run_records.finished(r, t0, kind(run))
+            done[label] = run_records.finished(r, t0, kind(run), data=data, plan=plan)
             _save(store, results)
     return True
 
@@ -278,6 +279,13 @@ def _catch_up(results: dict, label: str, base: str, seeds: list[int]) -> str:
     return ", ".join(cells)
 
 
+def headline_metric(results: dict, seeds: list[int]) -> tuple[str, str]:
+    """("test_map", "test") when every run shown was scored on a test split, else ("map", "val"): val chose
+    each best.pt, so a val figure flatters it and is the headline only where no test split exists."""
+    shown = [r for s in seeds for r in results.get(str(s), {}).values()]
+    return ("test_map", "test") if shown and all("test_map" in r for r in shown) else ("map", "val")
+
+
 def gain_pays(gains: list[float]) -> str:
     """Whether a gain is shown: its paired 95% interval over the seeds lies above 0 ("-" below 2 seeds)."""
     if len(gains) < 2:
@@ -286,14 +294,16 @@ def gain_pays(gains: list[float]) -> str:
 
 
 def report(results: dict, seeds: list[int], title: str, plan: quickstart.Plan) -> str:
-    def per_seed(label: str, key: str = "map") -> dict[int, float]:
+    metric, split = headline_metric(results, seeds)
+
+    def per_seed(label: str, key: str = metric) -> dict[int, float]:
         return {s: results[str(s)][label].get(key) for s in seeds if label in results.get(str(s), {})}
 
     setting = ", ".join(f"{k} {v}" for k, v in plan.distill_options().items())
     lines = [title, "", f"The plan's setting is {setting}: the run `{plan_run(plan)}`, and the runs a yolov5m "
              f"teaches and `fine-tuned, plan's setting`. Every `fine-tuned` run and `yolov5n on the small set "
              f"only` are trained and scored on the small set of the other style.", "",
-             "| run | seeds | mAP50-95 (mean ± sd) | gain over the student alone, points [95% interval] | "
+             f"| run | seeds | {split} mAP50-95 (mean ± sd) | gain over the student alone, points [95% interval] | "
              "pays (interval above 0) | share of the teacher's lead closed | "
              "first epoch at the student alone's best (of its epochs) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -162,18 +162,22 @@ def run_all(args, plan: quickstart.Plan, results: dict, store: Path, minutes: Op
             t0 = time.time()
             r = quickstart.train_or_resume(root, kd_gain._run_dir(label.replace("%", "pct")), splan, few, "cpu",
                                            cfg=plan.student_cfg, epochs=epochs, **extra)
-            done[label] = run_records.finished(r, t0, run_kind)
+            done[label] = run_records.finished(r, t0, run_kind, data=data, plan=splan)
             kd_gain._save(store, results)
     return True
 
 
 def report(results: dict, reference: dict, seeds: list[int], title: str) -> str:
-    def per_seed(label: str, key: str = "map") -> dict[int, float]:
+    shown = [TEACHER, BASE_FULL, FULL_DISTILLED, *ROWS]
+    metric, split = kd_gain.headline_metric({s: {k: v for k, v in {**reference.get(s, {}), **results.get(s, {})}.items()
+                                                 if k in shown} for s in {*reference, *results}}, seeds)
+
+    def per_seed(label: str, key: str = metric) -> dict[int, float]:
         source = reference if label in REFERENCE else results
         return {s: source[str(s)][label].get(key) for s in seeds if label in source.get(str(s), {})}
 
     low, full = per_seed(BASE_LOW), per_seed(BASE_FULL)
-    lines = [title, "", "| run | seeds | mAP50-95 (mean ± sd) | gain over 10% labels alone, points | "
+    lines = [title, "", f"| run | seeds | {split} mAP50-95 (mean ± sd) | gain over 10% labels alone, points | "
              "share of the way to 100% labels | training minutes (mean) |", "| --- | --- | --- | --- | --- | --- |"]
     for label in [TEACHER, BASE_FULL, FULL_DISTILLED, *ROWS]:
         got = per_seed(label)

@@ -391,3 +391,36 @@ def test_an_unknown_table_name_is_refused(tmp_path):
     doc.write_text("<!-- report: nowhere -->\n<!-- /report: nowhere -->\n")
     with pytest.raises(SystemExit, match="unknown report table 'nowhere'"):
         report.main(["--check", "--documents", str(doc)])
+
+
+def test_reports_score_on_the_test_split_when_every_run_has_one(kd_gain):
+    val = {"teacher yolov5s": 0.60, "yolov5n alone": 0.40, "output": 0.50}
+    test = {"teacher yolov5s": 0.55, "yolov5n alone": 0.35, "output": 0.40}
+    results = {"0": {label: {"map": val[label], "test_map": test[label], "curve": [val[label]]} for label in val}}
+    text = kd_gain.report(results, [0], "# t", Plan.named("converged"))
+    row = next(line for line in text.splitlines() if line.startswith("| output |"))
+    # the test figures: 0.40 - 0.35 = +5.0 points, (0.40 - 0.35) / (0.55 - 0.35) = 25% of the lead
+    assert "| test mAP50-95 (mean ± sd) |" in text and "| 0.400 | +5.0 |" in row and "25% (per seed: 25%)" in row
+    del results["0"]["output"]["test_map"]  # one run without a test score: every figure is val's
+    text = kd_gain.report(results, [0], "# t", Plan.named("converged"))
+    assert "| val mAP50-95 (mean ± sd) |" in text and "50% (per seed: 50%)" in text
+
+
+def test_a_finished_run_is_scored_on_the_test_split(teacher_weights, tiny_data, tmp_path):
+    import shutil
+    import time
+
+    import yaml
+
+    run_records = _load("run_records")
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    shutil.copy(teacher_weights, run / "weights" / "best.pt")
+    data = tmp_path / "data.yaml"
+    spec = yaml.safe_load(tiny_data.read_text())
+    data.write_text(yaml.safe_dump({**spec, "test": "images/val"}))  # the tiny set's val images as its test split
+    r = {"metrics/mAP_0.5:0.95": 0.1, "metrics/mAP_0.5": 0.2, "save_dir": str(run)}
+    plan = replace(Plan.named("fast"), imgsz=64)
+    entry = run_records.finished(r, time.time(), "t", data=data, plan=plan)
+    assert entry["map"] == 0.1 and 0 <= entry["test_map"] <= entry["test_mAP50"] <= 1
+    assert "test_map" not in run_records.finished(r, time.time(), "t", data=tiny_data, plan=plan)  # no test split
