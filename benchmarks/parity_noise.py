@@ -251,6 +251,12 @@ def available_paths() -> dict[str, dict]:
     return {k: v for k, v in PATHS.items() if not (v.get("ATEN_CPU_CAPABILITY") == "avx512" and top != "avx512")}
 
 
+def record_text(record: dict) -> str:
+    """The record as JSON with one row a line: a few hundred lines, not tens of thousands."""
+    head = json.dumps({k: v for k, v in record.items() if k != "rows"}, indent=1)[:-2]
+    return head + ',\n "rows": [\n' + ",\n".join("  " + json.dumps(r) for r in record["rows"]) + "\n ]\n}\n"
+
+
 def report(record: dict) -> str:
     from yolodistill.deploy.onnx_parity import NOISE_FACTOR
 
@@ -328,7 +334,7 @@ def main() -> None:
               "machine": run_records.machine(), "date": time.strftime("%Y-%m-%d"), "paths": list(paths),
               "seeds": args.seeds, "minutes": round((time.time() - t0) / 60, 1), "rows": rows}
     RECORD.parent.mkdir(parents=True, exist_ok=True)
-    RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    RECORD.write_text(record_text(record))
     print(report(record))
 
 

@@ -115,7 +115,8 @@ def textured_pool(root: Path, n: int, plan: quickstart.Plan) -> Path:
     if not (folder / ".complete").is_file():
         if folder.exists():
             shutil.rmtree(folder)
-        generate(folder, n_train=n, n_val=1, n_test=0, imgsz=plan.imgsz, seed=plan.seed + 1000, difficulty=plan.difficulty,
+        generate(folder, n_train=n, n_val=1, n_test=0, imgsz=plan.imgsz, seed=plan.seed + 1000,
+                 difficulty=plan.difficulty,
                  style="textured", progress=False)
         (folder / ".complete").write_text(f"{n}\n")
     return folder / "images" / "train"

@@ -2,7 +2,8 @@
 
 generate data -> train a yolov5s teacher -> train a yolov5n student alone -> distil a yolov5n student
 (output + feature) -> score all three on the test split (val chose each best.pt) -> a table (params,
-GFLOPs, val and test mAP, CPU latency) and one plot of val mAP per epoch. The teacher is cached: a rerun reuses a finished teacher, resumes an
+GFLOPs, val and test mAP, CPU latency) and one plot of val mAP per epoch. The teacher is cached: a rerun
+reuses a finished teacher, resumes an
 interrupted one from its last.pt, and never reuses a broken file.
 """
 

@@ -50,7 +50,8 @@ class OnnxExport:
         mb = self.path.stat().st_size / 1e6 if self.path.exists() else float("nan")
         q = f", {self.qdq_nodes} Q/DQ nodes" if self.qdq_nodes else ""
         q += f" ({self.coverage.summary()})" if self.coverage else ""
-        return f"ONNX {self.precision} opset {self.opset}{q}: {self.path} ({mb:.1f} MB, {self.seconds:.1f}s); {self.parity.summary()}"
+        return (f"ONNX {self.precision} opset {self.opset}{q}: {self.path} ({mb:.1f} MB, {self.seconds:.1f}s); "
+                f"{self.parity.summary()}")
 
 
 def _writable_tmp(out: Path) -> Path:
@@ -110,7 +111,8 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
             meta.key, meta.value = k, str(v)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        if dep.quantized and not count_qdq(proto):
+        qdq_nodes = count_qdq(proto)
+        if dep.quantized and not qdq_nodes:
             raise ParityError(f"the QAT student exported without QuantizeLinear/DequantizeLinear nodes; "
                               f"{out} was not written")
         parity = check_parity(dep, ort_session(tmp), precision, batch=check_batch or (2 if dynamic else batch),
@@ -125,7 +127,7 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
         raise UserError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    report = OnnxExport(path=out, precision=precision, parity=parity, qdq_nodes=count_qdq(proto), opset=opset,
+    report = OnnxExport(path=out, precision=precision, parity=parity, qdq_nodes=qdq_nodes, opset=opset,
                         seconds=time.perf_counter() - t0, coverage=coverage)
     LOGGER.info(report.summary())
     return report

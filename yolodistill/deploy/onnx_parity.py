@@ -27,8 +27,8 @@ kernel paths of an AVX-512 CPU: PyTorch's scalar, AVX2 and AVX-512 kernels, oneD
   2.52 (FP16). The element-wise rule before (1e-3 + 1e-3|ref| FP32, 2e-2 + 2e-2|ref| FP16) refused 61 of them.
 - 424 broken FP32 files (a SiLU dropped, a nearest Resize made bilinear, the input's channels reversed or its
   height and width swapped, the first conv's weights rounded to bfloat16) all fail, the closest at 78x its noise;
-  the rule before let 44 of them through. (A freshly initialised yolov5n is left out: its outputs sit at the Detect biases
-  whatever the input, so no defect shows in them, under either rule.)
+  the rule before let 44 of them through. (A freshly initialised yolov5n is left out: its outputs sit at the
+  Detect biases whatever the input, so no defect shows in them, under either rule.)
 
 A Q/DQ (INT8) graph cannot be judged this way: an activation within float error of a rounding boundary rounds the
 other way in one runtime, a whole quantization step, and the flip spreads through later layers (measured on a
@@ -126,7 +126,8 @@ class ParityReport:
             atol, rtol = self.tolerance
             return f"{self.outside}/{self.elements} outside atol {atol:g} + rtol {rtol:g} * |ref| (--tolerance)"
         pairs = ", ".join(f"{g.name} {g.error:.2g} vs {g.noise:.2g}" for g in self.groups)
-        return f"largest distance from float64, onnxruntime vs PyTorch {self.precision} (limit {NOISE_FACTOR:g}x): {pairs}"
+        return (f"largest distance from float64, onnxruntime vs PyTorch {self.precision} "
+                f"(limit {NOISE_FACTOR:g}x): {pairs}")
 
     def summary(self) -> str:
         boxes = f"; boxes after NMS: {self.boxes[1]}/{self.boxes[0]} of PyTorch's found" if self.boxes else ""
@@ -214,9 +215,10 @@ def noise_rule(model: torch.nn.Module, task: str, x: torch.Tensor, got: np.ndarr
         error, noise = np.abs(got[..., cols] - exact[..., cols]), np.abs(own[..., cols] - exact[..., cols])
         scale = 1.0 if probability else float(np.abs(exact[..., cols]).mean())
         floor = FLOOR_ULPS * UNIT_ROUNDOFF[precision] * scale
-        groups.append(GroupParity(name=name, error=float(error.max()), noise=float(noise.max()),
-                                  limit=NOISE_FACTOR * float(noise.max()) + floor, mean_error=float(error.mean()),
-                                  mean_noise=float(noise.mean()), mean_limit=NOISE_FACTOR * float(noise.mean()) + floor))
+        top, mean = float(noise.max()), float(noise.mean())
+        groups.append(GroupParity(name=name, error=float(error.max()), noise=top, limit=NOISE_FACTOR * top + floor,
+                                  mean_error=float(error.mean()), mean_noise=mean,
+                                  mean_limit=NOISE_FACTOR * mean + floor))
     return groups
 
 
