@@ -424,3 +424,53 @@ def test_a_finished_run_is_scored_on_the_test_split(teacher_weights, tiny_data, 
     entry = run_records.finished(r, time.time(), "t", data=data, plan=plan)
     assert entry["map"] == 0.1 and 0 <= entry["test_map"] <= entry["test_mAP50"] <= 1
     assert "test_map" not in run_records.finished(r, time.time(), "t", data=tiny_data, plan=plan)  # no test split
+
+
+# ---- benchmarks/site_gain.py: the user's case -----------------------------------------------------------------------
+
+def test_site_gain_data_copies_the_labels_and_keeps_the_pool_apart(tmp_path):
+    site_gain = _load("site_gain")
+    plan = replace(Plan.named("site"), n_train=2, n_val=1, n_test=1, n_unlabeled=3, imgsz=64, seed=5)
+    data, pool = site_gain.site_data(tmp_path, plan)
+    import yaml
+
+    spec = yaml.safe_load(data.read_text())
+    labeled = sorted((data.parent / "images").iterdir())
+    assert len(labeled) == 2 * site_gain.REPEAT and len(list((data.parent / "labels").iterdir())) == len(labeled)
+    assert Path(spec["val"]).is_dir() and Path(spec["test"]).is_dir() and spec["nc"] == 6
+    assert len(list(pool.iterdir())) == 3 and not (pool.parent.parent / "labels" / "unlabeled").exists()
+    # the site comes from its own seed: a second call reuses it, another seed makes another
+    stamp = (tmp_path / "site" / ".complete").read_text()
+    assert site_gain.site_data(tmp_path, plan) == (data, pool) and f" {5 + site_gain.SITE_SEED} " in stamp
+
+
+def test_site_gain_rows_distil_as_named():
+    site_gain = _load("site_gain")
+    plan = Plan.named("site")
+    opts = {k: site_gain.distill_options(site_gain.ROWS[k], plan, 0.3) for k in site_gain.TAUGHT}
+    assert opts[site_gain.LABELS] == plan.distill_options() and "pseudo_labels" not in opts[site_gain.SOFT]
+    assert opts["+ unlabeled, pseudo-labels"] == {"d_output": True, "d_weight": 0.0, "pseudo_labels": 0.3}
+    assert opts["+ unlabeled, soft terms + pseudo-labels"] == {**plan.distill_options(), "pseudo_labels": 0.3}
+    assert [k for k in site_gain.ROWS if site_gain.ROWS[k].unlabeled] == site_gain.TAUGHT[1:]
+
+
+def test_site_gain_report_pairs_by_seed_and_says_when_a_gain_is_not_shown():
+    site_gain = _load("site_gain")
+    figures = {  # seed -> row -> test mAP; the soft row gains 5, 6, 4 points (shown), the labels row -1, +1, 0
+        0: {site_gain.TEACHER: 0.60, site_gain.ALONE: 0.40, site_gain.LABELS: 0.39, site_gain.SOFT: 0.45},
+        1: {site_gain.TEACHER: 0.62, site_gain.ALONE: 0.42, site_gain.LABELS: 0.43, site_gain.SOFT: 0.48},
+        2: {site_gain.TEACHER: 0.58, site_gain.ALONE: 0.38, site_gain.LABELS: 0.38, site_gain.SOFT: 0.42}}
+    results = {str(s): {k: {"test_map": m, "map": m + 0.01, "minutes": 1.0, "machine": "m"} for k, m in rows.items()}
+               for s, rows in figures.items()}
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+            site_gain.report(results, [0, 1, 2], "# t").splitlines() if line.startswith("| ")}
+    soft, labels = rows[site_gain.SOFT], rows[site_gain.LABELS]
+    # +5.0 mean; sd 1.0, t(2) = 4.303: half-width 2.48
+    assert soft[4] == "+5.0 [+2.5, +7.5]" and soft[5] == "yes" and soft[6].startswith("25% (per seed: 25%, 30%, 20%)")
+    assert labels[4] == "+0.0 [-2.5, +2.5]" and labels[5] == "no"
+    assert rows[f"{site_gain.SOFT} - {site_gain.LABELS}"][3].rstrip(" |") == "shown"
+    # a seed whose baseline trained on another machine does not pair
+    results["2"][site_gain.ALONE]["machine"] = "other"
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+            site_gain.report(results, [0, 1, 2], "# t").splitlines() if line.startswith("| ")}
+    assert rows[site_gain.SOFT][4] == "+5.5 [-0.9, +11.9]" and rows[site_gain.SOFT][5] == "no"

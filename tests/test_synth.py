@@ -214,3 +214,22 @@ def test_style_flag(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "bad"), "--style", "night"]) == 1
     assert capsys.readouterr().err.strip() == ("yolodistill data: error: --style must be one of flat, "
                                                "textured, got 'night'")
+
+
+def test_unlabeled_pool_has_no_labels_its_own_stream_and_leaves_the_splits_alone(tmp_path):
+    import cv2
+    import yaml
+
+    root = generate(tmp_path / "u", n_train=3, n_val=2, n_test=2, n_unlabeled=4, imgsz=64, seed=3,
+                    progress=False).parent
+    pool = sorted((root / "images" / "unlabeled").glob("*.png"))
+    assert len(pool) == 4 and not (root / "labels" / "unlabeled").exists()
+    assert "unlabeled" not in yaml.safe_load((root / "data.yaml").read_text())  # used only when a run is told to
+    plain = generate(tmp_path / "p", n_train=3, n_val=2, n_test=2, imgsz=64, seed=3, progress=False).parent
+    assert all(filecmp.cmp(root / f, plain / f, shallow=False) for f in _files(plain))
+    seen = {cv2.imread(str(f)).tobytes() for split in ("train", "val", "test")
+            for f in (root / "images" / split).glob("*.png")}
+    assert not {cv2.imread(str(f)).tobytes() for f in pool} & seen
+    child = np.random.SeedSequence(3).spawn(4)[3].spawn(4)[1]
+    img, _ = render_image(np.random.default_rng(child), 64, 6)
+    assert np.array_equal(cv2.imread(str(pool[1])), img)

@@ -158,6 +158,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     flag(s, "--n-train", type=int, default=800, help="training images")
     flag(s, "--n-val", type=int, default=200, help="validation images (they pick best.pt)")
     flag(s, "--n-test", type=int, default=200, help="test images (they score it; 0: no test split)")
+    flag(s, "--n-unlabeled", type=int, default=0,
+         help="images without labels in OUT/images/unlabeled, for `train --unlabeled` (0: none)")
     flag(s, "--imgsz", type=int, default=160, help="image size (square, pixels)")
     flag(s, "--classes", type=int, default=6, help="number of classes (1-6, in the order listed above)")
     flag(s, "--seed", type=int, default=0, help="random seed")
@@ -193,8 +195,11 @@ def _run_synth(args: argparse.Namespace) -> None:
                                   small=args.small, occlusion=args.occlusion, noise=args.noise)
     path = generate(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, imgsz=args.imgsz,
                     classes=args.classes, seed=args.seed, difficulty=difficulty, style=args.style,
-                    exist_ok=args.exist_ok)
+                    n_unlabeled=args.n_unlabeled, exist_ok=args.exist_ok)
     logging.getLogger("yolodistill").info(f"dataset written: {path}")
+    if args.n_unlabeled:
+        logging.getLogger("yolodistill").info(f"unlabeled images: {path.parent / 'images' / 'unlabeled'} "
+                                              f"(train --unlabeled takes the folder)")
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:

@@ -53,6 +53,7 @@ class Plan:
     output_loss: str = "mse"  # --output-loss of the distilled student
     style: str = "flat"  # of the synthetic data (yolodistill.synth.STYLES)
     n_test: int = 0  # test images, which score best.pt after val chose it (0: no test split, val figures only)
+    n_unlabeled: int = 0  # images without labels, unseen by the teacher: a fourth student distils on them too
 
     @property
     def distill_label(self) -> str:
@@ -111,13 +112,14 @@ def prepare_data(out: Path, plan: Plan) -> Path:
     folder = out / "data"
     marker = folder / DATA_DONE
     expected = f"{plan.n_train} {plan.n_val} {plan.n_test} {plan.imgsz} {plan.seed} {plan.difficulty} {plan.style}"
+    expected += f" {plan.n_unlabeled}" if plan.n_unlabeled else ""  # the folders of earlier plans stay valid
     if marker.is_file() and marker.read_text().strip() == expected:
         LOGGER.info(f"Reusing dataset {folder}")
         return folder / "data.yaml"
     if folder.exists():
         shutil.rmtree(folder)
     yaml_path = generate(folder, n_train=plan.n_train, n_val=plan.n_val, n_test=plan.n_test, imgsz=plan.imgsz,
-                         seed=plan.seed, difficulty=plan.difficulty, style=plan.style)
+                         seed=plan.seed, difficulty=plan.difficulty, style=plan.style, n_unlabeled=plan.n_unlabeled)
     marker.write_text(expected + "\n")
     return yaml_path
 
@@ -179,25 +181,27 @@ def gap_closed(teacher: float, alone: float, distilled: float) -> Optional[float
 
 
 def format_table(rows: list[dict]) -> str:
-    """The table; rows in the order teacher, student alone, student distilled get the gap line under it, on the
-    test split when there is one (val chose each best.pt, so its figures flatter them: reference only)."""
+    """The table; rows in the order teacher, student alone, then distilled students get a gap line each under it,
+    on the test split when there is one (val chose each best.pt, so its figures flatter them: reference only)."""
     test = all("test mAP50-95" in r for r in rows)
-    head = f"{'model':<34}{'params':>10}{'GFLOPs':>8}{'val mAP50-95':>14}"
+    head = f"{'model':<40}{'params':>10}{'GFLOPs':>8}{'val mAP50-95':>14}"
     head += f"{'test mAP50':>12}{'test mAP50-95':>15}" if test else f"{'val mAP50':>11}"
     head += f"{'CPU ms/img':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        line = f"{r['model']:<34}{r['params'] / 1e6:>9.2f}M{r['gflops']:>8.2f}{r['mAP50-95']:>14.3f}"
+        line = f"{r['model']:<40}{r['params'] / 1e6:>9.2f}M{r['gflops']:>8.2f}{r['mAP50-95']:>14.3f}"
         line += f"{r['test mAP50']:>12.3f}{r['test mAP50-95']:>15.3f}" if test else f"{r['mAP50']:>11.3f}"
         lines.append(line + f"{r['latency_ms']:>12.1f}")
-    if len(rows) == 3:
-        key = "test mAP50-95" if test else "mAP50-95"
-        teacher, alone, distilled = (r[key] for r in rows)
-        share = gap_closed(teacher, alone, distilled)
-        lines.append(f"distillation: {100 * (distilled - alone):+.1f} points {'test' if test else 'val'} mAP50-95 "
-                     f"over the student alone; "
-                     + (f"closes {100 * share:.0f}% of the teacher's {100 * (teacher - alone):.1f}-point lead"
-                        if share is not None else "the teacher is not ahead of the student alone"))
+    key = "test mAP50-95" if test else "mAP50-95"
+    if len(rows) >= 3:
+        teacher, alone = rows[0][key], rows[1][key]
+        for r in rows[2:]:
+            what = "distillation" if len(rows) == 3 else r["model"].split(" ", 2)[-1]  # "distilled, + unlabeled"
+            share = gap_closed(teacher, alone, r[key])
+            lines.append(f"{what}: {100 * (r[key] - alone):+.1f} points {'test' if test else 'val'} mAP50-95 "
+                         f"over the student alone; "
+                         + (f"closes {100 * share:.0f}% of the teacher's {100 * (teacher - alone):.1f}-point lead"
+                            if share is not None else "the teacher is not ahead of the student alone"))
     return "\n".join(lines)
 
 
@@ -243,15 +247,21 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     runs = {f"teacher {Path(plan.teacher_cfg).stem}": {"save_dir": str(out / "teacher"), "best": str(teacher)}}
     runs[f"teacher {Path(plan.teacher_cfg).stem}"].update(val_metrics(teacher, data, plan, device, out))
     common = dict(cfg=plan.student_cfg, epochs=plan.student_epochs, noplots=noplots)
-    for name in ("student", "distilled"):
+    for name in ("student", "distilled", "unlabeled"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     student_label = Path(plan.student_cfg).stem
     runs[f"student {student_label} alone"] = train_run(out, "student", plan, data, device, **common)
     lap("student alone")
-    runs[f"student {student_label} distilled"] = train_run(out, "distilled", plan, data, device, **common,
-                                                        t_weights=str(teacher), **plan.distill_options())
+    distilled = f"student {student_label} distilled" + (", labeled" if plan.n_unlabeled else "")
+    runs[distilled] = train_run(out, "distilled", plan, data, device, **common, t_weights=str(teacher),
+                                **plan.distill_options())
     lap("student distilled")
+    if plan.n_unlabeled:  # footage the teacher never saw, beside every labeled batch (soft terms only)
+        runs[f"student {student_label} distilled, + unlabeled"] = train_run(
+            out, "unlabeled", plan, data, device, **common, t_weights=str(teacher), **plan.distill_options(),
+            unlabeled=[str(Path(data).parent / "images" / "unlabeled")])
+        lap("student distilled + unlabeled")
     if plan.n_test:
         for result in runs.values():
             result.update(val_metrics(Path(result["best"]), data, plan, device, out, task="test"))
@@ -261,14 +271,17 @@ def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str 
     plot = plot_map_per_epoch({k: Path(v["save_dir"]) / "results.csv" for k, v in runs.items()},
                               out / "map_per_epoch.png")
     lap("table and plot")
-    deploy = deploy_student(out, teacher, Path(runs[f"student {student_label} distilled"]["best"]), fast=fast)
+    # the distilled student to deploy is the one val prefers (test has not chosen anything)
+    chosen = max((k for k in runs if " distilled" in k), key=lambda k: runs[k]["metrics/mAP_0.5:0.95"])
+    LOGGER.info(f"deploying {chosen}: the distilled student with the best val mAP50-95")
+    deploy = deploy_student(out, teacher, Path(runs[chosen]["best"]), fast=fast)
     lap("export and benchmark")
     minutes = (time.time() - t0) / 60
     timing = f"quickstart finished in {minutes:.1f} min (" + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ")"
     (out / "summary.txt").write_text(f"{table}\n\n{deploy['table']}\n\n{timing}\n")
     LOGGER.info(f"\n{table}\n\n{deploy['table']}\n\nplot: {plot}\nbenchmark plot: {deploy['plot']}\n"
                 f"student ONNX: {deploy['onnx']}\ntable: {out / 'summary.txt'}\n{timing}")
-    # Rows in the order teacher, student alone, student distilled (what benchmarks/kd_gain.py reads).
+    # Rows in the order teacher, student alone, student distilled[, + unlabeled] (benchmarks/quickstart_seeds.py).
     return {"rows": rows, "plot": str(plot), "table": str(out / "summary.txt"), "minutes": minutes, "stages": stages,
             "onnx": deploy["onnx"], "ratios": deploy["ratios"]}
 

@@ -276,19 +276,21 @@ def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
 
 def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, n_test: int = 200, imgsz: int = 160,
              classes: int = 6, seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, style: str = "flat",
-             exist_ok: bool = False, progress: bool = True) -> Path:
+             n_unlabeled: int = 0, exist_ok: bool = False, progress: bool = True) -> Path:
     """Write images/{train,val,test}, labels/{train,val,test} and data.yaml under `out`; returns the yaml path.
 
     val picks the checkpoint (best.pt) and the settings; test, which nothing is chosen on, scores them. n_test=0
-    writes no test split."""
+    writes no test split. n_unlabeled > 0 also writes images/unlabeled, footage of the same kind without labels
+    (for `train --unlabeled`): no model trained on train/ has seen them. data.yaml does not list them, so a run
+    uses them only when told to."""
     out = Path(out)
     if not isinstance(difficulty, Difficulty):
         difficulty = Difficulty.level(float(difficulty))
     if not MIN_IMGSZ <= imgsz <= MAX_IMGSZ:
         raise UserError(f"--imgsz must be between {MIN_IMGSZ} and {MAX_IMGSZ}, got {imgsz}")
-    if n_train < 1 or n_val < 1 or n_test < 0:
-        raise UserError(f"--n-train and --n-val must be at least 1 and --n-test at least 0, got {n_train}, {n_val} "
-                        f"and {n_test}")
+    if n_train < 1 or n_val < 1 or n_test < 0 or n_unlabeled < 0:
+        raise UserError(f"--n-train and --n-val must be at least 1, --n-test and --n-unlabeled at least 0, got "
+                        f"{n_train}, {n_val}, {n_test} and {n_unlabeled}")
     if not 1 <= classes <= len(CLASS_NAMES):
         raise UserError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {classes}")
     if style not in STYLES:
@@ -299,18 +301,23 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, n_test: i
         raise UserError(f"--out {out} is not empty; pass --exist-ok to write into it")
     # One child seed per image: any image can be regenerated alone, and n_train does not shift val. Each split
     # draws from its own child of the seed; test's is the third, so train and val are the bytes they were before
-    # there was a test split (SeedSequence.spawn numbers its children: spawn(3)[:2] == spawn(2)).
-    seeds = np.random.SeedSequence(seed).spawn(3)
-    splits = (("train", n_train, seeds[0]), ("val", n_val, seeds[1]), ("test", n_test, seeds[2]))
+    # there was a test split (SeedSequence.spawn numbers its children: spawn(3)[:2] == spawn(2)); the unlabeled
+    # pool's is the fourth, for the same reason.
+    seeds = np.random.SeedSequence(seed).spawn(4)
+    splits = (("train", n_train, seeds[0]), ("val", n_val, seeds[1]), ("test", n_test, seeds[2]),
+              ("unlabeled", n_unlabeled, seeds[3]))
     for split, n, ss in (sp for sp in splits if sp[1]):
+        labeled = split != "unlabeled"
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        if labeled:
+            (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not progress)):
             img, objects = render_image(np.random.default_rng(child), imgsz, classes, difficulty, style)
             name = f"{split}_{i:05d}"
             cv2.imwrite(str(out / "images" / split / f"{name}.png"), img)
-            (out / "labels" / split / f"{name}.txt").write_text("".join(
-                line + "\n" for line in yolo_label_lines(objects, imgsz)))
+            if labeled:
+                (out / "labels" / split / f"{name}.txt").write_text("".join(
+                    line + "\n" for line in yolo_label_lines(objects, imgsz)))
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES[:classes]))
     yaml_path = out / "data.yaml"
     yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz} --style {style} "
