@@ -8,7 +8,8 @@ then the quickstart under runs/quickstart_seeds/seed<N>, the reference step agai
 to 285 ms within one hour), then the record benchmarks/records/quickstart_<plan>.json gets the seed's entry: the
 command, commit, machine, both reference steps, minutes (and per stage), and for the
 teacher, the student alone and the distilled student their val mAP (val chose best.pt), test mAP and val
-mAP50-95 per epoch. A seed already recorded on this machine is skipped (--again to redo it). Run alone on the
+mAP50-95 per epoch (and the fourth student's, distilled with unlabeled images the teacher never saw, where the
+plan has them). A seed already recorded on this machine is skipped (--again to redo it). Run alone on the
 machine: the minutes are part of what is measured.
 """
 
@@ -52,7 +53,7 @@ def reference_step_ms(tries: int = 2) -> float:
 
 def seed_entry(result: dict, out: Path, plan: quickstart.Plan, step_ms: float, commit: str) -> dict:
     models = {}
-    for row, folder in zip(result["rows"], ("teacher", "student", "distilled")):
+    for row, folder in zip(result["rows"], ("teacher", "student", "distilled", "unlabeled")):
         models[row["model"]] = {
             "val mAP50-95": row["mAP50-95"], "val mAP50": row["mAP50"],
             "test mAP50-95": row.get("test mAP50-95"), "test mAP50": row.get("test mAP50"),
@@ -65,24 +66,28 @@ def seed_entry(result: dict, out: Path, plan: quickstart.Plan, step_ms: float, c
 
 
 def report(record: dict) -> str:
+    """A row per seed: the reference step, minutes, test (val) mAP50-95 of each model, and the share of the teacher's
+    lead each distilled student closes; seeds recorded before the quickstart had its fourth student (distilled with
+    unlabeled images the teacher never saw) show "-" there."""
     lines = ["| seed | reference step before / after, ms | minutes (at 116 ms) | teacher test (val) | "
-             "student alone test (val) | distilled test (val) | share of the lead closed, test (val) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "student alone test (val) | distilled test (val) | distilled + unlabeled test (val) | "
+             "share of the lead closed, test (val): distilled; + unlabeled |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, e in sorted(record.items(), key=lambda kv: int(kv[0])):
         maps = list(e["models"].values())
-        cells = []
-        for m in maps:
-            cells.append(f"{m['test mAP50-95']:.3f} ({m['val mAP50-95']:.3f})")
+        cells = [f"{m['test mAP50-95']:.3f} ({m['val mAP50-95']:.3f})" for m in maps] + ["-"] * (4 - len(maps))
         shares = []
-        for key in ("test mAP50-95", "val mAP50-95"):
-            t, a, d = (m[key] for m in maps)
-            share = quickstart.gap_closed(t, a, d)
-            shares.append(f"{100 * share:.0f}%" if share is not None else "-")
+        for distilled in maps[2:]:
+            pair = []
+            for key in ("test mAP50-95", "val mAP50-95"):
+                share = quickstart.gap_closed(maps[0][key], maps[1][key], distilled[key])
+                pair.append(f"{100 * share:.0f}%" if share is not None else "-")
+            shares.append(f"{pair[0]} ({pair[1]})")
         steps = [e["reference_step_ms"], e.get("reference_step_ms_after", e["reference_step_ms"])]
         # scaled by the faster reading, the more cautious: a slower machine makes the scaled minutes smaller
         scaled = e["minutes"] * TARGET_STEP_MS / min(steps)
         lines.append(f"| {seed} | {steps[0]:.0f} / {steps[1]:.0f} | {e['minutes']:.1f} ({scaled:.1f}) | "
-                     f"{' | '.join(cells)} | {shares[0]} ({shares[1]}) |")
+                     f"{' | '.join(cells)} | {'; '.join(shares)} |")
     return "\n".join(lines)
 
 
