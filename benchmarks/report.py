@@ -45,9 +45,30 @@ def _quickstart(plan: str) -> Callable[[Path], str]:
     return table
 
 
+def _overhead(records: Path) -> str:
+    import overhead
+
+    return overhead.report(overhead.read_record(records))
+
+
+def _deploy_speed(records: Path) -> str:
+    import deploy_speed
+
+    return deploy_speed.report(deploy_speed.read_record(records))
+
+
+def _digits_kd(records: Path) -> str:
+    import digits_kd
+
+    return digits_kd.report_table(digits_kd.read_record(records))
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "overhead": _overhead,
+    "deploy_speed": _deploy_speed,
     "parity_noise": _parity_noise,
     "quickstart_default": _quickstart("default"),
+    "digits_kd": _digits_kd,
 }
 
 

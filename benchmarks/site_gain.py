@@ -272,6 +272,15 @@ def report(results: dict, seeds: list[int], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def record_table(record: dict) -> str:
+    """The report's tables made from benchmarks/records/site_gain.json alone (benchmarks/report.py), every
+    recorded seed, with the machines named when more than one trained them."""
+    runs = record["runs"]
+    seeds = sorted(int(s) for s in runs)
+    body = report(runs, seeds, "").lstrip("\n")
+    return body + "\n".join(run_records.machines_note(runs, seeds)).rstrip() + "\n"
+
+
 def plot_curves(results: dict, out: Path) -> Path:
     """Val mAP50-95 per epoch of every fine-tuned row, every seed."""
     import matplotlib

@@ -110,7 +110,9 @@ class LabeledFolder:
 
 
 def split_folders(data: str | Path) -> tuple[Path, Path]:
-    """(train, val) folders of a dataset root laid out like yolov5's classification datasets."""
+    """(train, val) folders of a dataset root laid out like yolov5's classification datasets: val/ when there is
+    one, else test/. A test/ beside val/ is never trained or chosen on: it is left to score the chosen
+    checkpoint (trainer.score_checkpoint)."""
     root = Path(data)
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist")

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from yolodistill import distributed as ddp
-from yolodistill.engine import Engine, seed_everything
+from yolodistill.engine import Engine, seed_everything, select_device
 from yolodistill.errors import UserError
 from yolodistill.run_logger import plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, split_folders
 from .options import ClassifyOptions
-from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, read_checkpoint,
-                     save_classifier)
+from .models import (build_classifier, classifier_from_checkpoint, default_normalisation, load_classifier,
+                     read_checkpoint, save_classifier)
 
 LOGGER = logging.getLogger("yolodistill")
 ACC_COLUMNS = ("metrics/accuracy_top1", "metrics/accuracy_top5", "val/loss")  # yolov5 classify's names
@@ -36,6 +36,45 @@ ACC_COLUMNS = ("metrics/accuracy_top1", "metrics/accuracy_top5", "val/loss")  # 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().sum().item()
+
+
+@torch.no_grad()
+def accuracy_metrics(logits_of: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader,
+                     device: torch.device) -> dict[str, float]:
+    """ACC_COLUMNS over a loader of (images, labels, rows): top-1 and top-5 as fractions, mean cross-entropy."""
+    correct1 = correct5 = loss = 0.0
+    n = 0
+    for images, labels, _ in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = logits_of(images).float()
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct1 += _accuracy(logits, labels, 1)
+        correct5 += _accuracy(logits, labels, 5)
+        n += len(labels)
+    return {"metrics/accuracy_top1": correct1 / n, "metrics/accuracy_top5": correct5 / n, "val/loss": loss / n}
+
+
+def score_checkpoint(weights: str | Path, data: str | Path, *, split: str = "test", batch_size: int = 256,
+                     workers: int = 0, device: str = "cpu") -> dict[str, float]:
+    """ACC_COLUMNS of a saved classifier (a best.pt) on DATA/<split>, labeled <class>/<image>.
+
+    val/ chose best.pt, so its val top-1 is the best of many noisy readings; a test/ that chose nothing
+    says how good the model is. A CLIP-distilled student is scored through the head it carries.
+    """
+    model, meta = load_classifier(weights)
+    folder = LabeledFolder.scan(Path(data) / split).with_classes(meta["classes"])
+    transform = build_transform(meta["imgsz"], meta["mean"], meta["std"], train=False)
+    loader = DataLoader(ImageDataset(folder.root, folder.keys, folder.labels, transform), batch_size=batch_size,
+                        num_workers=workers)
+    target = select_device(device)
+    model.to(target)
+    logits_of = model
+    if "head" in meta:
+        from .predict import head_from_checkpoint
+
+        head = head_from_checkpoint(meta["head"]).eval().to(target)
+        logits_of = lambda images: head(model(images))  # noqa: E731
+    return accuracy_metrics(logits_of, loader, target)
 
 
 class ClassifyTrainer(Engine):
@@ -223,19 +262,10 @@ class ClassifyTrainer(Engine):
         return {**{f"train/{n}": float(v) for n, v in zip(self.names, means)},
                 "lr/0": self.optimizer.param_groups[0]["lr"]}
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """The model being trained on val/ (score_checkpoint scores a saved one on another split)."""
         self.model.eval()
-        correct1 = correct5 = loss = 0.0
-        n = 0
-        for images, labels, _ in self.val_loader:
-            images, labels = images.to(self.device), labels.to(self.device)
-            logits = self.logits(images).float()
-            loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct1 += _accuracy(logits, labels, 1)
-            correct5 += _accuracy(logits, labels, 5)
-            n += len(labels)
-        return {"metrics/accuracy_top1": correct1 / n, "metrics/accuracy_top5": correct5 / n, "val/loss": loss / n}
+        return accuracy_metrics(self.logits, self.val_loader, self.device)
 
     def validate(self, epoch: int) -> dict[str, float]:
         return self.evaluate()

@@ -95,7 +95,8 @@ def test_every_unlabeled_gain_row_is_a_valid_training():
     for label, (unlabeled, kind, more) in unlabeled_gain.ROWS.items():
         fields = {**unlabeled_gain.options(kind, plan, 0.25), **more}
         TrainOptions(data="d.yaml", **fields)  # a misspelt field fails here, not an hour into a benchmark
-        assert unlabeled in (None, "rest", "textured"), label
+        assert unlabeled in (None, "unseen", "rest", "textured"), label
+        assert (unlabeled == "rest") == ("training images" in label), label  # the old protocol says so
         assert ("pseudo_labels" in fields) == ("pseudo" in label), label
     pseudo = unlabeled_gain.options("pseudo", plan, 0.25)
     assert pseudo["pseudo_labels"] == 0.25 and pseudo["d_weight"] == 0.0  # the teacher's boxes, no soft terms
@@ -107,20 +108,19 @@ def test_unlabeled_gain_reports_the_share_of_the_way_per_seed():
     run = lambda m, minutes=10.0: {"map": m, "minutes": minutes}  # noqa: E731
     reference = {"0": {"teacher yolov5s": run(0.6), "yolov5n alone": run(0.4), "output, mse_ciou": run(0.46)},
                  "1": {"teacher yolov5s": run(0.6), "yolov5n alone": run(0.5), "output, mse_ciou": run(0.5)}}
-    results = {"0": {"10% labels alone": run(0.2), "+ unlabeled, soft": run(0.35, 30.0),
-                     "+ unlabeled, pseudo-labels": run(0.30)},
-               "1": {"10% labels alone": run(0.3), "+ unlabeled, soft": run(0.45, 40.0),
-                     "+ unlabeled, pseudo-labels": run(0.44)}}
+    soft, pseudo = "+ unseen unlabeled, soft", "+ unseen unlabeled, pseudo-labels"
+    results = {"0": {"10% labels alone": run(0.2), soft: run(0.35, 30.0), pseudo: run(0.30)},
+               "1": {"10% labels alone": run(0.3), soft: run(0.45, 40.0), pseudo: run(0.44)}}
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
             for line in unlabeled_gain.report(results, reference, [0, 1], "# t").splitlines() if line.startswith("| ")}
     # the way from the 10%-label student to the 100%-label one: 0.2 -> 0.4 and 0.3 -> 0.5, gains 0.15 and 0.15
-    assert rows["+ unlabeled, soft"][3] == "+15.0 ± 0.0" and rows["+ unlabeled, soft"][4] == "75% (per seed: 75%, 75%)"
-    assert rows["+ unlabeled, soft"][5].rstrip(" |") == "35.0"  # the mean training minutes
+    assert rows[soft][3] == "+15.0 ± 0.0" and rows[soft][4] == "75% (per seed: 75%, 75%)"
+    assert rows[soft][5].rstrip(" |") == "35.0"  # the mean training minutes
     distilled = rows["100% labels, distilled: outputs, mse_ciou (kd_gain)"]
     assert distilled[4] == "115% (per seed: 130%, 100%)"  # (0.46-0.2)/0.2 and (0.5-0.3)/0.2
     # pseudo-labels against soft, seed by seed: -5 and -1 points, mean -3, sd 2.83: the 95% interval
     # -3 ± t(1) 2.83 / sqrt(2) = -3 ± 12.706 * 2 = [-28.4, +22.4] holds 0
-    assert rows["+ unlabeled, pseudo-labels - + unlabeled, soft"][1:] == ["2", "-3.0 [-28.4, +22.4]", "not shown |"]
+    assert rows[f"{pseudo} - {soft}"][1:] == ["2", "-3.0 [-28.4, +22.4]", "not shown |"]
     assert rows["10% labels alone"][3] == ""  # the base row has no gain over itself
 
 
@@ -474,3 +474,169 @@ def test_site_gain_report_pairs_by_seed_and_says_when_a_gain_is_not_shown():
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
             site_gain.report(results, [0, 1, 2], "# t").splitlines() if line.startswith("| ")}
     assert rows[site_gain.SOFT][4] == "+5.5 [-0.9, +11.9]" and rows[site_gain.SOFT][5] == "no"
+
+
+def test_unlabeled_gain_pool_is_new_images_of_the_plans_data(tmp_path):
+    import filecmp
+
+    from yolodistill.synth import generate
+
+    unlabeled_gain = _load("unlabeled_gain")
+    plan = replace(Plan.named("converged"), imgsz=64, seed=4)
+    pool = unlabeled_gain.unseen_pool(tmp_path, 3, plan)
+    # the images `data synth --n-unlabeled` writes beside the plan's splits, none of them a training image
+    full = generate(tmp_path / "full", n_train=2, n_val=1, n_test=0, n_unlabeled=3, imgsz=64, seed=4,
+                    difficulty=plan.difficulty, progress=False).parent
+    assert sorted(p.name for p in pool.iterdir()) == sorted(p.name for p in (full / "images" / "unlabeled").iterdir())
+    assert all(filecmp.cmp(p, full / "images" / "unlabeled" / p.name, shallow=False) for p in pool.iterdir())
+    train = {p.read_bytes() for p in (full / "images" / "train").iterdir()}
+    assert not train & {p.read_bytes() for p in pool.iterdir()}
+
+
+# ---- benchmarks/overhead.py and deploy_speed.py: their records and tables ----------------------------------------
+
+def _overhead_run(day: str, student: float, ratio: float, **more) -> dict:
+    """A run as overhead.py records it (medians in s/step)."""
+    return {"command": "python benchmarks/overhead.py", "commit": "abc1234", "machine": "cpu A, 2 threads",
+            "device": None, "recorded_on": day, "reference_step_ms": 95.4, "steps": 20, "warmup": 3,
+            "median_s": {"student": student, "teacher": 0.0702, "distill": 0.1783, "unlabeled": 0.1604},
+            "ratios": {"distill/(student+teacher)": ratio, "unlabeled/labeled": 0.8996}, **more}
+
+
+def test_overhead_record_keeps_every_run_of_a_setting(records):
+    import json
+
+    overhead = _load("overhead")
+    a, b = "yolov5n.yaml <- yolov5s.yaml random 160px b16 mse_ciou/mse cpu", "yolov5n.yaml <- x.pt 320px b8 kl/mse cpu"
+    path = overhead.write_record(a, _overhead_run("2026-12-06", 0.0951, 1.0786))
+    assert path == records / "overhead.json"  # run_records.RECORDS, read at call time
+    overhead.write_record(b, _overhead_run("2026-12-07", 0.2, 1.05))
+    overhead.write_record(a, _overhead_run("2026-12-07", 0.0962, 1.0811))
+    record = json.loads(path.read_text())  # valid JSON, nothing left beside it
+    assert [r["recorded_on"] for r in record[a]] == ["2026-12-06", "2026-12-07"] and len(record[b]) == 1
+    assert sorted(p.name for p in records.iterdir()) == ["overhead.json"]
+    assert overhead.read_record() == record
+
+
+def test_overhead_report_shows_each_run_with_its_machine_and_reference_step():
+    overhead = _load("overhead")
+    setting = "yolov5n.yaml <- yolov5s.yaml random 160px b16 mse_ciou/mse cpu"
+    gpu = _overhead_run("2026-12-07", 0.0951, 1.0786, machine="cpu B", device="NVIDIA H100, AMP steps, FP16 teacher",
+                        reference_step_ms=None)
+    lines = overhead.report({setting: [_overhead_run("2026-12-06", 0.0951, 1.0786), gpu]}).splitlines()
+    assert len(lines) == 4 and len({line.count("|") for line in lines}) == 1
+    assert lines[2] == (f"| {setting} | 2026-12-06 | cpu A, 2 threads | 95 | 0.095 | 0.070 | 0.178 | 1.079 | 0.900 |")
+    assert lines[3].startswith(f"| {setting} | 2026-12-07 | cpu B; NVIDIA H100, AMP steps, FP16 teacher | - | 0.095 |")
+
+
+def test_overhead_setting_names_what_was_timed():
+    import argparse
+
+    overhead = _load("overhead")
+    args = argparse.Namespace(student="yolov5n.yaml", teacher="yolov5s.yaml", teacher_weights=None, imgsz=160,
+                              batch_size=16, output_loss="mse_ciou", feature_loss="mse", device="cpu")
+    assert overhead.setting_label(args) == "yolov5n.yaml <- yolov5s.yaml random 160px b16 mse_ciou/mse cpu"
+    weights = overhead.ROOT / "runs" / "kd_gain" / "seed0" / "teacher" / "weights" / "best.pt"
+    args.teacher_weights, args.device = str(weights), "0"
+    # a file inside the repository by its path there, one outside by its name: no machine's folders in a record
+    assert overhead.setting_label(args) == ("yolov5n.yaml <- runs/kd_gain/seed0/teacher/weights/best.pt 160px b16 "
+                                            "mse_ciou/mse cuda:0")
+    assert overhead.file_name("/somewhere/else/teacher.pt") == "teacher.pt"
+
+
+def test_a_missing_record_names_the_command_that_makes_it(records):
+    overhead, deploy_speed = _load("overhead"), _load("deploy_speed")
+    with pytest.raises(SystemExit, match=r"overhead.json: run python benchmarks/overhead.py \(") as e:
+        overhead.read_record()
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="--record mine"):
+        overhead.read_record(name="mine")
+    with pytest.raises(SystemExit, match="run python benchmarks/deploy_speed.py --teacher T.pt --student S.pt") as e:
+        deploy_speed.read_record()
+    assert "\n" not in str(e.value)
+
+
+def _deploy_run(day: str) -> dict:
+    """A run as deploy_speed.py records it: per setting, per repeat."""
+    return {"command": "python benchmarks/deploy_speed.py --teacher t.pt --student s.pt --repeats 2",
+            "commit": "abc1234", "machine": "cpu A, 2 threads", "device": "onnxruntime 1.32.0, CPU",
+            "recorded_on": day, "reference_step_ms": 95.4, "teacher": "t.pt", "student": "s.pt", "imgsz": [128, 128],
+            "repeats": 2, "runs": 500,
+            "settings": {"batch 1, 1 thread": [{"speed_x": 3.0, "gflops_x": 4.0, "teacher_ms": 4.0, "student_ms": 1.3},
+                                               {"speed_x": 3.4, "gflops_x": 4.0, "teacher_ms": 4.4, "student_ms": 1.2}],
+                         "batch 8, default threads": [{"speed_x": None, "gflops_x": None, "teacher_ms": 9.0,
+                                                       "student_ms": 3.0}]}}
+
+
+def test_deploy_speed_record_keeps_every_run_and_reports_mean_and_sd(records):
+    import json
+
+    deploy_speed = _load("deploy_speed")
+    deploy_speed.write_record(_deploy_run("2026-12-06"))
+    path = deploy_speed.write_record(_deploy_run("2026-12-07"))
+    assert path == records / "deploy_speed.json"
+    record = json.loads(path.read_text())
+    assert [r["recorded_on"] for r in record] == ["2026-12-06", "2026-12-07"]
+    text = deploy_speed.report(record)
+    assert text.count("| setting |") == 2  # a table per run
+    assert text.startswith("2026-12-06, cpu A, 2 threads (reference step 95 ms), onnxruntime 1.32.0, CPU: "
+                           "teacher t.pt, student s.pt, 128x128 px, 2 repeats\n")
+    # medians 4.2 and 1.25 ms; speed-ups 3.0 and 3.4: 3.20 ± 0.28; shares 75% and 85%: 80 ± 7%
+    assert "| batch 1, 1 thread | 4.20 | 1.25 | 3.20 ± 0.28 | 4.00 | 80 ± 7% |" in text
+    assert "| batch 8, default threads | 9.00 | 3.00 | - | - | - |" in text  # a ratio benchmark could not form
+
+
+def test_deploy_speed_refuses_a_missing_file_in_one_line(tmp_path, monkeypatch, records):
+    import sys
+
+    deploy_speed = _load("deploy_speed")
+    student = tmp_path / "s.pt"
+    student.write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["deploy_speed.py", "--teacher", str(tmp_path / "t.pt"), "--student",
+                                      str(student)])
+    with pytest.raises(SystemExit, match=r"^--teacher .*t\.pt: no such file$"):
+        deploy_speed.main()
+    assert not records.exists()  # nothing measured, nothing recorded
+
+
+def test_report_makes_the_overhead_and_deploy_speed_tables_from_their_records(records):
+    overhead, deploy_speed, report = _load("overhead"), _load("deploy_speed"), _load("report")
+    doc = "".join(f"<!-- report: {n} -->\n<!-- /report: {n} -->\n" for n in ("overhead", "deploy_speed"))
+    with pytest.raises(SystemExit, match="run python benchmarks/overhead.py"):
+        report.render(doc, records)
+    overhead.write_record("a setting", _overhead_run("2026-12-07", 0.0951, 1.0786))
+    deploy_speed.write_record(_deploy_run("2026-12-07"))
+    made = report.render(doc, records)
+    assert "| a setting | 2026-12-07 | cpu A, 2 threads | 95 | 0.095 |" in made
+    assert "| batch 1, 1 thread | 4.20 | 1.25 | 3.20 ± 0.28 | 4.00 | 80 ± 7% |" in made
+
+
+def test_deploy_speed_records_a_run_without_machine_paths(tmp_path, monkeypatch, records):
+    import json
+    import sys
+    import types
+
+    deploy_speed = _load("deploy_speed")
+    teacher, student = tmp_path / "t.pt", tmp_path / "s.pt"
+    teacher.write_bytes(b"")
+    student.write_bytes(b"")
+
+    def fake_benchmark(weights, *, batch, out, **kwargs):  # teacher 4 ms, student 1 ms, 4.2x fewer GFLOPs
+        out.mkdir(parents=True, exist_ok=True)  # as benchmark() makes its folder
+        return {"ratios": [{"speed_x": 4.0, "throughput_x": 3.0, "GFLOPs_x": 4.2}], "meta": {"imgsz": [128, 128]},
+                "results": [{"latency_ms_median": 4.0 * batch}, {"latency_ms_median": 1.0 * batch}]}
+
+    monkeypatch.setattr(deploy_speed, "benchmark", fake_benchmark)
+    monkeypatch.setitem(sys.modules, "quickstart_seeds", types.SimpleNamespace(reference_step_ms=lambda: 95.44))
+    monkeypatch.setattr(sys, "argv", ["benchmarks/deploy_speed.py", "--teacher", str(teacher), "--student",
+                                      str(student), "--repeats", "2", "--out", str(tmp_path / "out")])
+    deploy_speed.main()
+    (run,) = json.loads((records / "deploy_speed.json").read_text())
+    assert (run["teacher"], run["student"], run["imgsz"]) == ("t.pt", "s.pt", [128, 128])  # no tmp folders
+    assert run["reference_step_ms"] == 95.4
+    assert run["command"].startswith("python benchmarks/deploy_speed.py --teacher ")
+    assert run["settings"]["batch 8, default threads"] == [{"speed_x": 3.0, "gflops_x": 4.2, "teacher_ms": 32.0,
+                                                            "student_ms": 8.0}] * 2
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--no-record"])
+    deploy_speed.main()
+    assert len(json.loads((records / "deploy_speed.json").read_text())) == 1

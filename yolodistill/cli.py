@@ -180,8 +180,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_run_synth)
     g = data_sub.add_parser("digits", help="scikit-learn's 8x8 digits as ImageFolder folders (classification)",
                             description="Real handwritten digits (1,797 images, shipped with scikit-learn): "
-                                        "OUT/full/{train,val}, OUT/few/{train,val} (a few labels per class) and "
-                                        "OUT/unlabeled. The 70/30 train/val split is fixed; --seed picks the few.")
+                                        "OUT/full/{train,val,test}, OUT/few/{train,val,test} (a few labels per "
+                                        "class; the same val and test images) and OUT/unlabeled. The 60/20/20 "
+                                        "train/val/test split is fixed (val picks best.pt, test scores it); --seed "
+                                        "picks the few.")
     flag(g, "--out", required=True, help="output folder (must be empty unless --exist-ok)")
     flag(g, "--few", type=int, default=10, help="labeled images per class in OUT/few/train")
     flag(g, "--seed", type=int, default=0, help="which few images are labeled")
