@@ -63,7 +63,14 @@ def _digits_kd(records: Path) -> str:
     return digits_kd.report_table(digits_kd.read_record(records))
 
 
+def _site_gain(records: Path) -> str:
+    import site_gain
+
+    return site_gain.record_table(json.loads((records / "site_gain.json").read_text()))
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "site_gain": _site_gain,
     "overhead": _overhead,
     "deploy_speed": _deploy_speed,
     "parity_noise": _parity_noise,
