@@ -120,6 +120,17 @@ def _add_prediction(p: argparse.ArgumentParser, *, topk: int) -> None:
 
 def _add_student_tools(cs: argparse._SubParsersAction) -> None:
     """predict and demo (a trained student on files or a camera), filter (a CLIP teacher picks images)."""
+    v = cs.add_parser("val", help="top-1, top-5 and loss of a checkpoint on a split (default test/)",
+                      description="Scores a best.pt on DATA/<split>. val/ chose best.pt during training, so "
+                                  "its val figure is the best of many noisy readings; test/, which chose "
+                                  "nothing, says how good the model is.")
+    flag(v, "--weights", required=True, help="classifier checkpoint (best.pt)")
+    flag(v, "--data", required=True, help="dataset folder (ImageFolder layout: DATA/<split>/<class>/<image>)")
+    flag(v, "--split", default="test", help="subfolder to score: test, val or train")
+    flag(v, "--batch-size", type=int, default=256, help="images per forward pass")
+    add_shared(v, device="cpu", workers=0)
+    v.set_defaults(func=_run_val)
+
     pd = cs.add_parser("predict", help="top-k classes of image files or folders")
     _add_prediction(pd, topk=5)
     flag(pd, "--source", nargs="+", required=True, help="image files and/or folders")
@@ -207,6 +218,16 @@ def _run_probe(args):
     save_head(head, args.out, teacher=store.teacher)
     LOGGER.info(f"linear probe on {len(labels)} images, {len(folder.classes)} classes (train accuracy {acc:.3f}) "
                 f"-> {args.out}")
+
+
+def _run_val(args):
+    from .trainer import score_checkpoint
+
+    metrics = score_checkpoint(args.weights, args.data, split=args.split, batch_size=args.batch_size,
+                               workers=args.workers, device=args.device)
+    LOGGER.info(f"{args.weights} on {args.data}/{args.split}: top-1 {metrics['metrics/accuracy_top1']:.4f}, "
+                f"top-5 {metrics['metrics/accuracy_top5']:.4f}, loss {metrics['val/loss']:.4f}")
+    return metrics
 
 
 def _run_predict(args):

@@ -295,3 +295,16 @@ def test_distill_needs_a_teacher(capsys, shapes_data, tmp_path):
     line = one_line_error(capsys, "distill", "--data", shapes_data, "--model", "cnn_small", *TRAIN,
                           "--project", tmp_path)
     assert "--teacher CKPT" in line and "--teacher-store" in line
+
+
+def test_val_scores_a_checkpoint_on_a_split_and_refuses_a_missing_one(shape_teachers, shapes_data, caplog, capsys):
+    from yolodistill.classification.trainer import score_checkpoint
+
+    caplog.set_level(logging.INFO, logger="yolodistill")
+    teacher = shape_teachers[0]
+    assert classify("val", "--weights", teacher, "--data", shapes_data, "--split", "val") == 0
+    line = next(r.getMessage() for r in caplog.records if "top-1" in r.getMessage())
+    top1 = score_checkpoint(teacher, shapes_data, split="val")["metrics/accuracy_top1"]
+    assert f"top-1 {top1:.4f}" in line and f"on {shapes_data}/val" in line
+    # shapes_data has no test/: one line naming it, no traceback
+    assert "test" in one_line_error(capsys, "val", "--weights", teacher, "--data", shapes_data)
