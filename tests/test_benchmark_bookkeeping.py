@@ -640,3 +640,35 @@ def test_deploy_speed_records_a_run_without_machine_paths(tmp_path, monkeypatch,
     monkeypatch.setattr(sys, "argv", sys.argv + ["--no-record"])
     deploy_speed.main()
     assert len(json.loads((records / "deploy_speed.json").read_text())) == 1
+
+
+def test_site_gain_reuses_the_quickstarts_models_only_when_they_are_the_plans(tmp_path, teacher_weights, monkeypatch):
+    import shutil
+
+    import yaml
+
+    site_gain = _load("site_gain")
+    plan = replace(Plan.named("default"), seed=3)
+    qs = tmp_path / "qs" / "seed3"
+    for run in ("teacher", "student"):
+        (qs / run / "weights").mkdir(parents=True)
+        shutil.copy(teacher_weights, qs / run / "weights" / "best.pt")
+        (qs / run / "results.csv").write_text("epoch\n0\n")
+    (qs / "teacher" / "plan.txt").write_text(f"{plan.teacher_cfg} {plan.teacher_epochs} {plan.imgsz} {plan.n_train} 3 "
+                                             f"{plan.optimizer} {plan.hyp} {plan.difficulty} {plan.nbs}\n")
+    opt = {"seed": 3, "epochs": plan.student_epochs, "cfg": plan.student_cfg, "imgsz": plan.imgsz, "weights": "",
+           "t_weights": ""}
+    (qs / "student" / "opt.yaml").write_text(yaml.safe_dump(opt))
+    trained = []
+    monkeypatch.setattr(site_gain.quickstart, "prepare_teacher", lambda *a, **k: trained.append("teacher"))
+    monkeypatch.setattr(site_gain.quickstart, "train_or_resume", lambda *a, **k: trained.append("student"))
+    monkeypatch.setattr(site_gain.quickstart, "prepare_data", lambda out, plan: out / "data.yaml")
+
+    where = site_gain.pretrained(tmp_path / "a", 3, tmp_path / "qs")
+    assert trained == [] and where["teacher"][1] == str(qs / "teacher") and where["student"][1] == str(qs / "student")
+    assert (where["student"][0] / "weights" / "best.pt").read_bytes() == teacher_weights.read_bytes()
+    # a student of other epochs (or distilled) and a teacher of another plan are not the pretraining: trained here
+    (qs / "student" / "opt.yaml").write_text(yaml.safe_dump({**opt, "epochs": 7}))
+    (qs / "teacher" / "plan.txt").write_text("yolov5s.yaml 7\n")
+    site_gain.pretrained(tmp_path / "b", 3, tmp_path / "qs")
+    assert trained == ["teacher", "student"]
