@@ -13,7 +13,10 @@ another run folder, e.g. `--student output` for kd_gain.py's output-distilled yo
   ft32  the control: the same fine-tune without --qat (FP32), so that what QAT gains from the extra epochs of
         distillation is not mistaken for INT8 being free
 Each ONNX file is validated with `yolodistill val --weights file.onnx` (square letterbox at the training size, as yolov5
-validates exported models). Results go to OUT/qat_int8.json (resumable) and a table on stdout.
+validates exported models) on the val split and, where the data has one, on the test split (the fine-tunes chose
+their best.pt on val: test is the figure). Results go to OUT/qat_int8.json (resumable), a table on stdout, and the
+record benchmarks/records/qat_int8.json (command, commit, machine, figures per seed), from which
+`python benchmarks/report.py` makes RESULTS.md's table with paired 95% intervals.
 """
 
 from __future__ import annotations
@@ -22,13 +25,20 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from yolodistill import yolo_backend as yb
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run_records  # noqa: E402  (benchmarks/, beside this file)
+from paired_stats import paired_interval  # noqa: E402
+
+from yolodistill import yolo_backend as yb  # noqa: E402
 from yolodistill.deploy.export import export
 from yolodistill.inference import val
 from yolodistill.paths import cfg_path
@@ -43,7 +53,53 @@ def onnx_map(weights: Path, data: str, imgsz: int, out: Path, export_kw: Optiona
                     **(export_kw or {}))
     onnx_path = Path(report["onnx"])
     r = val(str(onnx_path), data, imgsz=imgsz, batch_size=32, workers=2, project=str(out / "val"), name="v")
-    return {"mAP50-95": r[MAP], "mAP50": r[MAP50], "onnx": str(onnx_path), "qdq_coverage": report["qdq_coverage"]}
+    scores = {"mAP50-95": r[MAP], "mAP50": r[MAP50], "onnx": str(onnx_path), "qdq_coverage": report["qdq_coverage"]}
+    if "test" in yb.load_data_yaml(data):
+        t = val(str(onnx_path), data, imgsz=imgsz, batch_size=32, workers=2, task="test", project=str(out / "val"),
+                name="t")
+        scores.update({"test mAP50-95": t[MAP], "test mAP50": t[MAP50]})
+    return scores
+
+
+PAIRS = (("ptq", "fp32"), ("qat", "fp32"), ("qat", "ft32"))
+
+
+def record_path() -> Path:
+    return run_records.RECORDS / "qat_int8.json"
+
+
+def write_record(results: dict, args, source: str) -> None:
+    """The seeds' figures (no machine-local paths) with the command, commit and machine, written atomically."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    seeds = {key: {k: ({m: v for m, v in r.items() if m != "onnx"} if isinstance(r, dict) else r)
+                   for k, r in row.items()} for key, row in results.items()}
+    record = {"command": " ".join(["python", *sys.argv]), "commit": commit, "machine": run_records.machine(),
+              "recorded_on": str(date.today()), "source": source, "epochs": args.epochs, "seeds": seeds}
+    path = record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def report(record: dict) -> str:
+    """Per seed the four files' mAP50-95 on test (val where the data had no test split), then each pair's
+    per-seed difference with its 95% t-interval."""
+    seeds = record["seeds"]
+    split = "test" if all("test mAP50-95" in row[v] for row in seeds.values() for v in ("fp32", "ptq", "qat", "ft32")) \
+        else "val"
+    key = "test mAP50-95" if split == "test" else "mAP50-95"
+    lines = [f"{record['recorded_on']}, {record['machine']}, commit {record['commit']}, students of "
+             f"`{record['source']}`, QAT {record['epochs']} epochs; {split} mAP50-95 of each ONNX file:", "",
+             "| seed | FP32 | PTQ INT8 | QAT INT8 | FP32 fine-tuned alike (control) |", "| --- | --- | --- | --- | --- |"]
+    for seed, row in seeds.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{row[v][key]:.3f}" for v in ("fp32", "ptq", "qat", "ft32")) + " |")
+    lines += ["", "| A - B | seeds | difference, points [95% interval] | shown |", "| --- | --- | --- | --- |"]
+    for a, b in PAIRS:
+        interval = paired_interval([row[a][key] - row[b][key] for row in seeds.values()])
+        lines.append(f"| {a} - {b} | {interval.n} | {interval.describe()} | {interval.verdict} |")
+    return "\n".join(lines)
 
 
 def finetuned_checkpoint(student: Path, out: Path, epochs: int, device: str, qat: bool) -> Path:
@@ -70,6 +126,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/qat_int8")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-record", action="store_true", help="keep no record in benchmarks/records")
     args = p.parse_args()
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     if args.threads:
@@ -103,10 +160,13 @@ def main() -> None:
         f, pt, qa, ft = (row[k]["mAP50-95"] for k in ("fp32", "ptq", "qat", "ft32"))
         print(f"{key:<8}{f:>9.4f}{pt:>9.4f}{qa:>9.4f}{ft:>9.4f}{(pt - f) * 100:>+10.2f}{(qa - f) * 100:>+10.2f}"
               f"{(qa - ft) * 100:>+10.2f}")
-    for a, b in (("ptq", "fp32"), ("qat", "fp32"), ("qat", "ft32")):
+    for a, b in PAIRS:
         d = [(r[a]["mAP50-95"] - r[b]["mAP50-95"]) * 100 for r in results.values()]
         sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
-        print(f"{a} - {b}: {statistics.mean(d):+.2f}{sd} points (mAP50-95)")
+        print(f"{a} - {b}: {statistics.mean(d):+.2f}{sd} points (val mAP50-95)")
+    if not args.no_record:
+        write_record(results, args, Path(args.runs).name)
+        print(f"\n{report(json.loads(record_path().read_text()))}\n\nrecorded in {record_path()}")
 
 
 if __name__ == "__main__":

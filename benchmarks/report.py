@@ -63,6 +63,12 @@ def _digits_kd(records: Path) -> str:
     return digits_kd.report_table(digits_kd.read_record(records))
 
 
+def _qat_int8(records: Path) -> str:
+    import qat_int8
+
+    return qat_int8.report(json.loads((records / "qat_int8.json").read_text()))
+
+
 def _site_gain(records: Path) -> str:
     import site_gain
 
@@ -71,6 +77,7 @@ def _site_gain(records: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     "site_gain": _site_gain,
+    "qat_int8": _qat_int8,
     "overhead": _overhead,
     "deploy_speed": _deploy_speed,
     "parity_noise": _parity_noise,

@@ -672,3 +672,17 @@ def test_site_gain_reuses_the_quickstarts_models_only_when_they_are_the_plans(tm
     (qs / "teacher" / "plan.txt").write_text("yolov5s.yaml 7\n")
     site_gain.pretrained(tmp_path / "b", 3, tmp_path / "qs")
     assert trained == ["teacher", "student"]
+
+
+def test_qat_int8_report_pairs_the_files_by_seed_on_test():
+    qat_int8 = _load("qat_int8")
+    row = lambda f, p, q, c: {v: {"mAP50-95": m + 0.01, "test mAP50-95": m}  # noqa: E731
+                              for v, m in zip(("fp32", "ptq", "qat", "ft32"), (f, p, q, c))}
+    record = {"recorded_on": "2026-12-07", "machine": "m", "commit": "abc", "source": "quickstart_seeds", "epochs": 5,
+              "seeds": {"seed0": row(0.60, 0.59, 0.605, 0.61), "seed1": row(0.50, 0.49, 0.50, 0.51),
+                        "seed2": row(0.40, 0.39, 0.395, 0.41)}}
+    text = qat_int8.report(record)
+    assert "test mAP50-95 of each ONNX file" in text and "| seed0 | 0.600 | 0.590 | 0.605 | 0.610 |" in text
+    # ptq - fp32: -1 point on every seed, sd 0: the interval is the point; qat - fp32: +0.5, 0, -0.5: holds 0
+    assert "| ptq - fp32 | 3 | -1.0 [-1.0, -1.0] | shown |" in text
+    assert "| qat - fp32 | 3 | +0.0 [-1.2, +1.2] | not shown |" in text
