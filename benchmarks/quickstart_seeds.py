@@ -88,7 +88,9 @@ def report(record: dict) -> str:
         scaled = e["minutes"] * TARGET_STEP_MS / min(steps)
         lines.append(f"| {seed} | {steps[0]:.0f} / {steps[1]:.0f} | {e['minutes']:.1f} ({scaled:.1f}) | "
                      f"{' | '.join(cells)} | {'; '.join(shares)} |")
-    return "\n".join(lines)
+    notes = [f"Seed {seed}: {e['note']}" for seed, e in sorted(record.items(), key=lambda kv: int(kv[0]))
+             if e.get("note")]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def main() -> None:
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/quickstart_seeds")
     ap.add_argument("--again", action="store_true", help="rerun seeds already recorded on this machine")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--note", default="", help="what else ran on the machine meanwhile (shown under the table)")
     args = ap.parse_args()
     path = record_path(args.plan)
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -119,6 +122,8 @@ def main() -> None:
         result = quickstart.run(out, plan=plan, seed=seed)
         print(f"seed {seed}: {(time.time() - t0) / 60:.1f} min", flush=True)
         record[str(seed)] = seed_entry(result, out, replace(plan, seed=seed), step, commit)
+        if args.note:
+            record[str(seed)]["note"] = args.note
         # measured again after: this VM's step has read 150 to 285 ms within one hour, idle
         record[str(seed)]["reference_step_ms_after"] = round(reference_step_ms(), 1)
         path.parent.mkdir(parents=True, exist_ok=True)
