@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import statistics
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -61,17 +60,11 @@ def write_record(run: dict, name: str = RECORD) -> Path:
     path = record_path(name)
     record = json.loads(path.read_text()) if path.is_file() else []
     record.append(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    run_records.write_json(path, record)
     return path
 
 
-def file_name(path: str) -> str:
-    """A file as a record names it: its path inside the repository, else its name alone (no machine's folders)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+file_name = run_records.repo_file  # kept under this name: the tests and callers use it
 
 
 def _figure(x: float, digits: int) -> Optional[float]:
@@ -146,8 +139,7 @@ def main() -> None:
                                                "teacher_ms": round(res["results"][0]["latency_ms_median"], 3),
                                                "student_ms": round(res["results"][1]["latency_ms_median"], 3)})
     (out / "deploy_speed.json").write_text(json.dumps(rows, indent=1))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = run_records.commit()
     import onnxruntime  # benchmark() ran on it: importable here
 
     run = {"command": " ".join(["python", *sys.argv]), "commit": commit, "machine": run_records.machine(),

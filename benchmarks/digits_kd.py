@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -226,10 +225,7 @@ def seed_entry(runs: dict) -> dict:
 def write_record(record: dict) -> Path:
     """The record, written whole or not at all: an interrupted write must not leave a half file to commit."""
     path = record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    run_records.write_json(path, record)
     return path
 
 
@@ -371,8 +367,7 @@ def main() -> None:
     if root.exists() and any(root.iterdir()):
         sys.exit(f"{root} exists and is not empty: choose another --out or remove it")
     t0 = time.perf_counter()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = run_records.commit()
     # The few labeled images are drawn once, with seed 0, for every run seed: only training varies.
     write_digits(root, few=args.per_class, seed=0)
     counts = {k: len(list((root / d).rglob("*.png"))) for k, d in

@@ -24,7 +24,6 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,17 +85,11 @@ def write_record(setting: str, run: dict, name: str = RECORD) -> Path:
     path = record_path(name)
     record = json.loads(path.read_text()) if path.is_file() else {}
     record.setdefault(setting, []).append(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    run_records.write_json(path, record)
     return path
 
 
-def file_name(path: str) -> str:
-    """A file as a record names it: its path inside the repository, else its name alone (no machine's folders)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+file_name = run_records.repo_file  # kept under this name: the tests and callers use it
 
 
 def setting_label(args: argparse.Namespace) -> str:
@@ -205,8 +198,7 @@ def main() -> None:
     print(f"{'ratio unlabeled/labeled step':<28} {med['unlabeled'] / med['distill']:.3f}")
     if args.no_record:
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = run_records.commit()
     run = {"command": " ".join(["python", *sys.argv]), "commit": commit, "machine": run_records.machine(),
            "device": where if args.device != "cpu" else None, "recorded_on": str(date.today()),
            "reference_step_ms": round(step_ms, 1), "steps": args.steps, "warmup": args.warmup,

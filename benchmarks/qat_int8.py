@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -70,17 +69,13 @@ def record_path() -> Path:
 
 def write_record(results: dict, args, source: str) -> None:
     """The seeds' figures (no machine-local paths) with the command, commit and machine, written atomically."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = run_records.commit()
     seeds = {key: {k: ({m: v for m, v in r.items() if m != "onnx"} if isinstance(r, dict) else r)
                    for k, r in row.items()} for key, row in results.items()}
     record = {"command": " ".join(["python", *sys.argv]), "commit": commit, "machine": run_records.machine(),
               "recorded_on": str(date.today()), "source": source, "epochs": args.epochs, "seeds": seeds}
     path = record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    run_records.write_json(path, record)
 
 
 def report(record: dict) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import subprocess
 import time
 from dataclasses import MISSING, fields
 from datetime import date
@@ -32,7 +33,8 @@ from yolodistill import quickstart
 from yolodistill import yolo_backend as yb
 from yolodistill.run_logger import read_results
 
-RECORDS = Path(__file__).resolve().parent / "records"
+ROOT = Path(__file__).resolve().parent.parent  # the repository (not RECORDS' parent: tests move RECORDS)
+RECORDS = ROOT / "benchmarks" / "records"
 MAP = "metrics/mAP_0.5:0.95"
 LOGGER = logging.getLogger("yolodistill")
 UNSTAMPED = "a machine not recorded (runs finished before 2026-12-07)"
@@ -51,6 +53,29 @@ def machine() -> str:
             cpu = f"{keys['model name']} (family {keys.get('cpu family', '?')}, model {keys.get('model', '?')})"
     return (f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
             f"torch {torch.__version__}")
+
+
+def commit() -> str:
+    """The short hash of the checkout a benchmark runs from (a record's "commit")."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def write_json(path: Path, obj) -> Path:
+    """`obj` as JSON at `path`, whole or not at all: written to a temporary file, then moved over the old one, so an
+    interrupted write never leaves a half record to commit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def repo_file(path: str) -> str:
+    """A file as a record names it: its path inside the repository, else its name alone (no machine's folders)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
 
 
 def finished(r: dict, t0: float, kind: str, *, data: Optional[Path] = None,
@@ -123,11 +148,7 @@ def write(out: Path, results: dict) -> None:
         for label, result in done.items():
             if not result.get("recorded"):
                 kept[label] = _portable(result, kept.get(label))
-    path = record_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"plan": plan, "runs": runs}, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(record_path(out), {"plan": plan, "runs": runs})
 
 
 def merged(out: Path, results: dict) -> dict:
