@@ -126,6 +126,7 @@ def main() -> None:
         import quickstart_seeds  # benchmarks/, beside this file
 
         step_ms = quickstart_seeds.reference_step_ms()  # before the timing, so it does not load the machine then
+    machine = run_records.machine()  # before the runs: benchmark() leaves torch at its last setting's threads
     out = Path(args.out)
     rows = {}
     for label, batch, threads in SETTINGS:
@@ -142,7 +143,7 @@ def main() -> None:
     commit = run_records.commit()
     import onnxruntime  # benchmark() ran on it: importable here
 
-    run = {"command": " ".join(["python", *sys.argv]), "commit": commit, "machine": run_records.machine(),
+    run = {"command": " ".join(["python", *sys.argv]), "commit": commit, "machine": machine,
            "device": f"onnxruntime {onnxruntime.__version__}, CPU", "recorded_on": str(date.today()),
            "reference_step_ms": round(step_ms, 1) if step_ms is not None else None,
            "teacher": file_name(args.teacher), "student": file_name(args.student), "imgsz": imgsz,
