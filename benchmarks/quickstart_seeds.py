@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import run_records  # noqa: E402  (benchmarks/, beside this file)
+from paired_stats import paired_interval  # noqa: E402
 from yolodistill import quickstart  # noqa: E402
 
 TARGET_STEP_MS = 116.0  # the reference step the time targets are set at
@@ -90,7 +91,26 @@ def report(record: dict) -> str:
                      f"{' | '.join(cells)} | {'; '.join(shares)} |")
     notes = [f"Seed {seed}: {e['note']}" for seed, e in sorted(record.items(), key=lambda kv: int(kv[0]))
              if e.get("note")]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines + ([""] + notes if notes else []) + ["", paired_table(record)])
+
+
+# (A, B) by position in a seed's models: teacher, alone, distilled, distilled + unlabeled
+PAIRS = (("distilled", 2, "alone", 1), ("distilled + unlabeled", 3, "alone", 1),
+         ("distilled + unlabeled", 3, "distilled", 2))
+
+
+def paired_table(record: dict) -> str:
+    """Test mAP50-95 differences paired by seed (both models of a pair trained in one run, so on one machine), with
+    their 95% t-intervals; a seed without one of the two models is left out of that pair."""
+    lines = ["| A - B, test mAP50-95 | seeds | difference, points [95% interval] | shown |", "| --- | --- | --- | --- |"]
+    for name_a, a, name_b, b in PAIRS:
+        diffs = [maps[a]["test mAP50-95"] - maps[b]["test mAP50-95"]
+                 for maps in (list(e["models"].values()) for _, e in sorted(record.items(), key=lambda kv: int(kv[0])))
+                 if len(maps) > max(a, b)]
+        if diffs:
+            interval = paired_interval(diffs)
+            lines.append(f"| {name_a} - {name_b} | {interval.n} | {interval.describe()} | {interval.verdict} |")
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -686,3 +686,22 @@ def test_qat_int8_report_pairs_the_files_by_seed_on_test():
     # ptq - fp32: -1 point on every seed, sd 0: the interval is the point; qat - fp32: +0.5, 0, -0.5: holds 0
     assert "| ptq - fp32 | 3 | -1.0 [-1.0, -1.0] | shown |" in text
     assert "| qat - fp32 | 3 | +0.0 [-1.2, +1.2] | not shown |" in text
+
+
+def test_quickstart_seeds_pairs_the_students_by_seed_and_leaves_out_a_seed_without_the_fourth():
+    quickstart_seeds = _load("quickstart_seeds")
+
+    def seed(maps: list[float]) -> dict:
+        names = ["teacher", "alone", "distilled", "unlabeled"][:len(maps)]
+        return {"models": {n: {"test mAP50-95": m, "val mAP50-95": m} for n, m in zip(names, maps)},
+                "reference_step_ms": 116.0, "minutes": 20.0}
+
+    # distilled - alone: +10, +12, +8 points (sd 2, t(2) = 4.303: half-width 4.97); + unlabeled - distilled on
+    # seeds 1 and 2 only: +5, +3 (sd 1.414, t(1) = 12.706: half-width 12.7, holds 0)
+    record = {"0": seed([0.60, 0.30, 0.40]), "1": seed([0.62, 0.32, 0.44, 0.49]), "2": seed([0.58, 0.28, 0.36, 0.39])}
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+            quickstart_seeds.paired_table(record).splitlines()[2:]}
+    assert rows["distilled - alone"][1:] == ["3", "+10.0 [+5.0, +15.0]", "shown |"]
+    assert rows["distilled + unlabeled - distilled"][1:] == ["2", "+4.0 [-8.7, +16.7]", "not shown |"]
+    assert rows["distilled + unlabeled - alone"][1] == "2"
+    assert quickstart_seeds.paired_table(record) in quickstart_seeds.report(record)
