@@ -1,4 +1,4 @@
-"""The results tables of README.md and benchmarks/RESULTS.md, made from the committed records alone.
+"""The results tables of README.md, docs/*.md and benchmarks/RESULTS.md, made from the committed records alone.
 
     python benchmarks/report.py           # rewrite every marked table from benchmarks/records/
     python benchmarks/report.py --check   # exit 1 if a committed table differs from what the records give
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md")
+# every page a marked table may sit on: a new docs/ page is covered without being listed
+DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "RESULTS.md")
 MARKER = re.compile(r"(<!-- report: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /report: (?P=name) -->)", re.S)
 
 

@@ -1,7 +1,7 @@
 """The issue's bad-input matrix, one test per cell, for detection (`train`) and classification (`classify`).
 
-Every cell has one documented outcome (README "Errors"): the input is skipped with a count and a warning and
-training runs on the rest (rc 0, a best.pt), or the run stops with exactly one stderr line
+Every cell has one documented outcome (docs/scale-out-and-faults.md, "Errors"): the input is skipped with a count
+and a warning and training runs on the rest (rc 0, a best.pt), or the run stops with exactly one stderr line
 `yolodistill <cmd>: error: ...` before training starts (rc 1, no traceback). Never a hang, never silent
 training on wrong data.
 
