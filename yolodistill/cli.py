@@ -14,21 +14,19 @@ from typing import Callable, Optional, Sequence
 from .options import add_options, add_shared, flag, from_args
 
 DEFAULTS_DOC = """\
-distillation defaults, and why:
+distillation defaults, and why (the measurements: docs/training.md#why-the-defaults):
   --d_weight 1.0   the output term is on the same per-image scale as yolov5's box/obj/cls losses
                    (it is scaled by the same hyp gains), so 1.0 weighs the teacher like the labels
   --f_weight 0.1   with the scale-free pkd loss; MSE of raw activations runs larger than the
-                   task terms and hurt (benchmarks/kd_gain.py); watch train/distill/feature
-                   in results_all.png
+                   task terms and hurt; watch train/distill/feature in results_all.png
   --d_layers       default: the layers feeding Detect in each model (P3/P4/P5: model.17 model.20
                    model.23 for the standard yolov5 yamls), paired level by level
   --feature-loss   pkd (Pearson correlation, scale-free) by default; mse (FitNets) and cwd
                    (channel-wise distillation) are built in; plugins add more through the
                    'yolodistill.feature_losses' entry points
-  --output-loss    mse_ciou by default: mse's objectness and classes, boxes by CIoU; it gained
-                   4.3 points over the student alone on kd_gain's converged plan against 1.3
-                   for mse (the Adlik fork's objectness-weighted MSE of the head's logits, whose
-                   box part is about 1% of the term); kl is yolov5's own loss forms against the
+  --output-loss    mse_ciou by default: mse's objectness and classes, boxes by CIoU; mse alone
+                   (the Adlik fork's objectness-weighted MSE of the head's logits) teaches next to
+                   nothing about where boxes are; kl is yolov5's own loss forms against the
                    teacher (KL of objectness on every cell and of classes, CIoU of boxes)
 """
 

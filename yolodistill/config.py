@@ -7,23 +7,17 @@ from typing import Optional, Sequence
 
 from .errors import UserError
 
-# Why these defaults: the Adlik fork weights the output term by 10 against a task loss that it
-# multiplies by the batch size; we put every term on the same per-image scale as yolov5's
-# box/obj/cls items (the output term is already scaled by the same hyp gains), so 1.0 means
-# "as important as the labels" (10 closed 20% of the teacher's lead where 1 closed 54%).
-# The feature loss and weight are benchmarks/kd_gain.py's (3 seeds, benchmarks/RESULTS.md): added
-# to the output term, pkd and cwd at 0.1 changed mAP50-95 by -0.7 and -1.0 points on average,
-# inside their seed spread, while MSE of raw activations at 0.05 cost 7 points on average and 18
-# on one seed (its scale follows the teacher's activations); pkd is scale-free and gained most at
-# the quickstart's size (59% of the teacher's lead against 54% for the output term alone).
-# Tune both by looking at the train/distill/* curves in results_all.png.
+# The distillation defaults. Why each, with the measurements behind it: docs/training.md#why-the-defaults.
+# Output weight 1.0: the output term is on the per-image scale of yolov5's box/obj/cls items (scaled by the same hyp
+# gains), so 1.0 weighs the teacher like the labels (why: docs/training.md#output-weight).
 DEFAULT_OUTPUT_WEIGHT = 1.0
+# Feature term: pkd is scale-free, so one weight fits any pair of models; MSE of raw activations follows the
+# teacher's activation scale and hurt (why: docs/training.md#feature-loss-and-weight). Tune both weights by the
+# train/distill/* curves in results_all.png.
 DEFAULT_FEATURE_WEIGHT = 0.1
 DEFAULT_FEATURE_LOSS = "pkd"
-# Output loss: mse_ciou (mse's objectness and classes, boxes by CIoU on the task's scale). In kd_gain's
-# converged plan (3 seeds, benchmarks/RESULTS.md) it gained 4.3 points over the student alone, 40% of the
-# teacher's lead, against mse's 1.3 (12%), ahead of mse on every seed: mse's box part is about 1% of its term,
-# so mse taught no localization and its students' boxes ended worse than the student alone's.
+# Output loss: mse_ciou (mse's objectness and classes, boxes by CIoU on the task's scale): mse's box part is too
+# small a share of its term to teach localization (why: docs/training.md#output-loss).
 DEFAULT_OUTPUT_LOSS = "mse_ciou"
 # What a run recorded before --output-loss existed used: the only loss there was.
 OUTPUT_LOSS_BEFORE_THE_CHOICE = "mse"

@@ -15,25 +15,23 @@ from .registry import OUTPUT_LOSSES
 
 # mse: Mehta & Ozturk, "Object detection at 200 frames per second" (2018), as the Adlik yolov5 fork implements
 #      it: per-element MSE of the logits weighted by the teacher's objectness probability, averaged over every
-#      cell. Its box part is about 1% of the term on trained models (small logit differences, on the few cells
+#      cell. Its box part is a small share of the term on trained models (small logit differences, on the few cells
 #      with objects, averaged over all of them, times the small box gain: benchmarks/output_parts.py), so it
 #      teaches classes and objectness and next to nothing about where the boxes are.
 # kl: each part in the form and on the scale of yolov5's own loss term, with the teacher's outputs as targets:
 #     objectness as binary KL on every cell (the teacher's "this clutter is not an object" is taught too);
 #     classes as binary KL and boxes as 1 - CIoU of the decoded boxes (yolov5's box loss), both averaged over
 #     the cells weighted by the teacher's objectness, as yolov5 averages them over the cells that hold objects.
-# mse_ciou: mse's objectness and classes, kl's boxes; the default. On seed 0 of kd_gain's converged plan mse and
-#     kl scored alike with complementary strengths (mse the better mAP50, kl the better boxes); mse_ciou got both
-#     and beat mse on each of 3 seeds (RESULTS.md).
+# mse_ciou: mse's objectness and classes, kl's boxes; the default, since it teaches both where objects are and
+#     where their boxes are (why, with the figures: docs/training.md#output-loss).
 CIOU_BOXES = ("kl", "mse_ciou")
 MIN_OBJECT_MASS = 1.0  # a level where the teacher sees less than one object's worth is averaged as if it saw one:
 #                         faint background cells are never blown up into a whole object's loss
 BOX_MIN_OBJECTNESS = 1e-3  # CIoU is computed only on cells where the teacher's objectness reaches this. The
-#   weight would make the others' share negligible anyway (on kd_gain's converged data these cells are 17% of
-#   all and carry 98.7% of the weighted term), and CIoU on every cell cost 5.5 ms a step on 2 cores, which put
-#   distillation's overhead over its 1.10 budget; with the cut it costs what mse costs (1.07, RESULTS.md). Each
-#   skipped cell would add at most this weight times its 1 - CIoU (< 3) to a sum divided by a mass >= 1. (On
-#   CUDA the boolean selection waits for the GPU once per level and step: small beside a step.)
+#   weight makes the other cells' share negligible anyway, and CIoU on every cell made a distillation step
+#   markedly slower (figures: docs/training.md#the-ciou-cut). Each skipped cell would add at most this weight
+#   times its 1 - CIoU (< 3) to a sum divided by a mass >= 1. (On CUDA the boolean selection waits for the GPU
+#   once per level and step: small beside a step.)
 
 
 def binary_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
