@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .paths import local_weights, weights_hint
 
 __all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "atomic_file", "find_last_checkpoint", "load_checkpoint",
            "save_checkpoint_atomic"]
@@ -84,7 +85,7 @@ def load_checkpoint(path: PathLike, *, allowed_prefixes: Sequence[str] = (), ali
                     trust: bool = False, map_location: Any = "cpu") -> Any:
     """Load a checkpoint weights-only, admitting only globals under DEFAULT_SAFE_PREFIXES + allowed_prefixes once
     `aliases` renamed them; trust=True is a full pickle load, for files the user vouches for."""
-    path = Path(path)
+    path = local_weights(path)
     _check_file(path)
     if trust:
         return _torch_load(path, map_location, weights_only=False)
@@ -167,7 +168,8 @@ def _check_file(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
+        hint = weights_hint(path)
+        raise CheckpointError(f"checkpoint not found: {path}" + (f" ({hint})" if hint else "")) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     if stat.S_ISDIR(mode):
