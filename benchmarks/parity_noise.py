@@ -212,7 +212,7 @@ def worker(folder: Path, seeds: list[int], trained: Path | None) -> list[dict]:
     import torch
 
     from yolodistill.deploy.onnx_export import export_onnx
-    from yolodistill.deploy.student import load_deployable
+    from yolodistill.deploy.deployable import load_deployable
 
     torch.set_num_threads(1)
     rows = []

@@ -23,7 +23,7 @@ from yolodistill.deploy.benchmark import COLUMNS, RATIO_COLUMNS, ModelResult, gf
 from yolodistill.deploy.onnx_parity import noise_rule
 from yolodistill.deploy.qdq_coverage import qdq_coverage
 from yolodistill.compress.sparsity import magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
-from yolodistill.deploy.student import CLASSIFY, DETECT, Deployable
+from yolodistill.deploy.deployable import CLASSIFY, DETECT, Deployable
 from yolodistill.deploy.tensorrt import tensorrt_status
 
 from .conftest import CLASSIFY_IMGSZ, IMGSZ, SHAPES, one_torch_thread

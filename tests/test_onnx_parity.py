@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from yolodistill.deploy import onnx_parity as op
-from yolodistill.deploy.student import CLASSIFY, DETECT, Deployable, load_deployable
+from yolodistill.deploy.deployable import CLASSIFY, DETECT, Deployable, load_deployable
 
 from .conftest import IMGSZ, yolov5n_with_data_statistics
 from .test_deploy import _one_thread, one_line_error, run  # noqa: F401 -- torch on one thread here too

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .student import Deployable, load_deployable
+from .deployable import Deployable, load_deployable
 
 LOGGER = logging.getLogger("yolodistill")
 BACKENDS = ("onnxruntime", "torch", "tensorrt")

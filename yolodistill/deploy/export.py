@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 from ..errors import UserError
 from .engine_parity import check_built_engine
 from .onnx_export import MIN_OPSET, export_onnx
-from .student import DETECT, INPUT_NAME, load_deployable
+from .deployable import DETECT, INPUT_NAME, load_deployable
 
 LOGGER = logging.getLogger("yolodistill")
 FORMATS = ("onnx", "engine")

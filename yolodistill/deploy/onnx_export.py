@@ -23,7 +23,7 @@ import torch
 from ..errors import UserError
 from .onnx_parity import ParityError, ParityReport, check_parity
 from .qdq_coverage import QdqCoverage, merge_duplicate_qdq, qdq_coverage
-from .student import DETECT, INPUT_NAME, Deployable
+from .deployable import DETECT, INPUT_NAME, Deployable
 
 LOGGER = logging.getLogger("yolodistill")
 MIN_OPSET = 17
