@@ -24,7 +24,7 @@ from yolodistill.deploy.onnx_parity import noise_rule
 from yolodistill.deploy.qdq_coverage import qdq_coverage
 from yolodistill.compress.sparsity import magnitude_mask, onnx_2to4_report, prune_2to4, violations_2to4
 from yolodistill.deploy.deployable import CLASSIFY, DETECT, Deployable
-from yolodistill.deploy.tensorrt import tensorrt_status
+from yolodistill.runtime.tensorrt_engine import tensorrt_status
 
 from .conftest import CLASSIFY_IMGSZ, IMGSZ, SHAPES, one_torch_thread
 
@@ -162,7 +162,7 @@ def test_detector_export_simplified_keeps_parity(teacher_weights, tmp_path):
 
 
 def test_onnx_detector_wraps_the_file_for_val(teacher_weights, tmp_path):
-    from yolodistill.onnx_runtime import OnnxDetector
+    from yolodistill.runtime.onnx_file import OnnxDetector
 
     weights = copy_weights(teacher_weights, tmp_path)
     assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
@@ -759,10 +759,10 @@ class _OffsetSession:
 
 
 def test_parity_failure_writes_nothing(teacher_weights, tmp_path, capsys, monkeypatch):
-    from yolodistill import onnx_runtime as runtime
+    from yolodistill.runtime import onnx_file
 
-    real = runtime.ort_session
-    monkeypatch.setattr(runtime, "ort_session", lambda path, **kw: _OffsetSession(real(path, **kw), 0.5))
+    real = onnx_file.ort_session
+    monkeypatch.setattr(onnx_file, "ort_session", lambda path, **kw: _OffsetSession(real(path, **kw), 0.5))
     weights = copy_weights(teacher_weights, tmp_path)
     line = one_line_error(capsys, "export", "--weights", weights, "--imgsz", IMGSZ)
     assert "parity check failed (fp32)" in line and "differs from PyTorch by up to 0.5" in line

@@ -20,9 +20,9 @@ from yolodistill.checkpoint import save_checkpoint_atomic
 from yolodistill.cli import main
 from yolodistill.compress import Compression
 from yolodistill.compress import quant as q
+from yolodistill.deploy.deployable import DETECT, Deployable
 from yolodistill.deploy.onnx_export import QdqCoverageError, export_onnx
 from yolodistill.deploy.qdq_coverage import concat_input_scales, qdq_coverage
-from yolodistill.deploy.deployable import DETECT, Deployable
 from yolodistill.errors import UserError
 from yolodistill.yolo_backend.quant_modules import QuantBottleneck, QuantC3, QuantConcat, QuantSPP, QuantSPPF
 

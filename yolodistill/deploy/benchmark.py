@@ -62,7 +62,7 @@ def gflops(dep: Deployable) -> float:
 
 # ---------------------------------------------------------------------------------------------- runners
 def _ort_runner(path: Path, threads: int, batch: int, dep: Deployable) -> Callable[[], object]:
-    from ..onnx_runtime import ort_session
+    from ..runtime.onnx_file import ort_session
 
     session = ort_session(path, threads=threads)
     inp = session.get_inputs()[0]
@@ -86,7 +86,7 @@ def _torch_runner(dep: Deployable, batch: int, device: torch.device, half: bool)
 
 
 def _trt_runner(engine: Path, batch: int, dep: Deployable) -> Callable[[], object]:
-    from .tensorrt import TensorRTRunner
+    from ..runtime.tensorrt_engine import TensorRTRunner
 
     runner = TensorRTRunner(engine)
     x = dep.example_input(batch).cuda()
@@ -157,7 +157,7 @@ def _memory_worker(args: argparse.Namespace) -> dict:
     if args.backend == "onnxruntime":
         import onnx
         import onnxruntime  # noqa: F401  (imported before the baseline: its libraries are not the model's)
-        from ..onnx_runtime import ort_session
+        from ..runtime.onnx_file import ort_session
 
         graph_input = onnx.load(args.file).graph.input[0]
         fp16 = graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
