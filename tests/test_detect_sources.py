@@ -18,7 +18,7 @@ from yolodistill import yolo_backend as yb
 from yolodistill.runtime.tensorrt_engine import tensorrt_status
 
 from .conftest import IMGSZ, yolov5n_with_data_statistics
-from .test_deploy import _one_thread, run  # noqa: F401 -- torch on one thread here too; the CLI runner
+from .deploy_helpers import _one_thread, run  # noqa: F401 -- torch on one thread here too; the CLI runner
 
 pytestmark = pytest.mark.float_sensitive  # its fixture exports through the parity check; .pt and .onnx boxes compared
 

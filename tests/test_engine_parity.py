@@ -19,7 +19,7 @@ from yolodistill.errors import UserError
 from yolodistill.runtime import tensorrt_engine
 
 from .conftest import IMGSZ
-from .test_deploy import one_line_error, save_yolov5n
+from .deploy_helpers import one_line_error, save_yolov5n
 
 pytestmark = pytest.mark.float_sensitive  # exports through the ONNX parity check before the (fake) engine
 

@@ -20,7 +20,7 @@ from yolodistill.deploy import onnx_parity as op
 from yolodistill.deploy.deployable import CLASSIFY, DETECT, Deployable, load_deployable
 
 from .conftest import IMGSZ, yolov5n_with_data_statistics
-from .test_deploy import _one_thread, one_line_error, run  # noqa: F401 -- torch on one thread here too
+from .deploy_helpers import _one_thread, one_line_error, run  # noqa: F401 -- torch on one thread here too
 
 pytestmark = pytest.mark.float_sensitive
 U32 = 2.0 ** -24

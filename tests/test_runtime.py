@@ -1,6 +1,6 @@
 """Running a model file (yolodistill/runtime/): the suffix table and its one entry, the fixed-batch and input-size
-checks every exported format shares, and the ONNX metadata reader. TensorRT engines run in
-tests/test_deploy_tensorrt.py (real ones) and tests/test_detect_sources.py (their glue)."""
+checks every exported format shares, the ONNX metadata reader, and an exported ONNX detector under val. TensorRT
+engines run in tests/test_deploy_tensorrt.py (real ones) and tests/test_detect_sources.py (their glue)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from yolodistill.errors import UserError
 from yolodistill.runtime import EXPORTED, FORMATS, formats, load_detector
 from yolodistill.runtime.exported import ExportedDetector
 from yolodistill.runtime.metadata import class_names, onnx_metadata, sibling_onnx_metadata
+
+from .conftest import IMGSZ
+from .deploy_helpers import (_one_thread, assert_faithful, copy_weights, detector_model,  # noqa: F401
+                             one_line_error, run)
 
 
 class Recorded(ExportedDetector):
@@ -117,3 +121,34 @@ def test_a_file_without_metadata_reads_the_onnx_file_beside_it(tmp_path, caplog)
         class_names(engine, meta, None, 3)
     (tmp_path / "m.onnx").write_bytes(b"\xff\x00 not a protobuf \x12\x99")
     assert sibling_onnx_metadata(engine) == {} and "cannot read" in caplog.text
+
+
+# ---- an exported ONNX detector -------------------------------------------------------------------------------------
+
+@pytest.mark.float_sensitive  # exports through the parity check; onnxruntime against PyTorch
+def test_onnx_detector_wraps_the_file_for_val(teacher_weights, tmp_path):
+    from yolodistill.runtime.onnx_file import OnnxDetector
+
+    weights = copy_weights(teacher_weights, tmp_path)
+    assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
+    det = OnnxDetector(tmp_path / "student.onnx")
+    assert det.names == {0: "rect", 1: "circle"} and det.stride.tolist() == [32.0]
+    assert (det.fixed_batch, det.input_hw, det.fp16) == (1, (IMGSZ, IMGSZ), False)
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(7))
+    out = det(x)  # a static batch-1 file runs a batch of 2 image by image
+    assert_faithful(out.numpy(), detector_model(weights), x)
+
+
+@pytest.mark.float_sensitive  # exports through the parity check
+def test_val_of_an_onnx_file_that_does_not_fit(teacher_weights, shape_teachers, tiny_data, tmp_path, capsys):
+    weights = copy_weights(teacher_weights, tmp_path)
+    assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
+    common = ["--data", tiny_data, "--workers", "0", "--device", "cpu", "--project", tmp_path, "--name", "v"]
+    line = one_line_error(capsys, "val", "--weights", tmp_path / "student.onnx", "--imgsz", 2 * IMGSZ, *common)
+    assert f"exported for {IMGSZ}x{IMGSZ} images: pass --imgsz {IMGSZ}" in line
+    classifier = copy_weights(shape_teachers[1], tmp_path, "classifier.pt")
+    assert run("export", "--weights", classifier) == 0
+    line = one_line_error(capsys, "val", "--weights", tmp_path / "classifier.onnx", "--imgsz", IMGSZ, *common)
+    assert "is not a detector" in line
+    line = one_line_error(capsys, "val", "--weights", tmp_path / "nope.onnx", "--imgsz", IMGSZ, *common)
+    assert "nope.onnx not found" in line
