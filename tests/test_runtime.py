@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper
 
 from yolodistill.errors import UserError
-from yolodistill.runtime import EXPORTED, FORMATS, formats, load_detector
+from yolodistill.runtime import EXPORTED, RUNTIMES, load_detector, loader
 from yolodistill.runtime.exported import ExportedDetector
 from yolodistill.runtime.metadata import class_names, onnx_metadata, sibling_onnx_metadata
 
@@ -54,8 +54,8 @@ def save_onnx(path: Path, metadata: dict) -> Path:
 def test_every_suffix_names_an_exported_detector():
     from importlib import import_module
 
-    assert EXPORTED == tuple(FORMATS) and {".onnx", ".engine"} <= set(FORMATS)
-    for suffix, where in FORMATS.items():
+    assert EXPORTED == tuple(RUNTIMES) and {".onnx", ".engine"} <= set(RUNTIMES)
+    for suffix, where in RUNTIMES.items():
         module, _, name = where.rpartition(".")
         assert issubclass(getattr(import_module(f"yolodistill.runtime.{module}"), name), ExportedDetector), suffix
 
@@ -69,7 +69,7 @@ def test_a_new_format_is_one_module_and_one_suffix_entry(tmp_path, monkeypatch):
     module = types.ModuleType("yolodistill.runtime.fake_format")
     module.FakeDetector = FakeDetector
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(formats.FORMATS, ".fake", "fake_format.FakeDetector")
+    monkeypatch.setitem(loader.RUNTIMES, ".fake", "fake_format.FakeDetector")
     path = tmp_path / "m.FAKE"  # suffixes match whatever their case
     with pytest.raises(UserError, match="m.FAKE not found"):
         load_detector(path)

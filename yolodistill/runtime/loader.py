@@ -1,5 +1,5 @@
-"""Which runtime opens which model file, by its suffix: the one entry val, detect and the trainer's last look
-load a detector through."""
+"""Which runtime opens which model file, by its suffix: load_detector, the one entry val, detect and the
+trainer's last look load a detector through."""
 
 from __future__ import annotations
 
@@ -17,23 +17,23 @@ LOGGER = logging.getLogger("yolodistill")
 
 # suffix -> "module.Class" in this package: an ExportedDetector subclass, imported only when such a file is opened
 # (onnxruntime and TensorRT load only where they run). Any other suffix is read as a checkpoint.
-FORMATS = {
+RUNTIMES = {
     ".onnx": "onnx_file.OnnxDetector",
     ".engine": "tensorrt_engine.TensorRTDetector",
 }
-EXPORTED = tuple(FORMATS)  # files that run as exported, at the size they were exported for
+EXPORTED = tuple(RUNTIMES)  # files that run as exported, at the size they were exported for
 
 
 def load_detector(weights: Union[str, Path], *, trust: bool = False,
                   data: Optional[Union[str, Path]] = None) -> nn.Module:
     """The detector in `weights`: a checkpoint's FP32 model, with its INT8 fake quantizers back on after --qat (so
-    val and detect run what deploys); an exported file through its runtime in FORMATS (an .engine's class names
+    val and detect run what deploys); an exported file through its runtime in RUNTIMES (an .engine's class names
     from the .onnx beside it, else from the dataset yaml `data`)."""
     suffix = Path(weights).suffix.lower()
-    if suffix in FORMATS:
+    if suffix in RUNTIMES:
         if not Path(weights).is_file():
             raise UserError(f"{weights} not found")
-        module, _, name = FORMATS[suffix].rpartition(".")
+        module, _, name = RUNTIMES[suffix].rpartition(".")
         detector = getattr(import_module(f".{module}", __package__), name)
         return detector(weights, data=data)
     from ..students import DETECT, load_student  # yolov5 loads only for a checkpoint
