@@ -77,7 +77,7 @@ class Report:
 def machine() -> dict:
     import torch
 
-    from yolodistill.deploy.tensorrt import tensorrt_status
+    from yolodistill.runtime.tensorrt_engine import tensorrt_status
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": torch.cuda.get_device_name(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),

@@ -195,7 +195,7 @@ def broken(proto, how: str):
 
 def measure(dep, path: Path, precision: str, batch: int) -> dict:
     from yolodistill.deploy.onnx_parity import NOISE_FACTOR, check_parity
-    from yolodistill.onnx_runtime import ort_session
+    from yolodistill.runtime.onnx_file import ort_session
 
     session = ort_session(path)
     report = check_parity(dep, session, precision, batch=batch)
@@ -212,7 +212,7 @@ def worker(folder: Path, seeds: list[int], trained: Path | None) -> list[dict]:
     import torch
 
     from yolodistill.deploy.onnx_export import export_onnx
-    from yolodistill.deploy.student import load_deployable
+    from yolodistill.deploy.deployable import load_deployable
 
     torch.set_num_threads(1)
     rows = []

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from yolodistill import media
 from yolodistill.errors import UserError
 from .data import IMAGE_SUFFIXES, build_transform, list_images, read_image
 from .models import build_classifier, read_checkpoint
@@ -129,30 +130,27 @@ def demo(weights: str, camera: Union[int, str] = 0, *, k: int = 3, head: Optiona
     import cv2
 
     predictor = Predictor(weights, head=head, device=device)
-    source = int(camera) if str(camera).isdigit() else str(camera)
-    cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        raise UserError(f"cannot open camera {camera!r} (a camera index such as 0, or a video file)")
+    # media.py's readers, as detect's: a camera keeps only its newest frame, so a slow model does not fall behind
+    sources = media.open_sources(str(camera), option="--camera")
     frames = 0
     try:
-        while max_frames <= 0 or frames < max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            top = predictor.topk(predictor.probs([Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))]), k)[0]
+        for frame in sources.frames():
+            image = frame.image
+            top = predictor.topk(predictor.probs([Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))]), k)[0]
             for i, (c, q) in enumerate(top):
-                cv2.putText(frame, f"{c} {q:.2f}", (10, 30 + 28 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
+                cv2.putText(image, f"{c} {q:.2f}", (10, 30 + 28 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
             frames += 1
             if show:
-                cv2.imshow("yolodistill classify demo (q quits)", frame)
-                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                if not media.show("yolodistill classify demo (q quits)", image):
                     break
             else:
                 LOGGER.info(f"frame {frames}: " + ", ".join(f"{c} {q:.3f}" for c, q in top))
+            if 0 < max_frames <= frames:
+                break
     finally:
-        cap.release()
+        sources.close()
         if show:
-            cv2.destroyAllWindows()
+            media.close_windows()
     if frames == 0:
         raise UserError(f"camera {camera!r} gave no frames")
     return frames

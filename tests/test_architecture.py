@@ -26,10 +26,9 @@ TIERS = [
     # what to distil, and where the process runs
     ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.train_options",
      "yolodistill.classification.options"],
-    # models, hooks and adapters, data, compression, runtimes
+    # models, hooks and adapters, data, compression, runtimes (runtime/ runs model files; deploy/ builds them)
     ["yolodistill.yolo_backend", "yolodistill.teacher", "yolodistill.hooks", "yolodistill.compress",
-     "yolodistill.onnx_runtime", "yolodistill.trt_runtime", "yolodistill.deploy.tensorrt",
-     "yolodistill.classification.models", "yolodistill.classification.data",
+     "yolodistill.runtime", "yolodistill.classification.models", "yolodistill.classification.data",
      "yolodistill.classification.store", "yolodistill.classification.clip_teacher",
      "yolodistill.classification.teachers", "yolodistill.students"],
     # losses: pure tensors

@@ -18,9 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from yolodistill.deploy import tensorrt as trtmod
-from yolodistill.deploy.tensorrt import (TensorRTRunner, TensorRTUnavailable, build_engine, onnx_has_qdq,
-                                         onnx_is_fp16, tensorrt_status, trtexec_command)
+from yolodistill.deploy.tensorrt import build_engine, onnx_has_qdq, onnx_is_fp16, trtexec_command
 from yolodistill.errors import UserError
+from yolodistill.runtime import tensorrt_engine
+from yolodistill.runtime.tensorrt_engine import TensorRTRunner, TensorRTUnavailable, tensorrt_status
 
 TRT_OK, TRT_REASON = tensorrt_status()
 needs_trt = pytest.mark.skipif(not TRT_OK, reason=TRT_REASON)
@@ -132,7 +133,8 @@ def test_unreadable_onnx_is_a_user_error(tmp_path):
 
 @pytest.fixture
 def no_tensorrt(monkeypatch):
-    monkeypatch.setattr(trtmod, "tensorrt_status", lambda: (False, "no TensorRT in this test"))
+    for module in (trtmod, tensorrt_engine):  # where engines are built, and where they run
+        monkeypatch.setattr(module, "tensorrt_status", lambda: (False, "no TensorRT in this test"))
 
 
 def test_build_without_tensorrt_ends_with_the_trtexec_line(tmp_path, no_tensorrt):
@@ -196,11 +198,11 @@ def test_precision_that_this_tensorrt_can_build_is_accepted(major, kwargs):
 
 
 def test_tensorrt_dtypes_map_to_torch_by_name():
-    assert trtmod._torch_dtype(SimpleNamespace(name="HALF")) is torch.float16
-    assert trtmod._torch_dtype(SimpleNamespace(name="FLOAT")) is torch.float32
-    assert trtmod._torch_dtype(SimpleNamespace(name="INT64")) is torch.int64
+    assert tensorrt_engine._torch_dtype(SimpleNamespace(name="HALF")) is torch.float16
+    assert tensorrt_engine._torch_dtype(SimpleNamespace(name="FLOAT")) is torch.float32
+    assert tensorrt_engine._torch_dtype(SimpleNamespace(name="INT64")) is torch.int64
     with pytest.raises(UserError, match="FP4"):
-        trtmod._torch_dtype(SimpleNamespace(name="FP4"))
+        tensorrt_engine._torch_dtype(SimpleNamespace(name="FP4"))
 
 
 # ---- atomic engine writes --------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import torch
 
 from yolodistill import media
 from yolodistill import yolo_backend as yb
-from yolodistill.deploy.tensorrt import tensorrt_status
+from yolodistill.runtime.tensorrt_engine import tensorrt_status
 
 from .conftest import IMGSZ, yolov5n_with_data_statistics
-from .test_deploy import _one_thread, run  # noqa: F401 -- torch on one thread here too; the CLI runner
+from .deploy_helpers import _one_thread, run  # noqa: F401 -- torch on one thread here too; the CLI runner
 
 pytestmark = pytest.mark.float_sensitive  # its fixture exports through the parity check; .pt and .onnx boxes compared
 
@@ -323,13 +323,13 @@ def test_engine_without_tensorrt_is_one_line(tiny_data, capsys, tmp_path):
 
 
 class OnnxAsEngine:
-    """Stands in for deploy.tensorrt.TensorRTRunner: runs ONNX_FILE through onnxruntime and answers what
+    """Stands in for runtime.tensorrt_engine.TensorRTRunner: runs ONNX_FILE through onnxruntime and answers what
     TensorRTDetector asks of a runner (input_name, output_names, engine.get_tensor_shape, run_torch)."""
 
     onnx_file: Path = Path()
 
     def __init__(self, engine_path):
-        from yolodistill.onnx_runtime import ort_session
+        from yolodistill.runtime.onnx_file import ort_session
 
         self.session = ort_session(self.onnx_file)
         tensors = {t.name: t.shape for t in self.session.get_inputs() + self.session.get_outputs()}
@@ -345,19 +345,19 @@ class OnnxAsEngine:
 def test_engine_glue_names_size_detect_and_val(student, image, tiny_data, monkeypatch, caplog, tmp_path):
     """The .engine glue, not TensorRT: TensorRTRunner is replaced by onnxruntime on the engine's ONNX file, so
     detect and val through an engine must give what they give for that ONNX file."""
-    from yolodistill import trt_runtime
+    from yolodistill.runtime import tensorrt_engine
 
     caplog.set_level("INFO", logger="yolodistill")
-    monkeypatch.setattr(trt_runtime, "TensorRTRunner", OnnxAsEngine)
+    monkeypatch.setattr(tensorrt_engine, "TensorRTRunner", OnnxAsEngine)
     monkeypatch.setattr(OnnxAsEngine, "onnx_file", student.with_suffix(".onnx"))
     engine = tmp_path / "student.engine"
     engine.write_bytes(b"stand-in")
 
-    alone = trt_runtime.TensorRTDetector(engine)  # no .onnx beside it, no --data
+    alone = tensorrt_engine.TensorRTDetector(engine)  # no .onnx beside it, no --data
     assert alone.names == ["class0", "class1"] and "carries no class names" in caplog.text
-    assert trt_runtime.TensorRTDetector(engine, data=tiny_data).names == ["rect", "circle"]
+    assert tensorrt_engine.TensorRTDetector(engine, data=tiny_data).names == ["rect", "circle"]
     (tmp_path / "student.onnx").write_bytes(student.with_suffix(".onnx").read_bytes())
-    beside = trt_runtime.TensorRTDetector(engine)
+    beside = tensorrt_engine.TensorRTDetector(engine)
     assert beside.names == {0: "rect", 1: "circle"} and beside.input_hw == (IMGSZ, IMGSZ)
 
     for weights, name in ((engine, "engine"), (student.with_suffix(".onnx"), "onnx")):

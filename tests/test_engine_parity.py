@@ -16,9 +16,10 @@ from yolodistill.deploy import compare
 from yolodistill.deploy import engine_parity as ep
 from yolodistill.deploy import tensorrt as trt_module
 from yolodistill.errors import UserError
+from yolodistill.runtime import tensorrt_engine
 
 from .conftest import IMGSZ
-from .test_deploy import one_line_error, save_yolov5n
+from .deploy_helpers import one_line_error, save_yolov5n
 
 pytestmark = pytest.mark.float_sensitive  # exports through the ONNX parity check before the (fake) engine
 
@@ -85,7 +86,7 @@ def test_unreadable_images_are_a_user_error(tmp_path):
 def fake_tensorrt(monkeypatch):
     """TensorRT "available"; build copies the ONNX file as the engine; the runner runs it through onnxruntime and
     adds `state["offset"]` to its output."""
-    from yolodistill.onnx_runtime import ort_session
+    from yolodistill.runtime.onnx_file import ort_session
 
     state = {"offset": 0.0, "built": []}
 
@@ -102,9 +103,9 @@ def fake_tensorrt(monkeypatch):
             out = self.session.run(None, {self.session.get_inputs()[0].name: np.asarray(x, np.float32)})
             return [o + state["offset"] for o in out]
 
-    monkeypatch.setattr(trt_module, "tensorrt_status", lambda: (True, "fake TensorRT"))
+    monkeypatch.setattr(tensorrt_engine, "tensorrt_status", lambda: (True, "fake TensorRT"))
     monkeypatch.setattr(trt_module, "build_engine", build_engine)
-    monkeypatch.setattr(trt_module, "TensorRTRunner", Runner)
+    monkeypatch.setattr(tensorrt_engine, "TensorRTRunner", Runner)
     return state
 
 

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from yolodistill.deploy import onnx_parity as op
-from yolodistill.deploy.student import CLASSIFY, DETECT, Deployable, load_deployable
+from yolodistill.deploy.deployable import CLASSIFY, DETECT, Deployable, load_deployable
 
 from .conftest import IMGSZ, yolov5n_with_data_statistics
-from .test_deploy import _one_thread, one_line_error, run  # noqa: F401 -- torch on one thread here too
+from .deploy_helpers import _one_thread, one_line_error, run  # noqa: F401 -- torch on one thread here too
 
 pytestmark = pytest.mark.float_sensitive
 U32 = 2.0 ** -24
@@ -139,7 +139,7 @@ def calibrated(tiny_data, tmp_path_factory) -> tuple[Deployable, Path]:
 
 
 def test_sound_detector_file_passes_with_its_figures(calibrated):
-    from yolodistill.onnx_runtime import ort_session
+    from yolodistill.runtime.onnx_file import ort_session
 
     dep, path = calibrated
     report = op.check_parity(dep, ort_session(path), "fp32", batch=2)
@@ -173,7 +173,7 @@ def test_probabilities_have_an_absolute_floor(calibrated):
 
 @pytest.mark.parametrize("how", ["drop_silu", "resize_linear", "channels_bgr", "transpose_hw"])
 def test_broken_detector_file_fails(calibrated, tmp_path, how):
-    from yolodistill.onnx_runtime import ort_session
+    from yolodistill.runtime.onnx_file import ort_session
 
     dep, path = calibrated
     bad = parity_noise_module().broken(onnx.load(str(path)), how)

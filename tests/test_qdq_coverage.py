@@ -20,9 +20,9 @@ from yolodistill.checkpoint import save_checkpoint_atomic
 from yolodistill.cli import main
 from yolodistill.compress import Compression
 from yolodistill.compress import quant as q
+from yolodistill.deploy.deployable import DETECT, Deployable
 from yolodistill.deploy.onnx_export import QdqCoverageError, export_onnx
-from yolodistill.deploy.qdq_coverage import concat_input_scales, qdq_coverage
-from yolodistill.deploy.student import DETECT, Deployable
+from yolodistill.deploy.qdq_coverage import _constants, _in_scopes, qdq_coverage
 from yolodistill.errors import UserError
 from yolodistill.yolo_backend.quant_modules import QuantBottleneck, QuantC3, QuantConcat, QuantSPP, QuantSPPF
 
@@ -221,6 +221,19 @@ def test_strip_then_attach_round_trips_and_refuses_unequal_shared_ranges(mini):
 
 
 # ---- coverage of exported files ------------------------------------------------------------------------------------
+
+def concat_input_scales(proto, *, float_scopes=()) -> dict[str, list]:
+    """{Concat node: [scale of each input's DequantizeLinear, or None]}: TensorRT needs them equal to drop it."""
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    constants = _constants(proto.graph)
+    scales = {}
+    for node in proto.graph.node:
+        if node.op_type == "Concat" and not _in_scopes(node.name, float_scopes):
+            dqs = [producer.get(t) for t in node.input]
+            scales[node.name] = [constants.get(dq.input[1]) if dq is not None and dq.op_type == "DequantizeLinear"
+                                 else None for dq in dqs]
+    return scales
+
 
 def test_coverage_passes_on_a_qat_export_and_concat_inputs_share_one_scale(mini, tmp_path):
     model = calibrated_export_model(mini)

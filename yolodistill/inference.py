@@ -15,31 +15,9 @@ from .engine import increment_dir, select_device
 from .errors import UserError
 from .media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
 from .run_logger import METRIC_COLUMNS
-from .students import DETECT, load_student
+from .runtime import EXPORTED, load_detector
 
 LOGGER = logging.getLogger("yolodistill")
-EXPORTED = (".onnx", ".engine")  # files that run as exported, at the size they were exported for
-
-
-def load_detector(weights: Union[str, Path], *, trust: bool = False, data: Optional[Union[str, Path]] = None):
-    """The detector in `weights`: a checkpoint's FP32 model, with its INT8 fake quantizers back on after --qat (so
-    val and detect run what deploys); an .onnx file through onnxruntime; an .engine through TensorRT (class names
-    from the .onnx beside it, else from the dataset yaml `data`)."""
-    suffix = Path(weights).suffix.lower()
-    if suffix in EXPORTED and not Path(weights).is_file():
-        raise UserError(f"{weights} not found")
-    if suffix == ".onnx":
-        from .onnx_runtime import OnnxDetector
-
-        return OnnxDetector(weights)
-    if suffix == ".engine":
-        from .trt_runtime import TensorRTDetector
-
-        return TensorRTDetector(weights, data=data)
-    student = load_student(weights, trust=trust, task=DETECT)
-    if student.quant:
-        LOGGER.info(f"{weights} is a --qat student: it runs with its INT8 fake quantizers, as it deploys")
-    return student.model
 
 
 def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, device: str = "", task: str = "val",

@@ -239,9 +239,10 @@ def _make_stems_unique(sources: list[MediaSource]) -> None:
             source.stem = f"{source.stem}_{n}"
 
 
-def open_sources(spec: str, *, vid_stride: int = 1) -> MediaSources:
+def open_sources(spec: str, *, vid_stride: int = 1, option: str = "--source") -> MediaSources:
     """The sources that `spec` names: an image or video file, a folder (recursively) or glob of both, a .txt list
-    (one source a line, paths relative to the list's folder), a camera index (0) or a stream URL."""
+    (one source a line, paths relative to the list's folder), a camera index (0) or a stream URL. `option` is the
+    flag errors name (classify demo's --camera)."""
     if vid_stride < 1:
         raise UserError(f"--vid-stride must be at least 1, got {vid_stride}")
     spec = str(spec).strip()
@@ -250,17 +251,18 @@ def open_sources(spec: str, *, vid_stride: int = 1) -> MediaSources:
         lines = [line.strip() for line in path.read_text(errors="ignore").splitlines()]
         specs = [line for line in lines if line and not line.startswith("#")]
         if not specs:
-            raise UserError(f"--source {spec}: the list is empty")
-        sources = [s for line in specs for s in _expand(line, vid_stride, base=path.parent, origin=spec)]
+            raise UserError(f"{option} {spec}: the list is empty")
+        sources = [s for line in specs for s in _expand(line, vid_stride, option, base=path.parent, origin=spec)]
     else:
-        sources = _expand(spec, vid_stride)
+        sources = _expand(spec, vid_stride, option)
     if not sources:
-        raise UserError(f"--source {spec}: no readable images or videos "
+        raise UserError(f"{option} {spec}: no readable images or videos "
                         f"(images: {', '.join(IMG_FORMATS)}; videos: {', '.join(VID_FORMATS)})")
     return MediaSources(sources, spec)
 
 
-def _expand(spec: str, vid_stride: int, *, base: Optional[Path] = None, origin: str = "") -> list[MediaSource]:
+def _expand(spec: str, vid_stride: int, option: str, *, base: Optional[Path] = None,
+            origin: str = "") -> list[MediaSource]:
     """The sources of one spec; in a .txt list (`base` its folder), relative paths are relative to the list."""
     if spec.isdigit() or (spec.lower().startswith(STREAM_SCHEMES) and _suffix(spec) not in VID_FORMATS):
         return [LiveStream(spec, vid_stride=vid_stride)]
@@ -270,21 +272,21 @@ def _expand(spec: str, vid_stride: int, *, base: Optional[Path] = None, origin: 
     if base is not None and not path.is_absolute():
         path = base / path
     if path.is_dir():
-        return _readable([f for f in sorted(path.rglob("*")) if f.is_file()], vid_stride, explicit=False)
+        return _readable([f for f in sorted(path.rglob("*")) if f.is_file()], vid_stride, option, explicit=False)
     if path.is_file():
-        return _readable([path], vid_stride, explicit=True)
+        return _readable([path], vid_stride, option, explicit=True)
     if any(c in spec for c in "*?["):
-        return _readable([Path(f) for f in sorted(glob.glob(str(path), recursive=True))], vid_stride,
+        return _readable([Path(f) for f in sorted(glob.glob(str(path), recursive=True))], vid_stride, option,
                          explicit=False)
     where = f" (listed in {origin})" if origin else ""
-    raise UserError(f"--source {path}{where}: no such file or folder, and not a camera index or stream URL")
+    raise UserError(f"{option} {path}{where}: no such file or folder, and not a camera index or stream URL")
 
 
 def _suffix(name: Union[str, Path]) -> str:
     return str(name).rsplit("?", 1)[0].rsplit(".", 1)[-1].lower() if "." in str(name) else ""
 
 
-def _readable(files: list[Path], vid_stride: int, *, explicit: bool) -> list[MediaSource]:
+def _readable(files: list[Path], vid_stride: int, option: str, *, explicit: bool) -> list[MediaSource]:
     """Image and video sources among `files`; one named on its own must be readable, one found in a folder or
     glob is skipped with a warning when it is not."""
     import cv2
@@ -300,7 +302,7 @@ def _readable(files: list[Path], vid_stride: int, *, explicit: bool) -> list[Med
             elif kind in VID_FORMATS:
                 sources.append(VideoFile(str(f), vid_stride=vid_stride))
             elif explicit:
-                raise UserError(f"--source {f} is neither an image ({', '.join(IMG_FORMATS)}) nor a video "
+                raise UserError(f"{option} {f} is neither an image ({', '.join(IMG_FORMATS)}) nor a video "
                                 f"({', '.join(VID_FORMATS)})")
         except UserError as e:
             if explicit:

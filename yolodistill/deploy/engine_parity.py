@@ -81,8 +81,8 @@ def compare(engine: Runner, onnx: Runner, inputs: Sequence[np.ndarray], *, preci
 def check_built_engine(onnx_path: Path, engine_path: Path, *, task: str, precision: str, hw: tuple[int, int],
                        metadata: dict, files: Sequence[Path] = ()) -> EngineParity:
     """Compare a freshly built engine with its ONNX file on real images; raises EngineParityError if it fails."""
-    from ..onnx_runtime import ort_session
-    from .tensorrt import TensorRTRunner
+    from ..runtime.onnx_file import ort_session
+    from ..runtime.tensorrt_engine import TensorRTRunner
 
     images, where = sample_images(hw, files=files)
     if task == "classify":

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..errors import UserError
+from .deployable import DETECT, INPUT_NAME, load_deployable
 from .engine_parity import check_built_engine
 from .onnx_export import MIN_OPSET, export_onnx
-from .student import DETECT, INPUT_NAME, load_deployable
 
 LOGGER = logging.getLogger("yolodistill")
 FORMATS = ("onnx", "engine")
@@ -89,17 +89,18 @@ def _int8_ranges(dep, weights: Path, *, int8: bool, data, images: int, workers: 
 
 def _engine(onnx_path: Path, dep, *, batch: int, dynamic: bool, half: bool, int8: bool, workspace: float,
             max_batch: Optional[int], parity_images: Sequence[Path] = ()) -> Path:
+    from ..runtime.tensorrt_engine import TensorRTUnavailable, tensorrt_status
     from . import tensorrt as trt
 
     engine_path = onnx_path.with_suffix(".engine")
-    ok, reason = trt.tensorrt_status()
+    ok, reason = tensorrt_status()
     if not ok:
         shape = (batch, 3, *dep.imgsz)
         kw = dict(min_shape=(1, 3, *dep.imgsz), max_shape=((max_batch or batch), 3, *dep.imgsz)) if dynamic else {}
         line = trt.trtexec_command(onnx_path, engine_path, half=half, int8=int8, input_name=INPUT_NAME, shape=shape,
                                    workspace_gb=workspace, sparse=dep.sparsity is not None, **kw)
-        raise trt.TensorRTUnavailable(f"cannot build a TensorRT engine here ({reason}); {onnx_path} is written: "
-                                      f"build the engine on the target (a Jetson) with: {line}")
+        raise TensorRTUnavailable(f"cannot build a TensorRT engine here ({reason}); {onnx_path} is written: "
+                                  f"build the engine on the target (a Jetson) with: {line}")
     # built beside its place under a hidden name, put in place only once it agrees with the ONNX file
     tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.tmp")
     try:

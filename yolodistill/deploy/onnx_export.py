@@ -21,9 +21,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import UserError
+from .deployable import DETECT, INPUT_NAME, Deployable
 from .onnx_parity import ParityError, ParityReport, check_parity
 from .qdq_coverage import QdqCoverage, merge_duplicate_qdq, qdq_coverage
-from .student import DETECT, INPUT_NAME, Deployable
 
 LOGGER = logging.getLogger("yolodistill")
 MIN_OPSET = 17
@@ -78,7 +78,7 @@ def export_onnx(dep: Deployable, out: Union[str, Path], *, batch: int = 1, dynam
     on `parity_files` or yolov5's sample photos)."""
     import onnx
 
-    from ..onnx_runtime import ort_session
+    from ..runtime.onnx_file import ort_session
 
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset}: at least {MIN_OPSET} is needed (LayerNorm and Q/DQ per-channel forms)")

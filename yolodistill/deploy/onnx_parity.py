@@ -54,7 +54,7 @@ import torch
 
 from ..errors import UserError
 from .compare import detector_nms, matched_boxes, normalise, sample_images
-from .student import CLASSIFY, DETECT, Deployable
+from .deployable import CLASSIFY, DETECT, Deployable
 
 NOISE_FACTOR = 10.0
 FLOOR_ULPS = 16

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import yolo_backend as yb
 from ..compress import quant as q
-from .student import Deployable
+from .deployable import Deployable
 
 LOGGER = logging.getLogger("yolodistill")
 CALIBRATION_BATCH = 32

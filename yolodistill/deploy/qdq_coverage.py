@@ -107,20 +107,6 @@ def qdq_coverage(model: Union[str, Path, Any], *, float_scopes: Sequence[str] = 
     return report
 
 
-def concat_input_scales(model: Union[str, Path, Any], *, float_scopes: Sequence[str] = ()) -> dict[str, list]:
-    """{Concat node: [scale of each input's DequantizeLinear, or None]}: TensorRT needs them equal to drop it."""
-    model = _load(model)
-    producer = {out: node for node in model.graph.node for out in node.output}
-    constants = _constants(model.graph)
-    scales = {}
-    for node in model.graph.node:
-        if node.op_type == "Concat" and not _in_scopes(node.name, float_scopes):
-            dqs = [producer.get(t) for t in node.input]
-            scales[node.name] = [constants.get(dq.input[1]) if dq is not None and dq.op_type == "DequantizeLinear"
-                                 else None for dq in dqs]
-    return scales
-
-
 def _qdq_key(node: Any, constants: dict) -> tuple | None:
     """What makes two Q (or two DQ) nodes the same: op, input tensor, scale and zero-point values, axis."""
     values = [constants.get(t) for t in node.input[1:]]

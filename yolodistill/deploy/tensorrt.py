@@ -1,4 +1,4 @@
-"""TensorRT engines built from ONNX files through the TensorRT Python API, and a runner for them.
+"""TensorRT engines built from ONNX files through the TensorRT Python API (runtime/tensorrt_engine.py runs them).
 
 TensorRT is an optional extra, imported only inside functions, so this module imports anywhere; where TensorRT or a
 CUDA device is missing, build_engine says which and prints the equivalent trtexec command line instead.
@@ -18,47 +18,17 @@ import os
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
-
-import numpy as np
+from typing import Any, Union
 
 from ..errors import UserError
+from ..runtime.tensorrt_engine import TensorRTUnavailable, tensorrt_status
 
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ["TensorRTUnavailable", "tensorrt_status", "trtexec_command", "build_engine", "onnx_has_qdq",
-           "onnx_is_fp16", "TensorRTRunner"]
+__all__ = ["trtexec_command", "build_engine", "onnx_has_qdq", "onnx_is_fp16"]
 
 PathLike = Union[str, os.PathLike]
 Shape = Sequence[int]  # (N, C, H, W)
 
-_INSTALL_HINT = ('pip install "yolodistill[tensorrt]" on an x86 machine with an NVIDIA GPU, '
-                 "or use the TensorRT that JetPack installs on a Jetson")
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-# TensorRT DataType member names -> torch dtype names; names, so the table needs neither package at import
-_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
-                 "INT32": "int32", "INT64": "int64", "BOOL": "bool", "FP8": "float8_e4m3fn"}
-
-
-class TensorRTUnavailable(UserError):
-    """TensorRT or a CUDA device is missing here, so engines can be neither built nor run."""
-
-
-def tensorrt_status() -> tuple[bool, str]:
-    """(True, "TensorRT X.Y.Z, CUDA device NAME") where engines can be built and run, else (False, why not)."""
-    try:
-        import tensorrt as trt
-    except ModuleNotFoundError:
-        return False, f"the `tensorrt` package is not installed ({_INSTALL_HINT})"
-    except (ImportError, OSError) as e:  # installed, but its CUDA libraries do not load
-        return False, f"the `tensorrt` package is installed but cannot be loaded ({e})"
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, (f"TensorRT {trt.__version__} is installed but there is no CUDA device "
-                       f"(torch.cuda.is_available() is False)")
-    return True, f"TensorRT {trt.__version__}, CUDA device {torch.cuda.get_device_name()}"
 
 
 def trtexec_command(onnx_path: PathLike, engine_path: PathLike, *, half: bool = False, int8: bool = False,
@@ -185,75 +155,6 @@ def _check_precision(onnx_path: PathLike, trt_major: int, *, half: bool, int8: b
         raise UserError(f"INT8 needs QuantizeLinear/DequantizeLinear nodes and {onnx_path} has none (TensorRT's "
                         f"calibrators are deprecated in 10 and removed in 11): export it with `yolodistill export "
                         f"--int8 --data data.yaml` (post-training) or from a student trained with --qat")
-
-
-class TensorRTRunner:
-    """Runs a serialized engine with torch CUDA tensors as its input and output buffers (no pycuda)."""
-
-    def __init__(self, engine_path: PathLike):
-        engine_path = Path(engine_path)
-        ok, reason = tensorrt_status()
-        if not ok:
-            raise TensorRTUnavailable(f"cannot run TensorRT engine {engine_path} here: {reason}")
-        import tensorrt as trt
-
-        try:
-            data = engine_path.read_bytes()
-        except OSError as e:
-            raise UserError(f"cannot read TensorRT engine {engine_path}: {e.strerror or e}") from e
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)  # kept: the engine must not outlive its runtime
-        self.engine = self._runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise UserError(f"{engine_path} is not an engine this TensorRT ({trt.__version__}) can load: engines "
-                            f"only run on the TensorRT version and GPU model that built them, so rebuild it here")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if len(inputs) != 1:
-            raise UserError(f"{engine_path} has {len(inputs)} inputs; TensorRTRunner feeds one image batch")
-        self.input_name = inputs[0]
-        self.output_names = [n for n in names if n != self.input_name]
-        self.dtypes = {n: _torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
-
-    def run_torch(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs as CUDA tensors, enqueued on torch's current stream and not waited for: what timing wants."""
-        import torch
-
-        x = x.to(device="cuda", dtype=self.dtypes[self.input_name]).contiguous()
-        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
-            raise UserError(f"input shape {tuple(x.shape)} is outside what this engine was built for "
-                            f"({tuple(self.engine.get_tensor_shape(self.input_name))}, -1 = any in its profile)")
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        outputs = []
-        for name in self.output_names:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
-        # x and the outputs come from torch's caching allocator on this same stream, so memory freed after
-        # return is not reused before the engine's kernels finish
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError("TensorRT failed to enqueue the engine")
-        return outputs
-
-    def __call__(self, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
-        """Outputs as numpy arrays for an (N, C, H, W) numpy array or tensor."""
-        import torch
-
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(np.ascontiguousarray(x))
-        outputs = self.run_torch(x)  # .cpu() below waits for the stream
-        return [(o.float() if o.dtype == torch.bfloat16 else o).cpu().numpy() for o in outputs]
-
-
-def _torch_dtype(trt_dtype: Any) -> Any:
-    """The torch dtype for a TensorRT DataType (matched by member name, e.g. HALF -> torch.float16)."""
-    import torch
-
-    name = trt_dtype.name
-    if name not in _TORCH_DTYPES:
-        raise UserError(f"TensorRT tensors of type {name} have no torch equivalent here")
-    return getattr(torch, _TORCH_DTYPES[name])
 
 
 def _profile_shapes(onnx_path: Path, dims: Shape, *, dynamic: bool, batch: int,
