@@ -31,7 +31,7 @@ class ClipDistillTrainer(ClassifyTrainer):
         return (f"distill/{self.opts.loss}",)
 
     def build_data(self) -> None:
-        from .clip_teacher import load_head
+        from .clip_teacher import load_head_for_store
         from .store import TeacherStore
 
         o = self.opts
@@ -41,18 +41,7 @@ class ClipDistillTrainer(ClassifyTrainer):
             raise UserError("clip-distill needs --store (from `classify embed --clip`) and --head "
                             "(from `classify text-embed` or `classify probe`)")
         self.store = TeacherStore.open(o.store, kind="embedding")
-        self.head, head_teacher = load_head(o.head)
-        if head_teacher != self.store.teacher:
-            from .store import describe_teacher
-
-            raise UserError(f"head {o.head} was made with {describe_teacher(head_teacher)}, the "
-                            f"store {o.store} with {describe_teacher(self.store.teacher)}: use one teacher for both")
-        # Fix: the same teacher name can still mean two widths (a random-init model config edited between
-        # `embed` and `text-embed`); without this the run trained a student that predict refuses, or failed
-        # with a shape traceback in evaluation.
-        if self.head.weight.shape[1] != self.store.dim:
-            raise UserError(f"head {o.head} takes {self.head.weight.shape[1]}-d embeddings, the store {o.store} "
-                            f"holds {self.store.dim}-d ones: make both with one teacher")
+        self.head = load_head_for_store(o.head, self.store, f"store {o.store}")
         self.head.to(self.device).requires_grad_(False)
         self.classes = list(self.head.classes)
         self.mean, self.std = self.normalisation()
