@@ -20,7 +20,6 @@ import re
 import secrets
 import stat
 import struct
-import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -121,7 +120,6 @@ def atomic_file(path: PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _test_pause(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -141,28 +139,14 @@ def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
     except OSError as e:
         raise CheckpointError(f"cannot save checkpoint {path}: {e.strerror or e}") from e
     except (pickle.PicklingError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"cannot save checkpoint {path}: the object cannot be pickled ({_first_sentence(e)})") from e
+        raise CheckpointError(f"cannot save checkpoint {path}: the object cannot be pickled "
+                              f"({_first_sentence(e)})") from e
     except RuntimeError as e:
         # torch's zip writer turns a failed write (a full disk) into "[enforce fail ...] unexpected pos": the
         # OSError it swallowed is the exception's context, and says what went wrong.
         reason = e.__context__.strerror if isinstance(e.__context__, OSError) else None
         raise CheckpointError(f"cannot save checkpoint {path}: {reason or _first_sentence(e)}") from e
     _fsync_directory(path.parent)
-
-
-def _test_pause(tmp: Path) -> None:
-    """Test hook (tests/test_kill_resume.py), off unless YOLODISTILL_TEST_SAVE_PAUSE is set: with the temp file
-    written and synced but not yet renamed, create an empty "<temp file>.ready" marker and wait until the test
-    deletes it or that many seconds pass, so a test can SIGKILL the process in the middle of a checkpoint write."""
-    pause = os.environ.get("YOLODISTILL_TEST_SAVE_PAUSE")
-    if not pause:
-        return
-    marker = tmp.with_name(tmp.name + ".ready")
-    marker.touch()
-    deadline = time.monotonic() + float(pause)
-    while marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    marker.unlink(missing_ok=True)
 
 
 def _check_file(path: Path) -> None:
