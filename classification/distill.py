@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset
 
 from yolodistill.config import LayerPair, parse_layer_pairs
 from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
-from yolodistill.engine import endless_batches
+from yolodistill.training import endless_batches
 from yolodistill.errors import UserError
 from yolodistill.image_lists import image_files, unlabeled_only
 from .data import IMAGE_SUFFIXES, ImageDataset, LabeledFolder, list_images, readable

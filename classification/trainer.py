@@ -1,5 +1,5 @@
-"""Classifier training from labels on the shared engine; distill.py (Hinton KD) and clip_distill.py (CLIP
-embeddings) change only the loss and what the model outputs.
+"""Classifier training from labels on the shared Trainer (yolodistill.training); distill.py (Hinton KD) and
+clip_distill.py (CLIP embeddings) change only the loss and what the model outputs.
 
 One epoch loop, three loss recipes. Each trainer declares its loss names once; they drive the
 progress bar, results.csv (train/<name>) and results.png. Checkpoints are plain classifiers (see
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from yolodistill import distributed as ddp
-from yolodistill.engine import Engine, seed_everything, select_device
+from yolodistill.training import Trainer, seed_everything, select_device
 from yolodistill.errors import UserError
 from yolodistill.run_logger import plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, split_folders
@@ -77,7 +77,7 @@ def score_checkpoint(weights: str | Path, data: str | Path, *, split: str = "tes
     return accuracy_metrics(logits_of, loader, target)
 
 
-class ClassifyTrainer(Engine):
+class ClassifyTrainer(Trainer):
     """Supervised training from labels; subclasses change loss_terms() and what the model outputs."""
 
     names: tuple[str, ...] = ("ce",)

@@ -1,4 +1,4 @@
-"""Imports point one way: config -> models/hooks/data -> losses -> distiller -> engine -> tasks -> deploy -> cli.
+"""Imports point one way: config -> models/hooks/data -> losses -> distiller -> training -> tasks -> deploy -> cli.
 
 Every module of the package sits in one tier below; it may import its own tier and the tiers before it, never
 a later one (read from the source, lazy imports inside functions included). A new module must be given a tier
@@ -35,7 +35,7 @@ TIERS = [
     # losses: pure tensors
     ["yolodistill.losses", "yolodistill.classification.losses"],
     ["yolodistill.distiller"],
-    ["yolodistill.engine"],
+    ["yolodistill.training"],
     # the tasks: training, inference
     ["yolodistill.trainer", "yolodistill.inference", "yolodistill.unlabeled", "yolodistill.classification.trainer",
      "yolodistill.classification.distill", "yolodistill.classification.clip_distill",
@@ -151,7 +151,7 @@ def test_every_package_is_listed_for_the_wheel():
 def test_deploy_imports_no_trainer():
     """Deployment reads checkpoints; it never builds a training run."""
     modules = _modules()
-    training = ("yolodistill.engine", "yolodistill.trainer", "yolodistill.classification.trainer",
+    training = ("yolodistill.training", "yolodistill.trainer", "yolodistill.classification.trainer",
                 "yolodistill.classification.distill", "yolodistill.classification.clip_distill")
     for name, path in modules.items():
         if name.startswith("yolodistill.deploy.") and name != "yolodistill.deploy.cli":

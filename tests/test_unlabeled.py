@@ -290,7 +290,7 @@ def test_a_pool_smaller_than_a_batch_on_each_rank_is_refused_not_looped_over(poo
     endless stream of nothing."""
     from torch.utils.data import DataLoader
 
-    from yolodistill.engine import endless_batches
+    from yolodistill.training import endless_batches
 
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(pool)], "--unlabeled")))

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from . import yolo_backend as yb
-from .engine import increment_dir, select_device
+from .training import increment_dir, select_device
 from .errors import UserError
 from .media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
 from .run_logger import METRIC_COLUMNS

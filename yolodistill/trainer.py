@@ -28,7 +28,7 @@ from . import yolo_backend as yb
 from .checkpoint import save_checkpoint_atomic
 from .compress.quant import load_plain_state_dict
 from .distiller import TASK_TERMS, detection_distiller, loss_names
-from .engine import Engine, TrainingError, seed_everything
+from .training import Trainer, TrainingError, seed_everything
 from .train_options import NOMINAL_BATCH, TrainOptions
 from .unlabeled import UnlabeledImages, select_unlabeled
 from .errors import UserError
@@ -42,7 +42,7 @@ MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
 __all__ = ["DistillTrainer", "TrainOptions", "TrainingError", "train"]
 
 
-class DistillTrainer(Engine):
+class DistillTrainer(Trainer):
     """One training run; `run()` goes through setup, epochs and the final strip/validate."""
 
     kind = "train"

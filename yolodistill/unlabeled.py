@@ -17,7 +17,7 @@ import torch
 
 from . import yolo_backend as yb
 from .distributed import DistContext
-from .engine import endless_batches
+from .training import endless_batches
 from .errors import UserError
 from .image_lists import unlabeled_only
 

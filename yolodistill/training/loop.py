@@ -1,6 +1,6 @@
 """The training run both tasks share: set-up order, the epoch loop, best-then-last saving, the end.
 
-A task trainer (detection's DistillTrainer, the classification trainers) subclasses Engine and fills
+A task trainer (detection's DistillTrainer, the classification trainers) subclasses Trainer and fills
 in what differs -- how its options resume, how it builds models and data, one epoch of training,
 validation and its fitness, what a checkpoint holds, how a run ends -- while everything that must
 behave the same in both lives here once: the run folder, the device and process group, the
@@ -35,7 +35,7 @@ class TrainingError(UserError):
     """Training cannot go on (the loss stays NaN, the GPU ran out of memory); reported on one line."""
 
 
-class Engine:
+class Trainer:
     """One training run. `run()`: setup() -> the epochs -> finish(), with the group left and hooks removed
     however it ends. Subclasses set `kind` and implement the methods that raise NotImplementedError."""
 
@@ -167,7 +167,7 @@ class Engine:
         return bool(finite.item())
 
     # ---- the run ----------------------------------------------------------------------------------
-    def setup(self) -> "Engine":
+    def setup(self) -> "Trainer":
         """Everything up to the first epoch (once; run() calls it unless it ran already)."""
         if not self.ready:
             self.build()
