@@ -42,7 +42,7 @@ from yolodistill import yolo_backend as yb  # noqa: E402
 from yolodistill.config import DistillConfig  # noqa: E402
 from yolodistill.losses import OUTPUT_LOSSES  # noqa: E402
 from yolodistill.synth import generate  # noqa: E402
-from yolodistill.trainer import DistillTrainer, TrainOptions  # noqa: E402
+from yolodistill.detection.trainer import DistillTrainer, TrainOptions  # noqa: E402
 
 RECORD = "overhead"  # benchmarks/records/overhead.json
 

@@ -13,16 +13,33 @@ from torch import nn
 from torch.utils.data import ConcatDataset
 
 from yolodistill.config import LayerPair, parse_layer_pairs
-from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
-from yolodistill.training import endless_batches
+from yolodistill.distiller import DISTILL_FEATURE, DistillationModel
 from yolodistill.errors import UserError
 from yolodistill.image_lists import image_files, unlabeled_only
+from yolodistill.training import endless_batches
 from .data import IMAGE_SUFFIXES, ImageDataset, LabeledFolder, list_images, readable
-from .losses import labeled_cross_entropy, soft_targets
+from .losses import kd_kl_loss, labeled_cross_entropy, soft_targets
 from .models import last_feature_layer
 from .trainer import ClassifyTrainer
 
 LOGGER = logging.getLogger("yolodistill")
+DISTILL_KD = "distill/kd"
+
+
+class HintonTerm:
+    """The output term of Hinton KD: alpha * T^2 * KL(teacher probabilities at T || student at T) (Hinton et al.
+    2015); the teacher output is its (ensemble's) softened probabilities. The (1 - alpha) * CE part is the task's."""
+
+    name = DISTILL_KD
+
+    def __init__(self, temperature: float, alpha: float):
+        self.temperature, self.alpha = temperature, alpha
+
+    def __call__(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+        return self.alpha * kd_kl_loss(student_logits, teacher_probs, self.temperature)
+
+    def describe(self) -> str:
+        return f"{self.alpha:g}*T^2*KL(T={self.temperature:g})"
 
 
 class KDTrainer(ClassifyTrainer):
@@ -32,7 +49,7 @@ class KDTrainer(ClassifyTrainer):
 
     @property
     def names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("distill/kd", "ce") + (("distill/feature",) if self.opts.feature_layers else ())
+        return (DISTILL_KD, "ce") + ((DISTILL_FEATURE,) if self.opts.feature_layers else ())
 
     def build_data(self) -> None:
         super().build_data()
@@ -126,8 +143,6 @@ class KDTrainer(ClassifyTrainer):
         return super().labeled_dataset(folder, train=train)
 
     def build_extras(self) -> None:
-        from yolodistill.distiller import DistillationModel, HintonTerm
-
         o = self.opts
         self.teachers = teacher = None
         if o.teacher:

@@ -37,7 +37,8 @@ PAUSE = 120.0  # longest a paused checkpoint write waits for the test
 # the same real training process that SIGKILL ends, without ~4 s of imports per run (nine runs here). The server
 # never runs torch code, so no half-used thread pool is forked.
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["yolodistill.cli", "yolodistill.trainer", "yolodistill.classification.trainer"])
+FORKSERVER.set_forkserver_preload(["yolodistill.cli", "yolodistill.detection.trainer",
+                                   "yolodistill.classification.trainer"])
 
 
 class _PausedRenames:

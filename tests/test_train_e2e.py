@@ -37,7 +37,7 @@ def _assert_plain_student(path: Path) -> None:
 
 def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_path, monkeypatch):
     # Output distillation only, through the Python API so the trainer can be inspected afterwards.
-    from yolodistill.trainer import DistillTrainer, TrainOptions
+    from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
     trainer = DistillTrainer(TrainOptions(cfg="yolov5n.yaml", data=str(tiny_data), epochs=1, imgsz=IMGSZ,
                                           batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="out",
@@ -52,7 +52,7 @@ def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_p
     _assert_plain_student(out_dir / "weights" / "best.pt")
 
     # Feature + output distillation with CWD, interrupted after the first epoch's checkpoint.
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     calls = {"n": 0}
     real_train_epoch = trainer_mod.DistillTrainer._train_epoch
@@ -139,7 +139,7 @@ def test_val_and_detect_commands(teacher_weights, tiny_data, tmp_path):
 
 def test_train_py_options_run(tiny_data, tmp_path):
     """The less common train.py options go through yolov5's own code paths without error."""
-    from yolodistill.trainer import DistillTrainer, TrainOptions
+    from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
     trainer = DistillTrainer(TrainOptions(
         cfg="yolov5n.yaml", data=str(tiny_data), epochs=2, imgsz=IMGSZ, batch_size=8, workers=0, device="cpu",

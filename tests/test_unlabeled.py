@@ -96,7 +96,7 @@ def test_unlabeled_images_get_the_distillation_terms_in_every_batch(caplog, tiny
 
 def test_task_loss_counts_only_the_labeled_images(teacher_weights):
     """The first n_labeled images carry the targets; the others add to the distillation terms only."""
-    from yolodistill.trainer import DistillTrainer
+    from yolodistill.detection.trainer import DistillTrainer
 
     torch.manual_seed(0)
     student = yb.build_model("yolov5n.yaml", 2).train()
@@ -118,9 +118,9 @@ def test_unlabeled_images_add_nothing_when_the_teacher_is_the_student():
     """Teacher = student: a batch of unlabeled images gives a total loss of exactly zero, and unlabeled images
     beside labeled ones leave the labeled images' task loss as it is, bit for bit."""
     from yolodistill.config import DistillConfig
-    from yolodistill.distiller import detection_distiller, loss_names
-    from yolodistill.teacher import FrozenTeacher
-    from yolodistill.trainer import DistillTrainer
+    from yolodistill.detection.distillation import detection_distiller, loss_names
+    from yolodistill.detection.teacher import FrozenTeacher
+    from yolodistill.detection.trainer import DistillTrainer
 
     torch.manual_seed(0)
     student, twin = yb.build_model("yolov5n.yaml", 2), yb.build_model("yolov5n.yaml", 2)
@@ -217,7 +217,7 @@ def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
     """What --resume relies on: the resumed run's epoch e sees the unlabeled batches the uninterrupted one did
     (order and augmentation: the latter is seeded in the loader's worker processes, as with --workers >= 1)."""
     from yolodistill.distributed import DistContext
-    from yolodistill.unlabeled import UnlabeledImages
+    from yolodistill.detection.unlabeled import UnlabeledImages
 
     files = yb.image_files([str(pool)], "--unlabeled")
 
@@ -233,7 +233,7 @@ def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
 
 
 def test_an_interrupted_run_with_unlabeled_images_resumes(tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     real = trainer_mod.DistillTrainer._train_epoch
 
@@ -269,8 +269,8 @@ def test_the_dataset_yamls_unlabeled_key_takes_the_forms_of_the_flag(tiny_data, 
     """`unlabeled:` in the dataset yaml: a glob (relative to the yaml's path:), as --unlabeled takes it."""
     import yaml
 
-    from yolodistill.train_options import TrainOptions
-    from yolodistill.unlabeled import select_unlabeled
+    from yolodistill.detection.train_options import TrainOptions
+    from yolodistill.detection.unlabeled import select_unlabeled
 
     data = yaml.safe_load(tiny_data.read_text())
     data.update({k: str(tiny_data.parent / data[k]) for k in ("train", "val")})
@@ -307,7 +307,7 @@ def test_a_pool_smaller_than_a_batch_on_each_rank_is_refused_not_looped_over(poo
 def test_pseudo_labels_take_the_datasets_classes(capsys, tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
     """The teacher's classes become targets: a dataset of other classes is refused; under --single-cls every
     pseudo-box is class 0, as yolov5 makes every label."""
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     three = tmp_path / "three.yaml"
     three.write_text(tiny_data.read_text().replace("nc: 2", "nc: 3").replace("circle]", "circle, star]"))

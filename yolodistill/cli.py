@@ -34,7 +34,7 @@ distillation defaults, and why:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train_options import TrainOptions
+    from .detection.train_options import TrainOptions
 
     p = sub.add_parser("train", help="train a YOLOv5 student, optionally distilled from a teacher",
                        description="Train a YOLOv5 student with yolov5's recipe, plus output and feature "
@@ -45,7 +45,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .trainer import DistillTrainer, TrainOptions
+    from .detection.train_options import TrainOptions
+    from .detection.trainer import DistillTrainer
 
     if args.resume:  # like train.py: a resumed run takes every option from its checkpoint
         opts = TrainOptions(resume=args.resume, project=args.project, trust_checkpoint=args.trust_checkpoint)
@@ -75,7 +76,7 @@ def _add_val(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_val(args: argparse.Namespace) -> None:
-    from .inference import val
+    from .detection.inference import val
 
     val(args.weights, args.data, imgsz=args.imgsz, batch_size=args.batch_size, device=args.device, task=args.task,
         conf_thres=args.conf_thres, iou_thres=args.iou_thres, workers=args.workers, project=args.project,
@@ -110,7 +111,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> None:
-    from .inference import detect
+    from .detection.inference import detect
 
     detect(args.weights, args.source, imgsz=args.imgsz, device=args.device, conf_thres=args.conf_thres,
            iou_thres=args.iou_thres, max_det=args.max_det, classes=args.classes, agnostic_nms=args.agnostic_nms,

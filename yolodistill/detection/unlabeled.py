@@ -15,11 +15,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from . import yolo_backend as yb
-from .distributed import DistContext
-from .training import endless_batches
-from .errors import UserError
-from .image_lists import unlabeled_only
+from .. import yolo_backend as yb
+from ..distributed import DistContext
+from ..training import endless_batches
+from ..errors import UserError
+from ..image_lists import unlabeled_only
 
 LOGGER = logging.getLogger("yolodistill")
 

@@ -10,12 +10,12 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
-from . import yolo_backend as yb
-from .training import increment_dir, select_device
-from .errors import UserError
-from .media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
-from .run_logger import METRIC_COLUMNS
-from .students import DETECT, load_student
+from .. import yolo_backend as yb
+from ..training import increment_dir, select_device
+from ..errors import UserError
+from ..media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
+from ..run_logger import METRIC_COLUMNS
+from ..students import DETECT, load_student
 
 LOGGER = logging.getLogger("yolodistill")
 EXPORTED = (".onnx", ".engine")  # files that run as exported, at the size they were exported for
@@ -29,11 +29,11 @@ def load_detector(weights: Union[str, Path], *, trust: bool = False, data: Optio
     if suffix in EXPORTED and not Path(weights).is_file():
         raise UserError(f"{weights} not found")
     if suffix == ".onnx":
-        from .onnx_runtime import OnnxDetector
+        from ..onnx_runtime import OnnxDetector
 
         return OnnxDetector(weights)
     if suffix == ".engine":
-        from .trt_runtime import TensorRTDetector
+        from ..trt_runtime import TensorRTDetector
 
         return TensorRTDetector(weights, data=data)
     student = load_student(weights, trust=trust, task=DETECT)

@@ -22,20 +22,20 @@ import yaml
 from torch.optim import lr_scheduler
 from tqdm import tqdm
 
-from . import __version__
-from . import distributed as ddp
-from . import yolo_backend as yb
-from .checkpoint import save_checkpoint_atomic
-from .compress.quant import load_plain_state_dict
-from .distiller import TASK_TERMS, detection_distiller, loss_names
-from .training import Trainer, TrainingError, seed_everything
+from .. import __version__
+from .. import distributed as ddp
+from .. import yolo_backend as yb
+from ..checkpoint import save_checkpoint_atomic
+from ..compress.quant import load_plain_state_dict
+from ..errors import UserError
+from ..paths import cfg_path
+from ..run_logger import METRIC_COLUMNS, plot_results
+from ..training import Trainer, TrainingError, seed_everything
+from .distillation import TASK_TERMS, detection_distiller, loss_names
+from .inference import load_detector
+from .teacher import FrozenTeacher, load_teacher
 from .train_options import NOMINAL_BATCH, TrainOptions
 from .unlabeled import UnlabeledImages, select_unlabeled
-from .errors import UserError
-from .inference import load_detector
-from .paths import cfg_path
-from .run_logger import METRIC_COLUMNS, plot_results
-from .teacher import FrozenTeacher, load_teacher
 
 LOGGER = logging.getLogger("yolodistill")
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops

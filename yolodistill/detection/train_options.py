@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
-from .config import OUTPUT_LOSS_BEFORE_THE_CHOICE, DistillConfig, parse_layer_pairs
-from .errors import UserError
-from .options import RunOptions, option, shared
+from ..config import OUTPUT_LOSS_BEFORE_THE_CHOICE, DistillConfig, parse_layer_pairs
+from ..errors import UserError
+from ..options import RunOptions, option, shared
 
 NOMINAL_BATCH = 64  # yolov5's nbs: gradients accumulate to this many images per optimizer step
 

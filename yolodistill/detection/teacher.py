@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import yolo_backend as yb
-from .errors import UserError
+from .. import yolo_backend as yb
+from ..errors import UserError
 
 
 class FrozenTeacher(nn.Module):
