@@ -129,7 +129,7 @@ def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
     student, teacher = _models()
     trainer = DistillTrainer.__new__(DistillTrainer)  # only the loss plumbing, no data loading
     trainer.config = DistillConfig(output=True, feature=True)
-    trainer.names = loss_names(trainer.config)
+    trainer.loss_names = loss_names(trainer.config)
     trainer.distiller = _distiller(student, teacher)
     trainer.compute_loss = None  # must not be called for an unlabeled batch
     student.train()

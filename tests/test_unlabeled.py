@@ -102,7 +102,7 @@ def test_task_loss_counts_only_the_labeled_images(teacher_weights):
     student = yb.build_model("yolov5n.yaml", 2).train()
     yb.prepare_for_loss(student, yb.load_hyp(None), 2, IMGSZ, {0: "a", 1: "b"}, [torch.zeros((0, 5)).numpy()])
     trainer = DistillTrainer.__new__(DistillTrainer)
-    trainer.names, trainer.distiller = ("box_loss", "obj_loss", "cls_loss", "distill/output"), object()
+    trainer.loss_names, trainer.distiller = ("box_loss", "obj_loss", "cls_loss", "distill/output"), object()
     trainer.compute_loss = yb.ComputeLoss(student)
     imgs = torch.rand(6, 3, IMGSZ, IMGSZ)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3], [1, 0, 0.4, 0.6, 0.2, 0.2]])
@@ -129,7 +129,7 @@ def test_unlabeled_images_add_nothing_when_the_teacher_is_the_student():
     yb.prepare_for_loss(student, yb.load_hyp(None), 2, IMGSZ, {0: "a", 1: "b"}, [torch.zeros((0, 5)).numpy()])
     config = DistillConfig(output=True, feature=True)
     trainer = DistillTrainer.__new__(DistillTrainer)
-    trainer.names, trainer.compute_loss = loss_names(config), yb.ComputeLoss(student)
+    trainer.loss_names, trainer.compute_loss = loss_names(config), yb.ComputeLoss(student)
     trainer.distiller = detection_distiller(student, FrozenTeacher(twin), config, gains={"box": 0.05, "obj": 1.0,
                                             "cls": 0.5}, imgsz=IMGSZ, device=torch.device("cpu")).attach()
     imgs = torch.rand(6, 3, IMGSZ, IMGSZ)
@@ -235,17 +235,17 @@ def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
 def test_an_interrupted_run_with_unlabeled_images_resumes(tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
     from yolodistill.detection import trainer as trainer_mod
 
-    real = trainer_mod.DistillTrainer._train_epoch
+    real = trainer_mod.DistillTrainer.train_epoch
 
-    def interrupt_second_epoch(self, epoch, nb, maps):
+    def interrupt_second_epoch(self, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real(self, epoch, nb, maps)
+        return real(self, epoch)
 
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", interrupt_second_epoch)
     assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
                  "--unlabeled", str(pool), "--epochs", "2", "--project", str(tmp_path), "--name", "r"]) == 130
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", real)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", real)
     assert main(["train", "--resume", str(tmp_path / "r" / "weights" / "last.pt")]) == 0
     rows = read_results(tmp_path / "r" / "results.csv")
     assert [(r["epoch"], r["x/unlabeled_images"]) for r in rows] == [(0, 24), (1, 24)]
@@ -318,9 +318,9 @@ def test_pseudo_labels_take_the_datasets_classes(capsys, tiny_data, teacher_weig
     classes = []
     real = trainer_mod.DistillTrainer.training_step
 
-    def record(self, imgs, targets, ni, n_labeled):
-        classes.extend(targets[:, 1].tolist())
-        return real(self, imgs, targets, ni, n_labeled)
+    def record(self, batch, iteration):
+        classes.extend(batch.targets[:, 1].tolist())
+        return real(self, batch, iteration)
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", record)
     assert main([*run, "--data", str(tiny_data), "--single-cls", "--name", "s"]) == 0

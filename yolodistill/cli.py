@@ -49,10 +49,10 @@ def _run_train(args: argparse.Namespace) -> None:
     from .detection.trainer import DistillTrainer
 
     if args.resume:  # like train.py: a resumed run takes every option from its checkpoint
-        opts = TrainOptions(resume=args.resume, project=args.project, trust_checkpoint=args.trust_checkpoint)
+        options = TrainOptions(resume=args.resume, project=args.project, trust_checkpoint=args.trust_checkpoint)
     else:
-        opts = from_args(TrainOptions, args)
-    DistillTrainer(opts).run()
+        options = from_args(TrainOptions, args)
+    DistillTrainer(options).run()
 
 
 def _add_inference(p: argparse.ArgumentParser, *, inputs: tuple[str, str], conf: float, iou: float) -> None:

@@ -76,10 +76,10 @@ class Plan:
 def train_run(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
     """One `yolodistill train` run under out/name with the plan's sizes; returns its final metrics."""
     hyp = plan.hyp if Path(plan.hyp).is_file() else str(cfg_path(plan.hyp))
-    opts = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
-                        project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True,
-                        optimizer=plan.optimizer, hyp=hyp, nbs=plan.nbs, **extra)
-    return DistillTrainer(opts).run()
+    options = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
+                           project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True,
+                           optimizer=plan.optimizer, hyp=hyp, nbs=plan.nbs, **extra)
+    return DistillTrainer(options).run()
 
 
 def train_or_resume(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
