@@ -154,7 +154,7 @@ def run_seed(seed: int, args, root: Path) -> dict:
     def record(key: str, trainer) -> str:
         t0 = time.perf_counter()
         res = trainer.run()  # best.pt: the epoch of the best val top-1
-        test = score_checkpoint(res["best"], trainer.opts.data, split="test", workers=args.workers)
+        test = score_checkpoint(res["best"], trainer.options.data, split="test", workers=args.workers)
         out[key] = {"test_top1": test[TOP1], "val_top1": res[TOP1], "epoch_seconds": res["epoch_seconds"],
                     "wall_s": time.perf_counter() - t0}
         print(f"seed {seed} {key:20s} top-1 test {test[TOP1] * 100:6.2f}% (val {res[TOP1] * 100:6.2f}%)  "
@@ -180,17 +180,17 @@ def run_seed(seed: int, args, root: Path) -> dict:
     return out
 
 
-def interleaved_epoch_seconds(opts: ClassifyOptions, teacher: str, store: Path, epochs: int, seed: int) -> dict:
+def interleaved_epoch_seconds(options: ClassifyOptions, teacher: str, store: Path, epochs: int, seed: int) -> dict:
     """{variant: training seconds per epoch}, the variants' epochs interleaved so drifting load hits all alike.
 
     Whole runs back to back proved too coarse beside a background job: in one of three seeds a run
     took 10 % longer per epoch than the same code in the other two. Round-robin epochs, in an order
     rotated each round, put every variant on the machine within a second of the others.
     """
-    opts = replace(opts, epochs=epochs)  # the cosine schedule spans the timed epochs
-    trainers = {"alone": ClassifyTrainer(replace(opts, name="alone")),
-                "kd_store": KDTrainer(replace(opts, name="kd_store", teacher_store=str(store))),
-                "kd_live": KDTrainer(replace(opts, name="kd_live", teacher=[teacher]))}
+    options = replace(options, epochs=epochs)  # the cosine schedule spans the timed epochs
+    trainers = {"alone": ClassifyTrainer(replace(options, name="alone")),
+                "kd_store": KDTrainer(replace(options, name="kd_store", teacher_store=str(store))),
+                "kd_live": KDTrainer(replace(options, name="kd_live", teacher=[teacher]))}
     seconds: dict[str, list[float]] = {k: [] for k in trainers}
     order = list(trainers)
     try:

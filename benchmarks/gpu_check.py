@@ -122,7 +122,7 @@ def engines(work: Path, weights: dict, data: str) -> dict:
 
 
 def val_all(work: Path, files: dict, data: str) -> dict:
-    from yolodistill.inference import val
+    from yolodistill.detection.inference import val
 
     scores = {}
     for label, path in files.items():

@@ -25,7 +25,7 @@ except ImportError as e:
 if not torch.cuda.is_available():
     sys.exit("torch.cuda.is_available() is False")
 try:
-    import yolodistill.trainer  # noqa: F401 -- the project and yolov5 import
+    import yolodistill.detection.trainer  # noqa: F401 -- the project and yolov5 import
 except ImportError as e:
     sys.exit(f"yolodistill does not import ({e}): pip install -e . or carry wheels in .whl/")
 PY

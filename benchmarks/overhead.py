@@ -42,16 +42,16 @@ from yolodistill import yolo_backend as yb  # noqa: E402
 from yolodistill.config import DistillConfig  # noqa: E402
 from yolodistill.losses import OUTPUT_LOSSES  # noqa: E402
 from yolodistill.synth import generate  # noqa: E402
-from yolodistill.trainer import DistillTrainer, TrainOptions  # noqa: E402
+from yolodistill.detection.trainer import DistillTrainer, TrainingBatch, TrainOptions  # noqa: E402
 
 RECORD = "overhead"  # benchmarks/records/overhead.json
 
 
 def _trainer(data: Path, project: Path, name: str, args, **distill) -> DistillTrainer:
-    opts = TrainOptions(data=str(data), cfg=args.student, imgsz=args.imgsz, batch_size=args.batch_size, workers=0,
-                        device=args.device, project=str(project), name=name, noautoanchor=True, noplots=True,
-                        epochs=1, **distill)
-    return DistillTrainer(opts).setup()
+    options = TrainOptions(data=str(data), cfg=args.student, imgsz=args.imgsz, batch_size=args.batch_size,
+                           workers=0, device=args.device, project=str(project), name=name, noautoanchor=True,
+                           noplots=True, epochs=1, **distill)
+    return DistillTrainer(options).setup()
 
 
 def _timed(fn, cuda: bool) -> float:
@@ -173,10 +173,10 @@ def main() -> None:
         for step in range(args.warmup + args.steps):
             imgs, targets = batches[step % len(batches)]
             # Same step index for both trainers: warmup LR/accumulation logic is identical.
-            t_student = _timed(lambda: plain.training_step(imgs, targets, step), cuda)
+            t_student = _timed(lambda: plain.train_batch(TrainingBatch(imgs, targets), step), cuda)
             t_teacher = _timed(lambda: distil.teacher(imgs), cuda)
-            t_distill = _timed(lambda: distil.training_step(imgs, targets, step), cuda)
-            t_unlabeled = _timed(lambda: distil.training_step(imgs, None, step), cuda)
+            t_distill = _timed(lambda: distil.train_batch(TrainingBatch(imgs, targets), step), cuda)
+            t_unlabeled = _timed(lambda: distil.train_batch(TrainingBatch(imgs, None), step), cuda)
             if step >= args.warmup:
                 for key, t in zip(times, (t_student, t_teacher, t_distill, t_unlabeled)):
                     times[key].append(t)

@@ -39,9 +39,9 @@ from paired_stats import paired_interval  # noqa: E402
 
 from yolodistill import yolo_backend as yb  # noqa: E402
 from yolodistill.deploy.export import export
-from yolodistill.inference import val
+from yolodistill.detection.inference import val
 from yolodistill.paths import cfg_path
-from yolodistill.trainer import DistillTrainer, TrainOptions
+from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
 MAP, MAP50 = "metrics/mAP_0.5:0.95", "metrics/mAP_0.5"
 

@@ -22,7 +22,7 @@ from yolodistill import yolo_backend as yb
 from yolodistill.hooks import adapter_key
 from yolodistill.losses import output_distillation_loss
 from yolodistill.synth import generate
-from yolodistill.trainer import DistillTrainer, TrainOptions
+from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
 
 class _Clock:

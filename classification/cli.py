@@ -27,7 +27,7 @@ def _clip_flags(g, *, required: bool = True) -> None:
 def _load_clip(args):
     from yolodistill.errors import UserError
     from .clip_teacher import load_clip
-    from yolodistill.engine import select_device
+    from yolodistill.training import select_device
 
     if not args.pretrained and not args.random_init:
         raise UserError("--pretrained /path/to/open_clip_model.safetensors is required (weights come from local "
@@ -176,7 +176,7 @@ def _run_clip_distill(args):
 def _run_embed(args):
     from yolodistill.errors import UserError
     from .embed import embed_classifiers, embed_clip
-    from yolodistill.engine import select_device
+    from yolodistill.training import select_device
 
     if bool(args.clip) == bool(args.teacher):
         raise UserError("give the teacher as --clip MODEL --pretrained FILE, or as --teacher CKPT [CKPT ...]")

@@ -27,36 +27,25 @@ class ClipDistillTrainer(ClassifyTrainer):
     LOSSES = ("cosine", "mse", "kl")
 
     @property
-    def names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (f"distill/{self.opts.loss}",)
+    def loss_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (f"distill/{self.options.loss}",)
 
     def build_data(self) -> None:
-        from .clip_teacher import load_head
+        from .clip_teacher import load_head_for_store
         from .store import TeacherStore
 
-        o = self.opts
-        if o.loss not in self.LOSSES:
-            raise UserError(f"--loss {o.loss!r}: choose {', '.join(self.LOSSES)}")
-        if not o.store or not o.head:
+        options = self.options
+        if options.loss not in self.LOSSES:
+            raise UserError(f"--loss {options.loss!r}: choose {', '.join(self.LOSSES)}")
+        if not options.store or not options.head:
             raise UserError("clip-distill needs --store (from `classify embed --clip`) and --head "
                             "(from `classify text-embed` or `classify probe`)")
-        self.store = TeacherStore.open(o.store, kind="embedding")
-        self.head, head_teacher = load_head(o.head)
-        if head_teacher != self.store.teacher:
-            from .store import describe_teacher
-
-            raise UserError(f"head {o.head} was made with {describe_teacher(head_teacher)}, the "
-                            f"store {o.store} with {describe_teacher(self.store.teacher)}: use one teacher for both")
-        # Fix: the same teacher name can still mean two widths (a random-init model config edited between
-        # `embed` and `text-embed`); without this the run trained a student that predict refuses, or failed
-        # with a shape traceback in evaluation.
-        if self.head.weight.shape[1] != self.store.dim:
-            raise UserError(f"head {o.head} takes {self.head.weight.shape[1]}-d embeddings, the store {o.store} "
-                            f"holds {self.store.dim}-d ones: make both with one teacher")
+        self.store = TeacherStore.open(options.store, kind="embedding")
+        self.head = load_head_for_store(options.head, self.store, f"store {options.store}")
         self.head.to(self.device).requires_grad_(False)
         self.classes = list(self.head.classes)
         self.mean, self.std = self.normalisation()
-        sources = [Path(s) for s in ([o.source] if isinstance(o.source, str) else o.source) if s] or \
+        sources = [Path(s) for s in ([options.source] if isinstance(options.source, str) else options.source) if s] or \
             [Path(self.store.source)]
         sets = []
         for root in sources:
@@ -67,10 +56,10 @@ class ClipDistillTrainer(ClassifyTrainer):
         self.train_set = ConcatDataset(sets) if len(sets) > 1 else sets[0]
         self.train_loader = self.loader(self.train_set, train=True)
         self.val_loader = None
-        if o.val:
-            self.val_folder = LabeledFolder.scan(o.val).with_classes(self.classes)
+        if options.val:
+            self.val_folder = LabeledFolder.scan(options.val).with_classes(self.classes)
             self.val_loader = self.loader(self.labeled_dataset(self.val_folder, train=False), train=False)
-        LOGGER.info(f"{len(self.train_set)} training images; teacher embeddings from {o.store} "
+        LOGGER.info(f"{len(self.train_set)} training images; teacher embeddings from {options.store} "
                     f"(dim {self.store.dim}); {len(self.classes)} classes")
 
     def num_outputs(self) -> int:
@@ -80,13 +69,13 @@ class ClipDistillTrainer(ClassifyTrainer):
         return self.head(self.model(images))
 
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
-        o = self.opts
+        options = self.options
         emb = self.train_model(images)
-        if o.loss == "kl":
-            probs = soft_targets(self.head(teacher_rows), o.temperature)
-            return {"distill/kl": kd_kl_loss(self.head(emb), probs, o.temperature)}
-        fn = embedding_cosine if o.loss == "cosine" else embedding_mse
-        return {f"distill/{o.loss}": fn(emb, teacher_rows)}
+        if options.loss == "kl":
+            probs = soft_targets(self.head(teacher_rows), options.temperature)
+            return {"distill/kl": kd_kl_loss(self.head(emb), probs, options.temperature)}
+        fn = embedding_cosine if options.loss == "cosine" else embedding_mse
+        return {f"distill/{options.loss}": fn(emb, teacher_rows)}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -97,7 +86,7 @@ class ClipDistillTrainer(ClassifyTrainer):
 
     def checkpoint_meta(self) -> dict:
         head = self.head
-        return dict(arch=self.opts.model, classes=self.classes, num_classes=self.store.dim, imgsz=self.opts.imgsz,
+        return dict(arch=self.options.model, classes=self.classes, num_classes=self.store.dim, imgsz=self.options.imgsz,
                     mean=self.mean, std=self.std, teacher=self.store.teacher,
                     head={"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
                           "scale": float(head.scale), "classes": list(head.classes)})

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from yolodistill.checkpoint import save_checkpoint_atomic
-from yolodistill.errors import UserError
+from yolodistill.errors import UserError, one_line
+from .store import TeacherStore, describe_teacher
 
 __all__ = ["ClipTeacher", "LinearHead", "fit_linear_probe", "load_clip", "load_head", "read_prompts", "save_head",
            "text_head"]
@@ -95,7 +96,7 @@ def load_clip(model_name: str, pretrained: str | None, *, config: str | None = N
     except (OSError, ImportError, ValueError, RuntimeError) as e:
         hf_name = text_cfg.get("hf_tokenizer_name", "")
         raise UserError(f"model {name}: cannot load its tokenizer {hf_name!r} offline (needs transformers and the "
-                        f"tokenizer in the local Hugging Face cache): {_one_line(e)}") from e
+                        f"tokenizer in the local Hugging Face cache): {one_line(e)}") from e
 
     try:
         with _offline():
@@ -106,7 +107,7 @@ def load_clip(model_name: str, pretrained: str | None, *, config: str | None = N
                 name, pretrained=str(weights) if weights else None, pretrained_text=False, device=device)
     except Exception as e:  # the boundary to open_clip, torch and safetensors, which raise any type on a bad file
         source = f"weights {weights}" if weights else "random init"
-        raise UserError(f"cannot build OpenCLIP model {name} ({source}): {_one_line(e)}") from e
+        raise UserError(f"cannot build OpenCLIP model {name} ({source}): {one_line(e)}") from e
     if weights is None:
         LOGGER.warning(f"OpenCLIP model {name} is randomly initialised (no pretrained weights): for tests only")
     identity = {"type": "open_clip", "model": name, "weights": weights.name if weights else None,
@@ -129,7 +130,7 @@ def _register_config(open_clip: Any, path: Path, name: str) -> None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read OpenCLIP model config {path}: {_one_line(e)}") from e
+        raise UserError(f"cannot read OpenCLIP model config {path}: {one_line(e)}") from e
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
     if missing:
         raise UserError(f"OpenCLIP model config {path} lacks {', '.join(missing)}")
@@ -139,7 +140,7 @@ def _register_config(open_clip: Any, path: Path, name: str) -> None:
     try:
         open_clip.add_model_config(path.resolve())
     except (OSError, ValueError) as e:  # the rescan rereads every config ever added, not only this one
-        raise UserError(f"cannot register OpenCLIP model config {path}: {_one_line(e)}") from e
+        raise UserError(f"cannot register OpenCLIP model config {path}: {one_line(e)}") from e
 
 
 def _weights_file(open_clip: Any, name: str, pretrained: str | None) -> Path | None:
@@ -196,7 +197,7 @@ def read_prompts(path: PathLike, classes: Sequence[str] | None = None) -> tuple[
     except FileNotFoundError:
         raise UserError(f"prompts file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read prompts file {path}: {_one_line(e)}") from e
+        raise UserError(f"cannot read prompts file {path}: {one_line(e)}") from e
     entries = []  # (line number, name or None, description)
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -311,14 +312,29 @@ def load_head(path: PathLike) -> tuple[LinearHead, dict]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path} is not a readable head file: {_one_line(e)}") from e
+        raise UserError(f"{path} is not a readable head file: {one_line(e)}") from e
     if not isinstance(obj, dict) or any(k not in obj for k in _HEAD_KEYS) or not isinstance(obj["teacher"], dict):
         raise UserError(f"{path} is not a head file (expected keys {', '.join(_HEAD_KEYS)})")
     try:
         head = LinearHead(obj["weight"], obj["bias"], obj["scale"], obj["classes"], kind=obj["kind"])
     except (ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} is a damaged head file: {_one_line(e)}") from e
+        raise UserError(f"{path} is a damaged head file: {one_line(e)}") from e
     return head, obj["teacher"]
+
+
+def load_head_for_store(path: PathLike, store: TeacherStore, store_name: str) -> LinearHead:
+    """load_head(path), checked against the embedding store (`store_name` in messages: 'store DIR') whose
+    embeddings it will turn into class logits: the same teacher made both, at the same width."""
+    head, head_teacher = load_head(path)
+    if head_teacher != store.teacher:
+        raise UserError(f"head {path} was made with {describe_teacher(head_teacher)}, the {store_name} with "
+                        f"{describe_teacher(store.teacher)}: use one teacher for both")
+    # The same teacher name can still mean two widths (a random-init model config edited between `embed` and
+    # `text-embed`); unchecked, a run trained a student that predict refuses, or failed with a shape traceback.
+    if head.weight.shape[1] != store.dim:
+        raise UserError(f"head {path} takes {head.weight.shape[1]}-d embeddings, the {store_name} holds "
+                        f"{store.dim}-d ones: make both with one teacher")
+    return head
 
 
 def _close_matches(name: str, choices: Sequence[str]) -> str:
@@ -326,9 +342,3 @@ def _close_matches(name: str, choices: Sequence[str]) -> str:
     lower = {c.lower(): c for c in choices}
     close = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=5, cutoff=0.6)]
     return f"; did you mean {', '.join(close)}?" if close else "; open_clip.list_models() lists the known names"
-
-
-def _one_line(e: BaseException) -> str:
-    """First line of an exception's message: torch and open_clip write paragraphs."""
-    text = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

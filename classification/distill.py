@@ -13,16 +13,33 @@ from torch import nn
 from torch.utils.data import ConcatDataset
 
 from yolodistill.config import LayerPair, parse_layer_pairs
-from yolodistill.distiller import DISTILL_FEATURE, DISTILL_KD
-from yolodistill.engine import endless_batches
+from yolodistill.distiller import DISTILL_FEATURE, DistillationModel
 from yolodistill.errors import UserError
 from yolodistill.image_lists import image_files, unlabeled_only
+from yolodistill.training import endless_batches
 from .data import IMAGE_SUFFIXES, ImageDataset, LabeledFolder, list_images, readable
-from .losses import labeled_cross_entropy, soft_targets
+from .losses import kd_kl_loss, labeled_cross_entropy, soft_targets
 from .models import last_feature_layer
 from .trainer import ClassifyTrainer
 
 LOGGER = logging.getLogger("yolodistill")
+DISTILL_KD = "distill/kd"
+
+
+class HintonTerm:
+    """The output term of Hinton KD: alpha * T^2 * KL(teacher probabilities at T || student at T) (Hinton et al.
+    2015); the teacher output is its (ensemble's) softened probabilities. The (1 - alpha) * CE part is the task's."""
+
+    name = DISTILL_KD
+
+    def __init__(self, temperature: float, alpha: float):
+        self.temperature, self.alpha = temperature, alpha
+
+    def __call__(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+        return self.alpha * kd_kl_loss(student_logits, teacher_probs, self.temperature)
+
+    def describe(self) -> str:
+        return f"{self.alpha:g}*T^2*KL(T={self.temperature:g})"
 
 
 class KDTrainer(ClassifyTrainer):
@@ -31,28 +48,28 @@ class KDTrainer(ClassifyTrainer):
     kind = "distill"
 
     @property
-    def names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("distill/kd", "ce") + (("distill/feature",) if self.opts.feature_layers else ())
+    def loss_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (DISTILL_KD, "ce") + ((DISTILL_FEATURE,) if self.options.feature_layers else ())
 
     def build_data(self) -> None:
         super().build_data()
-        o = self.opts
-        if not (0 <= o.alpha <= 1) or o.temperature <= 0:
+        options = self.options
+        if not (0 <= options.alpha <= 1) or options.temperature <= 0:
             raise UserError("--alpha must be in [0, 1] and --temperature positive")
-        if bool(o.teacher) == bool(o.teacher_store):
+        if bool(options.teacher) == bool(options.teacher_store):
             raise UserError("give the teacher as --teacher CKPT [CKPT ...] or as --teacher-store DIR (one of them)")
         self.store = None
-        if o.teacher_store:
-            if o.feature_layers:
+        if options.teacher_store:
+            if options.feature_layers:
                 raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
-            self.store = self.open_logits_store(o.teacher_store)
+            self.store = self.open_logits_store(options.teacher_store)
         labeled = self.labeled_dataset(self.train_folder, train=True)
-        unlabeled = self.unlabeled_datasets(o.unlabeled)
+        unlabeled = self.unlabeled_datasets(options.unlabeled)
         self.unlabeled_loader = None
-        if o.unlabeled_ratio < 0:
-            raise UserError(f"--unlabeled-ratio must be positive (or 0: one dataset), got {o.unlabeled_ratio}")
-        if unlabeled and o.unlabeled_ratio > 0:  # a fixed share of every batch, from a stream of their own
-            n = max(1, round(o.unlabeled_ratio * self.batch_size))
+        if options.unlabeled_ratio < 0:
+            raise UserError(f"--unlabeled-ratio must be positive (or 0: one dataset), got {options.unlabeled_ratio}")
+        if unlabeled and options.unlabeled_ratio > 0:  # a fixed share of every batch, from a stream of their own
+            n = max(1, round(options.unlabeled_ratio * self.batch_size))
             self.unlabeled_loader = self.loader(ConcatDataset(unlabeled), train=True, batch_size=n)
             self.train_set = labeled
         else:  # one dataset: each unlabeled image once an epoch, shuffled among the labeled ones
@@ -101,7 +118,7 @@ class KDTrainer(ClassifyTrainer):
         """The unlabeled stream beside every labeled batch (--unlabeled-ratio > 0)."""
         if self.unlabeled_loader is None:
             return None
-        return endless_batches(self.unlabeled_loader, self.opts.seed, epoch)
+        return endless_batches(self.unlabeled_loader, self.options.seed, epoch)
 
     def open_logits_store(self, path: str):
         from .store import TeacherStore
@@ -126,39 +143,38 @@ class KDTrainer(ClassifyTrainer):
         return super().labeled_dataset(folder, train=train)
 
     def build_extras(self) -> None:
-        from yolodistill.distiller import DistillationModel, HintonTerm
-
-        o = self.opts
+        options = self.options
         self.teachers = teacher = None
-        if o.teacher:
+        if options.teacher:
             from .teachers import ClassifierTeachers
 
-            self.teachers = ClassifierTeachers(o.teacher, self.device)
+            self.teachers = ClassifierTeachers(options.teacher, self.device)
             if self.teachers.classes != self.classes:
                 raise UserError(f"teacher classes {self.teachers.classes} differ from the data's {self.classes}")
             teacher = self.live_teacher_probs
         pairs, feature_teacher, teacher_imgsz = (), None, None
-        if o.feature_layers:  # on the first (or only) teacher
+        if options.feature_layers:  # on the first (or only) teacher
             feature_teacher, teacher_imgsz = self.teachers.members[0], self.teachers.metas[0]["imgsz"]
-            pairs = feature_layer_pairs(o.feature_layers, self.model, feature_teacher)
-        self.distiller = DistillationModel(self.model, teacher, output_term=HintonTerm(o.temperature, o.alpha),
-                                           pairs=pairs, feature_teacher=feature_teacher, feature_loss=o.feature_loss,
-                                           feature_weight=o.f_weight, imgsz=o.imgsz, teacher_imgsz=teacher_imgsz,
-                                           device=self.device).attach()
+            pairs = feature_layer_pairs(options.feature_layers, self.model, feature_teacher)
+        output_term = HintonTerm(options.temperature, options.alpha)
+        self.distiller = DistillationModel(self.model, teacher, output_term=output_term, pairs=pairs,
+                                           feature_teacher=feature_teacher, feature_loss=options.feature_loss,
+                                           feature_weight=options.f_weight, imgsz=options.imgsz,
+                                           teacher_imgsz=teacher_imgsz, device=self.device).attach()
         self.extra_trainable["adapters"] = self.distiller.adapters
 
     def live_teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
         """The teachers' softened probabilities (an ensemble averages its members')."""
         t_logits = self.teachers(images, self.mean, self.std)  # (B, n, C)
-        return soft_targets(list(t_logits.unbind(1)), self.opts.temperature)
+        return soft_targets(list(t_logits.unbind(1)), self.options.temperature)
 
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
         stored = None
         if self.teachers is None:  # the store's logits of the batch's images
             rows = teacher_rows.view(len(teacher_rows), -1, len(self.classes))
-            stored = soft_targets(list(rows.unbind(1)), self.opts.temperature)
+            stored = soft_targets(list(rows.unbind(1)), self.options.temperature)
         logits, terms = self.train_model(images, teacher_output=stored)
-        hard = (1 - self.opts.alpha) * labeled_cross_entropy(logits, labels)
+        hard = (1 - self.options.alpha) * labeled_cross_entropy(logits, labels)
         return {DISTILL_KD: terms[DISTILL_KD], "ce": hard,
                 **({DISTILL_FEATURE: terms[DISTILL_FEATURE]} if DISTILL_FEATURE in terms else {})}
 
@@ -168,7 +184,7 @@ class KDTrainer(ClassifyTrainer):
 
     def checkpoint_meta(self) -> dict:
         meta = super().checkpoint_meta()
-        meta["distill"] = {"temperature": self.opts.temperature, "alpha": self.opts.alpha,
+        meta["distill"] = {"temperature": self.options.temperature, "alpha": self.options.alpha,
                            "teachers": (self.teachers.identity if self.teachers is not None else self.store.teacher)}
         return meta
 

@@ -41,22 +41,15 @@ def filter_pool(store_path: str, head_path: str, out: str, *, min_prob: float = 
                 per_class: Optional[int] = None, mode: str = "copy", exist_ok: bool = False,
                 batch_size: int = 4096) -> dict[str, int]:
     """Write the picks of the pool under `out` (class subfolders); returns the count per class."""
-    from .clip_teacher import load_head
-    from .store import TeacherStore, describe_teacher
+    from .clip_teacher import load_head_for_store
+    from .store import TeacherStore
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: choose {', '.join(MODES)}")
     if not 0 <= min_prob <= 1:
         raise UserError("--min-prob must be between 0 and 1")
     store = TeacherStore.open(store_path, kind="embedding")
-    head, head_teacher = load_head(head_path)
-    if head_teacher != store.teacher:
-        raise UserError(f"head {head_path} was made with {describe_teacher(head_teacher)}, the pool "
-                        f"store with {describe_teacher(store.teacher)}: use one teacher for both")
-    # Fix: same check as clip-distill's; a head of another width failed below with a shape traceback.
-    if head.weight.shape[1] != store.dim:
-        raise UserError(f"head {head_path} takes {head.weight.shape[1]}-d embeddings, the pool store holds "
-                        f"{store.dim}-d ones: make both with one teacher")
+    head = load_head_for_store(head_path, store, "pool store")
     if store.source is None or not Path(store.source).is_dir():
         raise UserError(f"the pool folder of store {store_path} ({store.source}) is gone")
     out_dir = Path(out)

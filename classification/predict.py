@@ -20,7 +20,7 @@ from yolodistill import media
 from yolodistill.errors import UserError
 from .data import IMAGE_SUFFIXES, build_transform, list_images, read_image
 from .models import build_classifier, read_checkpoint
-from yolodistill.engine import select_device
+from yolodistill.training import select_device
 
 LOGGER = logging.getLogger("yolodistill")
 

@@ -1,5 +1,5 @@
-"""Classifier training from labels on the shared engine; distill.py (Hinton KD) and clip_distill.py (CLIP
-embeddings) change only the loss and what the model outputs.
+"""Classifier training from labels on the shared Trainer (yolodistill.training); distill.py (Hinton KD) and
+clip_distill.py (CLIP embeddings) change only the loss and what the model outputs.
 
 One epoch loop, three loss recipes. Each trainer declares its loss names once; they drive the
 progress bar, results.csv (train/<name>) and results.png. Checkpoints are plain classifiers (see
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from yolodistill import distributed as ddp
-from yolodistill.engine import Engine, seed_everything, select_device
+from yolodistill.training import Trainer, seed_everything, select_device
 from yolodistill.errors import UserError
 from yolodistill.run_logger import plot_results
 from .data import ImageDataset, LabeledFolder, build_transform, split_folders
@@ -77,14 +77,14 @@ def score_checkpoint(weights: str | Path, data: str | Path, *, split: str = "tes
     return accuracy_metrics(logits_of, loader, target)
 
 
-class ClassifyTrainer(Engine):
+class ClassifyTrainer(Trainer):
     """Supervised training from labels; subclasses change loss_terms() and what the model outputs."""
 
-    names: tuple[str, ...] = ("ce",)
+    loss_names: tuple[str, ...] = ("ce",)
     kind = "train"
 
-    def __init__(self, opts: ClassifyOptions):
-        super().__init__(opts)
+    def __init__(self, options: ClassifyOptions):
+        super().__init__(options)
         self.best_fitness, self.best_metrics = -1.0, {}  # best top-1 so far
         self.extra_trainable: nn.ModuleDict = nn.ModuleDict()
 
@@ -99,17 +99,17 @@ class ClassifyTrainer(Engine):
             raise UserError(f"{last} was written by `classify {state['kind']}`; resume it with that command, "
                             f"not `classify {self.kind}`")
         known = {f.name for f in fields(ClassifyOptions)}
-        self.opts = ClassifyOptions(**{k: v for k, v in state["options"].items() if k in known})
-        self.opts.resume = str(last)
-        LOGGER.info(f"Resuming {last.parent.parent} from epoch {ckpt['epoch'] + 2} of {self.opts.epochs}")
+        self.options = ClassifyOptions(**{k: v for k, v in state["options"].items() if k in known})
+        self.options.resume = str(last)
+        LOGGER.info(f"Resuming {last.parent.parent} from epoch {ckpt['epoch'] + 2} of {self.options.epochs}")
         return ckpt
 
     # ---- setup -------------------------------------------------------------------------------------
     def build(self) -> None:
-        o = self.opts
-        if o.epochs < 1 or o.batch_size < 1 or o.imgsz < 1:
+        options = self.options
+        if options.epochs < 1 or options.batch_size < 1 or options.imgsz < 1:
             raise UserError("--epochs, --batch-size and --imgsz must be positive")
-        seed_everything(o.seed)
+        seed_everything(options.seed)
         self.build_data()
         self.build_model()
         self.compression = self.setup_compression(  # with the QAT ranges of a resumed run
@@ -117,24 +117,25 @@ class ClassifyTrainer(Engine):
             quant_state=self.resume_ckpt.get("quant") if self.resume_ckpt else None)
         self.build_extras()
         params = [p for p in list(self.model.parameters()) + list(self.extra_trainable.parameters()) if p.requires_grad]
-        opt_cls = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}.get(o.optimizer)
-        if opt_cls is None:
-            raise UserError(f"--optimizer {o.optimizer!r}: choose SGD, Adam or AdamW")
-        kw = dict(momentum=0.9, nesterov=True) if o.optimizer == "SGD" else {}
-        self.optimizer = opt_cls(params, lr=o.lr0, weight_decay=o.weight_decay, **kw)
+        optimizer_class = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam,
+                           "AdamW": torch.optim.AdamW}.get(options.optimizer)
+        if optimizer_class is None:
+            raise UserError(f"--optimizer {options.optimizer!r}: choose SGD, Adam or AdamW")
+        kw = dict(momentum=0.9, nesterov=True) if options.optimizer == "SGD" else {}
+        self.optimizer = optimizer_class(params, lr=options.lr0, weight_decay=options.weight_decay, **kw)
         # What the training forward runs: the student (with its adapters when distilling features), inside
         # DistributedDataParallel under torchrun so that all of their gradients are averaged over the ranks.
         self.train_model = ddp.wrap(self.student_module(), self.dist, self.device)
         # cosine decay to 1% of lr0 over the run, per step (yolov5 classify's default is cosine too)
-        total = o.epochs * max(1, len(self.train_loader))
+        total = options.epochs * max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        self.make_run_dir(Path(o.resume).parent.parent if self.resume_ckpt else None)
+        self.make_run_dir(Path(options.resume).parent.parent if self.resume_ckpt else None)
         if self.resume_ckpt:
             self.restore(self.resume_ckpt)
             self.resume_ckpt = None
-        self.open_run_logger([f"train/{n}" for n in self.names] + list(ACC_COLUMNS) + ["lr/0"])
-        LOGGER.info(f"{self.kind}: {self.opts.model} -> {self.save_dir}")
+        self.open_run_logger([f"train/{n}" for n in self.loss_names] + list(ACC_COLUMNS) + ["lr/0"])
+        LOGGER.info(f"{self.kind}: {self.options.model} -> {self.save_dir}")
 
     def extra_batches(self, epoch: int):
         """Batches to put beside each training batch (distill's unlabeled images), or None."""
@@ -142,22 +143,22 @@ class ClassifyTrainer(Engine):
 
     def loader(self, dataset, *, train: bool, batch_size: Optional[int] = None) -> DataLoader:
         g = torch.Generator()
-        g.manual_seed(self.opts.seed)
+        g.manual_seed(self.options.seed)
         sampler = None
         if train and self.dist.enabled:  # each rank a disjoint shard, reshuffled every epoch by set_epoch()
             from torch.utils.data.distributed import DistributedSampler
 
             sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                         shuffle=True, seed=self.opts.seed)
+                                         shuffle=True, seed=self.options.seed)
         # a stream beside the main batches (batch_size given) keeps its share exact: no short last batch
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=train and sampler is None,
                           sampler=sampler, drop_last=batch_size is not None and len(dataset) >= batch_size,
-                          generator=g, num_workers=self.opts.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=self.opts.workers > 0)
+                          generator=g, num_workers=self.options.workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.options.workers > 0)
 
     def build_data(self) -> None:
-        o = self.opts
-        train_dir, val_dir = split_folders(o.data)
+        options = self.options
+        train_dir, val_dir = split_folders(options.data)
         self.train_folder = LabeledFolder.scan(train_dir)
         self.classes = list(self.train_folder.classes)
         self.val_folder = LabeledFolder.scan(val_dir).with_classes(self.classes)
@@ -169,11 +170,12 @@ class ClassifyTrainer(Engine):
         LOGGER.info(f"classes {len(self.classes)}; train {len(self.train_set)} images, val {len(self.val_set)}")
 
     def normalisation(self):
-        return default_normalisation(self.opts.model)
+        return default_normalisation(self.options.model)
 
     def transform(self, train: bool):
-        o = self.opts
-        return build_transform(o.imgsz, self.mean, self.std, train=train and o.augment, fliplr=o.fliplr)
+        options = self.options
+        return build_transform(options.imgsz, self.mean, self.std, train=train and options.augment,
+                               fliplr=options.fliplr)
 
     def labeled_dataset(self, folder: LabeledFolder, *, train: bool) -> ImageDataset:
         return ImageDataset(folder.root, folder.keys, folder.labels, self.transform(train))
@@ -182,14 +184,14 @@ class ClassifyTrainer(Engine):
         return len(self.classes)
 
     def build_model(self) -> None:
-        o = self.opts
+        options = self.options
         if self.resume_ckpt:
             self.model = classifier_from_checkpoint(self.resume_ckpt, quantized=False)
-        elif o.weights:
-            self.model = self.model_from_weights(o.weights)
+        elif options.weights:
+            self.model = self.model_from_weights(options.weights)
         else:
-            self.model = build_classifier(o.model, self.num_outputs(), imgsz=o.imgsz,
-                                          pretrained=o.pretrained or None)
+            self.model = build_classifier(options.model, self.num_outputs(), imgsz=options.imgsz,
+                                          pretrained=options.pretrained or None)
         self.model.to(self.device)
 
     def model_from_weights(self, path: str) -> nn.Module:
@@ -199,9 +201,9 @@ class ClassifyTrainer(Engine):
             raise UserError(f"{path} is already quantization-aware trained; start from the FP32 student")
         if ckpt["num_classes"] != self.num_outputs():
             raise UserError(f"{path} has {ckpt['num_classes']} outputs, this run needs {self.num_outputs()}")
-        if ckpt["arch"] != self.opts.model:
-            LOGGER.info(f"--weights {path}: model {ckpt['arch']} (not --model {self.opts.model})")
-            self.opts.model = ckpt["arch"]
+        if ckpt["arch"] != self.options.model:
+            LOGGER.info(f"--weights {path}: model {ckpt['arch']} (not --model {self.options.model})")
+            self.options.model = ckpt["arch"]
         return classifier_from_checkpoint(ckpt)
 
     def build_extras(self) -> None:
@@ -222,45 +224,43 @@ class ClassifyTrainer(Engine):
         return store.take(rows).to(self.device, non_blocking=True) if store is not None else None
 
     def loss_terms(self, images, labels, teacher_rows) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(self.train_model(images), labels, label_smoothing=self.opts.label_smoothing)}
+        return {"ce": F.cross_entropy(self.train_model(images), labels,
+                                      label_smoothing=self.options.label_smoothing)}
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        from tqdm import tqdm
-
+    # ---- the batches (the shared Trainer's loop) --------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
         self.model.train()
         self.extra_trainable.train()
-        sums = {n: 0.0 for n in self.names}
-        n_batches = 0
-        if self.dist.enabled:
-            self.train_loader.sampler.set_epoch(epoch)
-        bar = tqdm(self.train_loader, desc=f"{epoch + 1}/{self.opts.epochs}", unit="batch", leave=False,
-                   bar_format="{l_bar}{bar:10}{r_bar}", disable=not self.main)
-        extra = self.extra_batches(epoch)
-        for images, labels, rows in bar:
-            if extra is not None:  # unlabeled images beside the labeled ones (labels -1)
-                more = next(extra)
-                images, labels, rows = (torch.cat([a, b]) for a, b in zip((images, labels, rows), more))
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
-            teacher_rows = self.teacher_rows(rows)
-            terms = self.loss_terms(images, labels, teacher_rows)
-            loss = sum(terms.values())
-            if not self.all_finite(loss):  # every rank stops together, or the others would wait forever
-                raise UserError(f"loss became non-finite at epoch {epoch + 1}: lower --lr0")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.compression.after_step()
-            self.scheduler.step()
-            n_batches += 1
-            for n, v in terms.items():
-                sums[n] += float(v.detach())
-            bar.set_postfix({n: f"{sums[n] / n_batches:.4f}" for n in self.names})
-        means = torch.tensor([sums[n] / max(1, n_batches) for n in self.names], dtype=torch.float64)
+        self.extra_stream = self.extra_batches(epoch)
+
+    def preprocess_batch(self, batch, iteration: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(images, labels, the store's teacher rows) on the device, with the epoch's extra batch beside them."""
+        images, labels, rows = batch
+        if self.extra_stream is not None:  # unlabeled images beside the labeled ones (labels -1)
+            more = next(self.extra_stream)
+            images, labels, rows = (torch.cat([a, b]) for a, b in zip((images, labels, rows), more))
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
+        return images, labels, self.teacher_rows(rows)
+
+    def training_step(self, batch, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = self.loss_terms(*batch)
+        items = torch.tensor([float(terms[n].detach()) for n in self.loss_names], dtype=torch.float64)
+        return sum(terms.values()), items
+
+    def backward_and_step(self, loss: torch.Tensor, iteration: int) -> bool:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.compression.after_step()
+        self.scheduler.step()
+        return True
+
+    def epoch_row(self, epoch: int, mean_losses: torch.Tensor) -> dict[str, float]:
         if self.dist.enabled:  # the logged training loss is over every rank's images, not rank 0's alone
-            torch.distributed.all_reduce(means)
-            means /= self.dist.world_size
-        return {**{f"train/{n}": float(v) for n, v in zip(self.names, means)},
-                "lr/0": self.optimizer.param_groups[0]["lr"]}
+            mean_losses = mean_losses.clone()
+            torch.distributed.all_reduce(mean_losses)
+            mean_losses /= self.dist.world_size
+        return {**super().epoch_row(epoch, mean_losses), "lr/0": self.optimizer.param_groups[0]["lr"]}
 
     def evaluate(self) -> dict[str, float]:
         """The model being trained on val/ (score_checkpoint scores a saved one on another split)."""
@@ -278,7 +278,8 @@ class ClassifyTrainer(Engine):
 
     # ---- checkpoints and the run -------------------------------------------------------------------
     def checkpoint_meta(self) -> dict:
-        return dict(arch=self.opts.model, classes=self.classes, imgsz=self.opts.imgsz, mean=self.mean, std=self.std)
+        return dict(arch=self.options.model, classes=self.classes, imgsz=self.options.imgsz, mean=self.mean,
+                    std=self.std)
 
     def saved_models(self) -> list[nn.Module]:
         return [self.model, self.extra_trainable]
@@ -287,14 +288,14 @@ class ClassifyTrainer(Engine):
         # A QAT student is saved plain with its INT8 ranges beside (checkpoint_dict splits them off). The final
         # last.pt is the plain classifier; a run killed before it resumes from the previous one.
         extra = {"sparsity": self.compression.sparsity} if self.compression.sparsity else {}
-        if training_state and epoch + 1 < self.opts.epochs:
+        if training_state and epoch + 1 < self.options.epochs:
             extra["resume"] = self.resume_state()
         save_classifier(path, self.model, epoch=epoch, metrics=self.epoch_metrics, **self.checkpoint_meta(),
                         **extra)
 
     def resume_state(self) -> dict:
         """What --resume needs beyond the weights: plain values and tensors only (weights-only loadable)."""
-        return {"kind": self.kind, "options": asdict(self.opts), "optimizer": self.optimizer.state_dict(),
+        return {"kind": self.kind, "options": asdict(self.options), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "extra_trainable": self.extra_trainable.state_dict(),
                 "best_top1": self.best_fitness, "best_metrics": dict(self.best_metrics),
                 "rng": {"torch": torch.get_rng_state(), "loader": self.train_loader.generator.get_state()}}
@@ -311,7 +312,7 @@ class ClassifyTrainer(Engine):
         self.start_epoch = ckpt["epoch"] + 1
 
     def report_epoch(self, epoch: int, row: dict[str, float]) -> None:
-        LOGGER.info(f"epoch {epoch + 1}/{self.opts.epochs}: "
+        LOGGER.info(f"epoch {epoch + 1}/{self.options.epochs}: "
                     + "  ".join(f"{k.removeprefix('train/').removeprefix('metrics/')} {v:.4g}"
                                 for k, v in row.items()))
 

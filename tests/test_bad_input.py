@@ -107,7 +107,7 @@ def test_label_class_out_of_range(capsys, tmp_path):
 def test_nan_loss_skips_then_stops(capsys, caplog, teacher_weights, tiny_data, tmp_path, monkeypatch):
     import logging
 
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     caplog.set_level(logging.WARNING, logger="yolodistill")
     real = trainer_mod.DistillTrainer.total_loss
@@ -129,7 +129,7 @@ def test_non_finite_gradient_of_a_finite_loss_skips_the_step(caplog, teacher_wei
     # height): stepping with it would write NaN into every weight; skipped, the run trains on and ends finite
     import logging
 
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     caplog.set_level(logging.WARNING, logger="yolodistill")
     real = trainer_mod.DistillTrainer.total_loss
@@ -154,7 +154,7 @@ def test_non_finite_gradient_of_a_finite_loss_skips_the_step(caplog, teacher_wei
 
 
 def test_nan_weights_are_never_saved_over_the_last_good_checkpoint(capsys, tiny_data, tmp_path, monkeypatch):
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     real = trainer_mod.DistillTrainer.end_epoch
 

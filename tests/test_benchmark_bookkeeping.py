@@ -88,7 +88,7 @@ def test_the_epoch_a_taught_run_reaches_its_baselines_best(kd_gain):
 
 
 def test_every_unlabeled_gain_row_is_a_valid_training():
-    from yolodistill.train_options import TrainOptions
+    from yolodistill.detection.train_options import TrainOptions
 
     unlabeled_gain = _load("unlabeled_gain")
     plan = Plan.named("benchmark")

@@ -117,7 +117,7 @@ def test_batch_size_must_split_over_the_ranks(tiny_data, tmp_path, monkeypatch, 
 
 
 def test_out_of_memory_is_one_line_with_a_smaller_batch(tiny_data, tmp_path, monkeypatch, capsys):
-    from yolodistill import trainer
+    from yolodistill.detection import trainer
 
     def oom(self, *args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

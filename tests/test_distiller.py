@@ -7,10 +7,10 @@ import torch
 
 from yolodistill import yolo_backend as yb
 from yolodistill.config import DistillConfig, LayerPair
-from yolodistill.distiller import (DISTILL_FEATURE, DISTILL_OUTPUT, DistillationModel, detection_distiller,
-                                   loss_names)
+from yolodistill.detection.distillation import DISTILL_OUTPUT, detection_distiller, loss_names
+from yolodistill.detection.teacher import FrozenTeacher
+from yolodistill.distiller import DISTILL_FEATURE, DistillationModel
 from yolodistill.errors import UserError
-from yolodistill.teacher import FrozenTeacher
 
 IMGSZ = 64
 GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}
@@ -124,12 +124,12 @@ def test_unknown_layer_is_a_user_error():
 
 def test_unlabeled_batch_gets_only_distillation_terms(tiny_data, tmp_path):
     """trainer.total_loss with targets=None: task terms are zero, distillation terms drive the step."""
-    from yolodistill.trainer import DistillTrainer
+    from yolodistill.detection.trainer import DistillTrainer
 
     student, teacher = _models()
     trainer = DistillTrainer.__new__(DistillTrainer)  # only the loss plumbing, no data loading
     trainer.config = DistillConfig(output=True, feature=True)
-    trainer.names = loss_names(trainer.config)
+    trainer.loss_names = loss_names(trainer.config)
     trainer.distiller = _distiller(student, teacher)
     trainer.compute_loss = None  # must not be called for an unlabeled batch
     student.train()
@@ -200,7 +200,7 @@ def test_the_output_loss_chosen_is_the_one_computed(kind):
 
 
 def test_checkpoints_from_before_the_output_loss_choice_mean_mse():
-    from yolodistill.train_options import TrainOptions
+    from yolodistill.detection.train_options import TrainOptions
 
     assert DistillConfig().output_loss == "mse_ciou"  # today's default (config.py says why)
     old = DistillConfig(output=True).to_dict()

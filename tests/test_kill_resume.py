@@ -1,9 +1,9 @@
 """SIGKILL a real training process mid-epoch, in the middle of a checkpoint write, and before any checkpoint:
 every checkpoint left behind loads, and `--resume` finishes the run with each epoch in results.csv once.
 
-Checkpoint writes are paused with the test hook of yolodistill.checkpoint: YOLODISTILL_TEST_SAVE_PAUSE makes
-save_checkpoint_atomic wait with its temp file written but not renamed, announced by "<temp file>.ready",
-until the marker is deleted (the test lets that write go on) or the process is killed.
+Checkpoint writes are paused in the run's process (_PausedRenames): atomic_file waits with its temp file written
+and synced but not renamed, announced by "<temp file>.ready", until the marker is deleted (the test lets that write
+go on) or the process is killed.
 """
 
 from __future__ import annotations
@@ -30,21 +30,42 @@ from .conftest import (CLASSIFY_IMGSZ, IMGSZ, assert_same_training, initial_weig
                        one_torch_thread)
 
 TIMEOUT = 120.0  # seconds any one wait may take before the process is killed and the test fails
-PAUSE = "120"  # longest a paused checkpoint write waits for the test
+PAUSE = 120.0  # longest a paused checkpoint write waits for the test
 
 
 # Each run is a fresh process forked from multiprocessing's fork server, which imported torch and yolov5 once:
 # the same real training process that SIGKILL ends, without ~4 s of imports per run (nine runs here). The server
 # never runs torch code, so no half-used thread pool is forked.
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["yolodistill.cli", "yolodistill.trainer", "yolodistill.classification.trainer"])
+FORKSERVER.set_forkserver_preload(["yolodistill.cli", "yolodistill.detection.trainer",
+                                   "yolodistill.classification.trainer"])
+
+
+class _PausedRenames:
+    """yolodistill.checkpoint's `os` in a paused run: before a temp file is renamed over a checkpoint (it is
+    written and synced by then), create an empty "<temp file>.ready" marker and wait until the test deletes it
+    or PAUSE seconds pass, so that the test can SIGKILL the process in the middle of a checkpoint write."""
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    @staticmethod
+    def replace(src, dst) -> None:
+        marker = Path(src).with_name(Path(src).name + ".ready")
+        marker.touch()
+        deadline = time.monotonic() + PAUSE
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        marker.unlink(missing_ok=True)
+        os.replace(src, dst)
 
 
 def _run_cli(args: list[str], out: str, err: str, cwd: str, pause: bool) -> None:
     """The child: `yolodistill ARGS` with stdout/stderr in files, exiting with its return code."""
-    os.environ.pop("YOLODISTILL_TEST_SAVE_PAUSE", None)
     if pause:
-        os.environ["YOLODISTILL_TEST_SAVE_PAUSE"] = PAUSE
+        from yolodistill import checkpoint
+
+        checkpoint.os = _PausedRenames()  # this process is the run alone: nothing to put back
     with open(out, "w") as o, open(err, "w") as e:
         os.dup2(o.fileno(), 1)
         os.dup2(e.fileno(), 2)

@@ -9,7 +9,7 @@ import pytest
 
 from yolodistill.classification.trainer import ClassifyOptions
 from yolodistill.cli import build_parser
-from yolodistill.train_options import TrainOptions
+from yolodistill.detection.train_options import TrainOptions
 
 
 def _parse(*argv: str):

@@ -53,7 +53,7 @@ def block_network(mp: pytest.MonkeyPatch, font_dir: Path) -> list[str]:
 def plotted_run(teacher_weights, tiny_data, tmp_path_factory):
     """A one-epoch output-distillation run with unlabeled images and pseudo-labels, plots on, network blocked:
     (run folder, network attempts, labels given to plot_labels, matplotlib's face colour before and after)."""
-    from yolodistill.trainer import DistillTrainer, TrainOptions
+    from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
     tmp = tmp_path_factory.mktemp("plots")
     unlabeled = tmp / "unlabeled"

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import filecmp
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 
 from yolodistill.cli import main
 from yolodistill.errors import UserError
-from yolodistill.synth import (CLASS_NAMES, STYLES, Difficulty, generate, load_objects_for_check, render_image,
-                              yolo_label_lines)
+from yolodistill.synth import CLASS_NAMES, STYLES, Difficulty, generate, render_image, yolo_label_lines
+
+
+def load_objects_for_check(label_file: Path, imgsz: int) -> Optional[np.ndarray]:
+    """Labels of one file as (N, 5) [cls, x0, y0, x1, y1] in pixels."""
+    rows = [list(map(float, line.split())) for line in label_file.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    a = np.array(rows)
+    xyxy = np.stack([a[:, 1] - a[:, 3] / 2, a[:, 2] - a[:, 4] / 2, a[:, 1] + a[:, 3] / 2, a[:, 2] + a[:, 4] / 2], 1)
+    return np.concatenate([a[:, :1], xyxy * imgsz], 1)
 
 
 def _files(root):

@@ -9,7 +9,7 @@ from yolodistill import yolo_backend as yb
 from yolodistill.checkpoint import save_checkpoint_atomic
 from yolodistill.errors import UserError
 from yolodistill.paths import cfg_path, load_cfg
-from yolodistill.teacher import FrozenTeacher, load_teacher
+from yolodistill.detection.teacher import FrozenTeacher, load_teacher
 
 
 def _teacher_file(tmp_path, cfg="yolov5s.yaml", nc=2):

@@ -37,7 +37,7 @@ def _assert_plain_student(path: Path) -> None:
 
 def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_path, monkeypatch):
     # Output distillation only, through the Python API so the trainer can be inspected afterwards.
-    from yolodistill.trainer import DistillTrainer, TrainOptions
+    from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
     trainer = DistillTrainer(TrainOptions(cfg="yolov5n.yaml", data=str(tiny_data), epochs=1, imgsz=IMGSZ,
                                           batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="out",
@@ -52,18 +52,18 @@ def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_p
     _assert_plain_student(out_dir / "weights" / "best.pt")
 
     # Feature + output distillation with CWD, interrupted after the first epoch's checkpoint.
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     calls = {"n": 0}
-    real_train_epoch = trainer_mod.DistillTrainer._train_epoch
+    real_train_epoch = trainer_mod.DistillTrainer.train_epoch
 
-    def interrupt_second_epoch(self, epoch, nb, maps):
+    def interrupt_second_epoch(self, epoch):
         calls["n"] += 1
         if epoch == 1:
             raise KeyboardInterrupt
-        return real_train_epoch(self, epoch, nb, maps)
+        return real_train_epoch(self, epoch)
 
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", interrupt_second_epoch)
     rc = main(["train", *COMMON, "--project", str(tmp_path), "--name", "feat", "--cfg", "yolov5n.yaml",
                "--data", str(tiny_data), "--epochs", "2", "--t-weights", str(teacher_weights), "--d-feature",
                "--feature-loss", "cwd", "--d_layers", "17:17", "20:20", "23:23"])
@@ -75,7 +75,7 @@ def test_distil_output_and_feature_then_resume(teacher_weights, tiny_data, tmp_p
     adapters = ckpt["distill"]["adapters"]
     assert any(k.endswith("weight") for k in adapters)  # yolov5n -> yolov5s channels differ: 1x1 convs
     assert not any("adapter" in k for k in ckpt["model"].state_dict())
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", real_train_epoch)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", real_train_epoch)
 
     # Resume restores adapters, EMA, optimizer and epoch, then finishes epoch 1.
     restored = {}
@@ -139,7 +139,7 @@ def test_val_and_detect_commands(teacher_weights, tiny_data, tmp_path):
 
 def test_train_py_options_run(tiny_data, tmp_path):
     """The less common train.py options go through yolov5's own code paths without error."""
-    from yolodistill.trainer import DistillTrainer, TrainOptions
+    from yolodistill.detection.trainer import DistillTrainer, TrainOptions
 
     trainer = DistillTrainer(TrainOptions(
         cfg="yolov5n.yaml", data=str(tiny_data), epochs=2, imgsz=IMGSZ, batch_size=8, workers=0, device="cpu",

@@ -96,13 +96,13 @@ def test_unlabeled_images_get_the_distillation_terms_in_every_batch(caplog, tiny
 
 def test_task_loss_counts_only_the_labeled_images(teacher_weights):
     """The first n_labeled images carry the targets; the others add to the distillation terms only."""
-    from yolodistill.trainer import DistillTrainer
+    from yolodistill.detection.trainer import DistillTrainer
 
     torch.manual_seed(0)
     student = yb.build_model("yolov5n.yaml", 2).train()
     yb.prepare_for_loss(student, yb.load_hyp(None), 2, IMGSZ, {0: "a", 1: "b"}, [torch.zeros((0, 5)).numpy()])
     trainer = DistillTrainer.__new__(DistillTrainer)
-    trainer.names, trainer.distiller = ("box_loss", "obj_loss", "cls_loss", "distill/output"), object()
+    trainer.loss_names, trainer.distiller = ("box_loss", "obj_loss", "cls_loss", "distill/output"), object()
     trainer.compute_loss = yb.ComputeLoss(student)
     imgs = torch.rand(6, 3, IMGSZ, IMGSZ)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3], [1, 0, 0.4, 0.6, 0.2, 0.2]])
@@ -118,9 +118,9 @@ def test_unlabeled_images_add_nothing_when_the_teacher_is_the_student():
     """Teacher = student: a batch of unlabeled images gives a total loss of exactly zero, and unlabeled images
     beside labeled ones leave the labeled images' task loss as it is, bit for bit."""
     from yolodistill.config import DistillConfig
-    from yolodistill.distiller import detection_distiller, loss_names
-    from yolodistill.teacher import FrozenTeacher
-    from yolodistill.trainer import DistillTrainer
+    from yolodistill.detection.distillation import detection_distiller, loss_names
+    from yolodistill.detection.teacher import FrozenTeacher
+    from yolodistill.detection.trainer import DistillTrainer
 
     torch.manual_seed(0)
     student, twin = yb.build_model("yolov5n.yaml", 2), yb.build_model("yolov5n.yaml", 2)
@@ -129,7 +129,7 @@ def test_unlabeled_images_add_nothing_when_the_teacher_is_the_student():
     yb.prepare_for_loss(student, yb.load_hyp(None), 2, IMGSZ, {0: "a", 1: "b"}, [torch.zeros((0, 5)).numpy()])
     config = DistillConfig(output=True, feature=True)
     trainer = DistillTrainer.__new__(DistillTrainer)
-    trainer.names, trainer.compute_loss = loss_names(config), yb.ComputeLoss(student)
+    trainer.loss_names, trainer.compute_loss = loss_names(config), yb.ComputeLoss(student)
     trainer.distiller = detection_distiller(student, FrozenTeacher(twin), config, gains={"box": 0.05, "obj": 1.0,
                                             "cls": 0.5}, imgsz=IMGSZ, device=torch.device("cpu")).attach()
     imgs = torch.rand(6, 3, IMGSZ, IMGSZ)
@@ -217,7 +217,7 @@ def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
     """What --resume relies on: the resumed run's epoch e sees the unlabeled batches the uninterrupted one did
     (order and augmentation: the latter is seeded in the loader's worker processes, as with --workers >= 1)."""
     from yolodistill.distributed import DistContext
-    from yolodistill.unlabeled import UnlabeledImages
+    from yolodistill.detection.unlabeled import UnlabeledImages
 
     files = yb.image_files([str(pool)], "--unlabeled")
 
@@ -233,19 +233,19 @@ def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
 
 
 def test_an_interrupted_run_with_unlabeled_images_resumes(tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
-    real = trainer_mod.DistillTrainer._train_epoch
+    real = trainer_mod.DistillTrainer.train_epoch
 
-    def interrupt_second_epoch(self, epoch, nb, maps):
+    def interrupt_second_epoch(self, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real(self, epoch, nb, maps)
+        return real(self, epoch)
 
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", interrupt_second_epoch)
     assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
                  "--unlabeled", str(pool), "--epochs", "2", "--project", str(tmp_path), "--name", "r"]) == 130
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "_train_epoch", real)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", real)
     assert main(["train", "--resume", str(tmp_path / "r" / "weights" / "last.pt")]) == 0
     rows = read_results(tmp_path / "r" / "results.csv")
     assert [(r["epoch"], r["x/unlabeled_images"]) for r in rows] == [(0, 24), (1, 24)]
@@ -269,8 +269,8 @@ def test_the_dataset_yamls_unlabeled_key_takes_the_forms_of_the_flag(tiny_data, 
     """`unlabeled:` in the dataset yaml: a glob (relative to the yaml's path:), as --unlabeled takes it."""
     import yaml
 
-    from yolodistill.train_options import TrainOptions
-    from yolodistill.unlabeled import select_unlabeled
+    from yolodistill.detection.train_options import TrainOptions
+    from yolodistill.detection.unlabeled import select_unlabeled
 
     data = yaml.safe_load(tiny_data.read_text())
     data.update({k: str(tiny_data.parent / data[k]) for k in ("train", "val")})
@@ -290,7 +290,7 @@ def test_a_pool_smaller_than_a_batch_on_each_rank_is_refused_not_looped_over(poo
     endless stream of nothing."""
     from torch.utils.data import DataLoader
 
-    from yolodistill.engine import endless_batches
+    from yolodistill.training import endless_batches
 
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{f}\n" for f in yb.image_files([str(pool)], "--unlabeled")))
@@ -307,7 +307,7 @@ def test_a_pool_smaller_than_a_batch_on_each_rank_is_refused_not_looped_over(poo
 def test_pseudo_labels_take_the_datasets_classes(capsys, tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
     """The teacher's classes become targets: a dataset of other classes is refused; under --single-cls every
     pseudo-box is class 0, as yolov5 makes every label."""
-    from yolodistill import trainer as trainer_mod
+    from yolodistill.detection import trainer as trainer_mod
 
     three = tmp_path / "three.yaml"
     three.write_text(tiny_data.read_text().replace("nc: 2", "nc: 3").replace("circle]", "circle, star]"))
@@ -318,9 +318,9 @@ def test_pseudo_labels_take_the_datasets_classes(capsys, tiny_data, teacher_weig
     classes = []
     real = trainer_mod.DistillTrainer.training_step
 
-    def record(self, imgs, targets, ni, n_labeled):
-        classes.extend(targets[:, 1].tolist())
-        return real(self, imgs, targets, ni, n_labeled)
+    def record(self, batch, iteration):
+        classes.extend(batch.targets[:, 1].tolist())
+        return real(self, batch, iteration)
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", record)
     assert main([*run, "--data", str(tiny_data), "--single-cls", "--name", "s"]) == 0

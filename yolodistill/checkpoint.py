@@ -20,9 +20,9 @@ import re
 import secrets
 import stat
 import struct
-import time
 import zipfile
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Union
 
@@ -30,13 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, one_line
 from .paths import local_weights, weights_hint
 
 __all__ = ["DEFAULT_SAFE_PREFIXES", "TRUST_HINT", "CheckpointError", "atomic_file", "find_last_checkpoint", "load_checkpoint",
            "save_checkpoint_atomic"]
 
 PathLike = Union[str, os.PathLike]
+# A checkpoint error quotes the first sentence of torch's reason, which runs to paragraphs.
+_first_sentence = partial(one_line, limit=160, first_sentence=True)
 
 
 class CheckpointError(UserError):
@@ -119,7 +121,6 @@ def atomic_file(path: PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _test_pause(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -139,28 +140,14 @@ def save_checkpoint_atomic(obj: Any, path: PathLike) -> None:
     except OSError as e:
         raise CheckpointError(f"cannot save checkpoint {path}: {e.strerror or e}") from e
     except (pickle.PicklingError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"cannot save checkpoint {path}: the object cannot be pickled ({_one_line(e)})") from e
+        raise CheckpointError(f"cannot save checkpoint {path}: the object cannot be pickled "
+                              f"({_first_sentence(e)})") from e
     except RuntimeError as e:
         # torch's zip writer turns a failed write (a full disk) into "[enforce fail ...] unexpected pos": the
         # OSError it swallowed is the exception's context, and says what went wrong.
         reason = e.__context__.strerror if isinstance(e.__context__, OSError) else None
-        raise CheckpointError(f"cannot save checkpoint {path}: {reason or _one_line(e)}") from e
+        raise CheckpointError(f"cannot save checkpoint {path}: {reason or _first_sentence(e)}") from e
     _fsync_directory(path.parent)
-
-
-def _test_pause(tmp: Path) -> None:
-    """Test hook (tests/test_kill_resume.py), off unless YOLODISTILL_TEST_SAVE_PAUSE is set: with the temp file
-    written and synced but not yet renamed, create an empty "<temp file>.ready" marker and wait until the test
-    deletes it or that many seconds pass, so a test can SIGKILL the process in the middle of a checkpoint write."""
-    pause = os.environ.get("YOLODISTILL_TEST_SAVE_PAUSE")
-    if not pause:
-        return
-    marker = tmp.with_name(tmp.name + ".ready")
-    marker.touch()
-    deadline = time.monotonic() + float(pause)
-    while marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    marker.unlink(missing_ok=True)
 
 
 def _check_file(path: Path) -> None:
@@ -212,7 +199,7 @@ def _admit_all(path: Path, names: Sequence[str], allowed: Sequence[str], renames
         try:
             entries += _admit(name, allowed, renames)
         except ImportError as e:
-            missing.append(f"{name} ({_one_line(e)})")
+            missing.append(f"{name} ({_first_sentence(e)})")
         except LookupError:
             refused.append(name)
     if strict and refused:
@@ -272,13 +259,13 @@ def _torch_load(path: Path, map_location: Any, *, weights_only: bool, legacy: bo
         if needed:
             raise _refused(path, [needed.group(1)]) from e
         reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-        detail = f" ({_one_line(reason.group(1))})" if reason else ""
+        detail = f" ({_first_sentence(reason.group(1))})" if reason else ""
         if legacy:  # torch < 1.6 pickled modules with their source code, which no weights-only load accepts
             raise CheckpointError(f"{path} is a legacy (torch < 1.6) checkpoint the weights-only loader cannot read"
                                   f"{detail}; re-save it with a current torch, or {TRUST_HINT}") from e
         raise CheckpointError(f"{path} was refused by the weights-only loader{detail}; {TRUST_HINT}") from e
     except ImportError as e:  # a full pickle imports whatever the file names
-        raise CheckpointError(f"{path} refers to code that cannot be imported here ({_one_line(e)})") from e
+        raise CheckpointError(f"{path} refers to code that cannot be imported here ({_first_sentence(e)})") from e
     except _DAMAGED as e:
         raise _damaged(path, e) from e
 
@@ -290,14 +277,8 @@ def _refused(path: Path, names: Sequence[str]) -> CheckpointError:
 
 def _damaged(path: Path, e: BaseException) -> CheckpointError:
     # A KeyError or IndexError from the pickle machine says only "101"; its type is the useful part.
-    detail = f"{type(e).__name__} {e}" if isinstance(e, LookupError) else _one_line(e)
+    detail = f"{type(e).__name__} {e}" if isinstance(e, LookupError) else _first_sentence(e)
     return CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {detail}")
-
-
-def _one_line(e: BaseException | str, limit: int = 160) -> str:
-    """First sentence of an exception's first line: torch's messages run to paragraphs."""
-    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0] or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _listing(names: Sequence[str], limit: int = 6) -> str:

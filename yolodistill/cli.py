@@ -32,7 +32,7 @@ distillation defaults, and why (the measurements: docs/training.md#why-the-defau
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train_options import TrainOptions
+    from .detection.train_options import TrainOptions
 
     p = sub.add_parser("train", help="train a YOLOv5 student, optionally distilled from a teacher",
                        description="Train a YOLOv5 student with yolov5's recipe, plus output and feature "
@@ -43,13 +43,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .trainer import DistillTrainer, TrainOptions
+    from .detection.train_options import TrainOptions
+    from .detection.trainer import DistillTrainer
 
     if args.resume:  # like train.py: a resumed run takes every option from its checkpoint
-        opts = TrainOptions(resume=args.resume, project=args.project, trust_checkpoint=args.trust_checkpoint)
+        options = TrainOptions(resume=args.resume, project=args.project, trust_checkpoint=args.trust_checkpoint)
     else:
-        opts = from_args(TrainOptions, args)
-    DistillTrainer(opts).run()
+        options = from_args(TrainOptions, args)
+    DistillTrainer(options).run()
 
 
 def _add_inference(p: argparse.ArgumentParser, *, inputs: tuple[str, str], conf: float, iou: float) -> None:
@@ -73,7 +74,7 @@ def _add_val(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_val(args: argparse.Namespace) -> None:
-    from .inference import val
+    from .detection.inference import val
 
     val(args.weights, args.data, imgsz=args.imgsz, batch_size=args.batch_size, device=args.device, task=args.task,
         conf_thres=args.conf_thres, iou_thres=args.iou_thres, workers=args.workers, project=args.project,
@@ -108,7 +109,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> None:
-    from .inference import detect
+    from .detection.inference import detect
 
     detect(args.weights, args.source, imgsz=args.imgsz, device=args.device, conf_thres=args.conf_thres,
            iou_thres=args.iou_thres, max_det=args.max_det, classes=args.classes, agnostic_nms=args.agnostic_nms,

@@ -21,11 +21,12 @@ from typing import Optional
 import torch
 
 from . import yolo_backend as yb
+from .detection.train_options import TrainOptions
+from .detection.trainer import DistillTrainer
 from .errors import UserError
 from .paths import cfg_path, load_cfg
 from .run_logger import read_results
 from .synth import generate
-from .trainer import DistillTrainer, TrainOptions
 
 LOGGER = logging.getLogger("yolodistill")
 DATA_DONE = ".complete"  # written after the last image, so a half-generated dataset is never reused
@@ -75,10 +76,10 @@ class Plan:
 def train_run(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
     """One `yolodistill train` run under out/name with the plan's sizes; returns its final metrics."""
     hyp = plan.hyp if Path(plan.hyp).is_file() else str(cfg_path(plan.hyp))
-    opts = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
-                        project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True,
-                        optimizer=plan.optimizer, hyp=hyp, nbs=plan.nbs, **extra)
-    return DistillTrainer(opts).run()
+    options = TrainOptions(data=str(data), imgsz=plan.imgsz, batch_size=plan.batch_size, device=device, workers=2,
+                           project=str(out), name=name, exist_ok=True, seed=plan.seed, noautoanchor=True,
+                           optimizer=plan.optimizer, hyp=hyp, nbs=plan.nbs, **extra)
+    return DistillTrainer(options).run()
 
 
 def train_or_resume(out: Path, name: str, plan: Plan, data: Path, device: str, **extra) -> dict:
@@ -306,7 +307,7 @@ def deploy_student(out: Path, teacher: Path, student: Path, *, fast: bool = Fals
 def val_metrics(weights: Path, data: Path, plan: Plan, device: str, out: Path, task: str = "val") -> dict:
     """mAP50 and mAP50-95 of a checkpoint on the plan's val split (yolov5's metric names) or test split (the same
     names under test/)."""
-    from .inference import val
+    from .detection.inference import val
 
     res = val(str(weights), str(data), imgsz=plan.imgsz, batch_size=plan.batch_size * 2, device=device, workers=2,
               task=task, project=str(out), name=f"{weights.parents[1].name}_{task}", exist_ok=True)

@@ -327,12 +327,3 @@ def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, n_test: i
                          f"nc: {classes}\nnames:\n{names}")
     return yaml_path
 
-
-def load_objects_for_check(label_file: Path, imgsz: int) -> Optional[np.ndarray]:
-    """Labels of one file as (N, 5) [cls, x0, y0, x1, y1] in pixels, for checks and tests."""
-    rows = [list(map(float, line.split())) for line in label_file.read_text().splitlines() if line.strip()]
-    if not rows:
-        return None
-    a = np.array(rows)
-    xyxy = np.stack([a[:, 1] - a[:, 3] / 2, a[:, 2] - a[:, 4] / 2, a[:, 1] + a[:, 3] / 2, a[:, 2] + a[:, 4] / 2], 1)
-    return np.concatenate([a[:, :1], xyxy * imgsz], 1)

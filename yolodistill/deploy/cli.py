@@ -79,7 +79,7 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
 def _run_benchmark(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from ..engine import increment_dir
+    from ..training import increment_dir
     from .benchmark import benchmark
 
     out = increment_dir(Path(args.project) / args.name, args.exist_ok)

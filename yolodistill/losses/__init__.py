@@ -7,7 +7,8 @@ from .registry import (
     build_feature_loss,
     register_feature_loss,
 )
-from .feature import ChannelWiseDistillationLoss, MSEFeatureLoss  # importing registers mse and cwd
+# importing registers mse, cwd and pkd
+from .feature import ChannelWiseDistillationLoss, MSEFeatureLoss, PearsonFeatureLoss
 from .output import OUTPUT_LOSSES, binary_kl, output_distillation_loss
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "register_feature_loss",
     "MSEFeatureLoss",
     "ChannelWiseDistillationLoss",
+    "PearsonFeatureLoss",
     "output_distillation_loss",
     "OUTPUT_LOSSES",
     "binary_kl",

@@ -1,5 +1,6 @@
 """Detection on one frame with yolov5's own letterbox, NMS, box scaling, drawing and label format: what
-`yolodistill detect` needs from yolov5 (the frames come from yolodistill.media, the loop is inference.py's)."""
+`yolodistill detect` needs from yolov5 (the frames come from yolodistill.media, the loop is
+detection/inference.py's)."""
 
 from __future__ import annotations
 

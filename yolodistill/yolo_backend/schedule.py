@@ -27,24 +27,25 @@ def warmup_iterations(hyp: dict, batches_per_epoch: int) -> int:
     return max(round(hyp["warmup_epochs"] * batches_per_epoch), 100)
 
 
-def warm_up(optimizer: torch.optim.Optimizer, ni: int, nw: int, hyp: dict, lr_factor: float,
+def warm_up(optimizer: torch.optim.Optimizer, iteration: int, warmup_iterations: int, hyp: dict, lr_factor: float,
             max_accumulate: float) -> int:
-    """train.py's warmup at batch `ni` of `nw`: the bias LR falls from warmup_bias_lr and the others rise from 0
-    to their scheduled value (`lr_factor` of the initial one), momentum rises from warmup_momentum; returns
-    the batches to accumulate, rising from 1 to `max_accumulate`."""
-    xi = [0, nw]
-    for j, x in enumerate(optimizer.param_groups):
-        x["lr"] = np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 0 else 0.0, x["initial_lr"] * lr_factor])
-        if "momentum" in x:
-            x["momentum"] = np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]])
-    return max(1, np.interp(ni, xi, [1, max_accumulate]).round())
+    """train.py's warmup at batch `iteration` of `warmup_iterations`: the bias LR falls from warmup_bias_lr and the
+    others rise from 0 to their scheduled value (`lr_factor` of the initial one), momentum rises from
+    warmup_momentum; returns the batches to accumulate, rising from 1 to `max_accumulate`."""
+    span = [0, warmup_iterations]
+    for j, group in enumerate(optimizer.param_groups):
+        group["lr"] = np.interp(iteration, span, [hyp["warmup_bias_lr"] if j == 0 else 0.0,
+                                                  group["initial_lr"] * lr_factor])
+        if "momentum" in group:
+            group["momentum"] = np.interp(iteration, span, [hyp["warmup_momentum"], hyp["momentum"]])
+    return max(1, np.interp(iteration, span, [1, max_accumulate]).round())
 
 
 def random_rescale(imgs: torch.Tensor, imgsz: int, stride: int) -> torch.Tensor:
     """--multi-scale: the batch resized to a random multiple of the stride from 0.5 to 1.5 x imgsz."""
-    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
-    sf = sz / max(imgs.shape[2:])
-    if sf == 1:
+    size = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
+    scale = size / max(imgs.shape[2:])
+    if scale == 1:
         return imgs
-    ns = [math.ceil(x * sf / stride) * stride for x in imgs.shape[2:]]
-    return nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+    new_shape = [math.ceil(x * scale / stride) * stride for x in imgs.shape[2:]]
+    return nn.functional.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)

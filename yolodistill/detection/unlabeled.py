@@ -15,32 +15,32 @@ from typing import Iterator, Sequence
 
 import torch
 
-from . import yolo_backend as yb
-from .distributed import DistContext
-from .engine import endless_batches
-from .errors import UserError
-from .image_lists import unlabeled_only
+from .. import yolo_backend as yb
+from ..distributed import DistContext
+from ..training import endless_batches
+from ..errors import UserError
+from ..image_lists import unlabeled_only
 
 LOGGER = logging.getLogger("yolodistill")
 
 
-def select_unlabeled(opts, data: dict, *, distilling: bool, labeled: Sequence[str]) -> list[str]:
+def select_unlabeled(options, data: dict, *, distilling: bool, labeled: Sequence[str]) -> list[str]:
     """The unlabeled image files of a run (--unlabeled, else the dataset yaml's `unlabeled:`), without the
     labeled ones (warned about); refuses validation images, and unlabeled images a run cannot use (no teacher,
     or a teacher with neither distillation terms nor --pseudo-labels)."""
-    specs = list(opts.unlabeled) or ([data["unlabeled"]] if isinstance(data.get("unlabeled"), str)
-                                     else list(data.get("unlabeled") or []))
+    specs = list(options.unlabeled) or ([data["unlabeled"]] if isinstance(data.get("unlabeled"), str)
+                                        else list(data.get("unlabeled") or []))
     if not specs:
-        if opts.pseudo_labels:
+        if options.pseudo_labels:
             raise UserError("--pseudo-labels labels the --unlabeled images: give --unlabeled too")
         return []
-    if not 0 <= opts.pseudo_labels < 1:
-        raise UserError(f"--pseudo-labels is a confidence threshold in (0, 1), got {opts.pseudo_labels}")
-    if not (distilling or (opts.t_weights and opts.pseudo_labels)):
+    if not 0 <= options.pseudo_labels < 1:
+        raise UserError(f"--pseudo-labels is a confidence threshold in (0, 1), got {options.pseudo_labels}")
+    if not (distilling or (options.t_weights and options.pseudo_labels)):
         raise UserError("--unlabeled images learn from a teacher: add --t_weights teacher.pt and --d_output or "
                         "--d_feature (its soft outputs), or --pseudo-labels CONF (its boxes)")
     for flag in ("rect", "quad"):  # --quad joins four labeled images into one of twice the side
-        if getattr(opts, flag):
+        if getattr(options, flag):
             raise UserError(f"--unlabeled puts square mosaics of --imgsz beside the labeled images in every batch: "
                             f"drop --{flag}")
     files = yb.image_files(specs, "--unlabeled")

@@ -10,12 +10,12 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
-from . import yolo_backend as yb
-from .engine import increment_dir, select_device
-from .errors import UserError
-from .media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
-from .run_logger import METRIC_COLUMNS
-from .runtime import EXPORTED, load_detector
+from .. import yolo_backend as yb
+from ..errors import UserError
+from ..media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
+from ..run_logger import METRIC_COLUMNS
+from ..runtime import EXPORTED, load_detector
+from ..training import increment_dir, select_device
 
 LOGGER = logging.getLogger("yolodistill")
 

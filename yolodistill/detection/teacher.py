@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import yolo_backend as yb
-from .errors import UserError
+from .. import yolo_backend as yb
+from ..errors import UserError
 
 
 class FrozenTeacher(nn.Module):
@@ -29,6 +29,16 @@ class FrozenTeacher(nn.Module):
         """Raw per-level head outputs (B, A, H, W, 5 + nc); FP16 on CUDA when `half`."""
         imgs = imgs.half() if self.half else imgs.float()
         return yb.forward_raw(self.model, imgs)
+
+    @torch.no_grad()
+    def pseudo_labels(self, imgs: torch.Tensor, *, conf_thres: float, first_index: int = 0) -> torch.Tensor:
+        """The teacher's boxes after NMS as training targets (N, 6): image (first_index + its place in `imgs`),
+        class, x, y, w, h normalised to the image, as yolov5's dataloader gives labels."""
+        return yb.pseudo_labels(self.model, imgs, conf_thres=conf_thres, first_index=first_index)
+
+    @property
+    def num_classes(self) -> int:
+        return yb.num_classes(self.model)
 
 
 def load_teacher(weights: str, *, cfg: str = "", nc: int | None = None, device: torch.device,
