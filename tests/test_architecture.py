@@ -26,8 +26,9 @@ TIERS = [
     ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.detection.train_options",
      "yolodistill.classification.options"],
     # models, hooks and adapters, data, compression, runtimes (runtime/ runs model files; deploy/ builds them)
-    ["yolodistill.yolo_backend", "yolodistill.detection.teacher", "yolodistill.hooks", "yolodistill.compress",
-     "yolodistill.runtime", "yolodistill.classification.models", "yolodistill.classification.data",
+    ["yolodistill.yolo_backend", "yolodistill.detection.class_map", "yolodistill.detection.teacher",
+     "yolodistill.hooks", "yolodistill.compress", "yolodistill.runtime", "yolodistill.classification.models",
+     "yolodistill.classification.data",
      "yolodistill.classification.store", "yolodistill.classification.clip_teacher",
      "yolodistill.classification.teachers", "yolodistill.students"],
     # losses: pure tensors

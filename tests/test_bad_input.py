@@ -55,11 +55,12 @@ def test_not_a_yolov5_checkpoint(capsys, tiny_data, tmp_path):
     _fails(capsys, _train(tmp_path, "--weights", str(text), "--data", str(tiny_data)), "text.pt")
 
 
-def test_nc_mismatch_under_output_distillation(capsys, teacher_weights, tmp_path):
+def test_classes_the_teacher_lacks_under_output_distillation(capsys, teacher_weights, tmp_path):
     three = make_tiny_dataset(tmp_path / "d3")
     three.write_text(three.read_text().replace("nc: 2\nnames: [rect, circle]", "nc: 3\nnames: [a, b, c]"))
     _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(three), "--t_weights",
-                          str(teacher_weights), "--d_output"), "same nc")
+                          str(teacher_weights), "--d_output"), "has no class named 'a', 'b', 'c' (2 classes: rect, "
+                                                               "circle): give its class for each with --t_classes")
 
 
 def test_anchor_mismatch_under_output_distillation(capsys, teacher_weights, tiny_data, tmp_path):

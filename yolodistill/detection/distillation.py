@@ -13,6 +13,7 @@ from ..config import DistillConfig, LayerPair
 from ..distiller import DISTILL_FEATURE, DistillationModel
 from ..errors import UserError
 from ..losses import output_distillation_loss
+from .class_map import TeacherClassMap
 from .teacher import FrozenTeacher
 
 # Loss names are declared here once; the progress bar, results.csv, TensorBoard and results_all.png
@@ -63,9 +64,13 @@ def default_layer_pairs(student: nn.Module, teacher: nn.Module) -> tuple[LayerPa
     return tuple(LayerPair(s, t) for s, t in zip(s_layers, t_layers))
 
 
-def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
-    """Output distillation compares heads cell by cell: nc, levels, anchors and strides must match."""
+def check_output_compatible(student: nn.Module, teacher: nn.Module,
+                            class_map: Optional[TeacherClassMap] = None) -> None:
+    """Output distillation compares heads cell by cell: nc (the teacher's after its `class_map`), levels, anchors
+    and strides must match."""
     s, t = yb.head_layout(student), yb.head_layout(teacher)
+    if class_map is not None:
+        t["nc"] = class_map.student_nc
     for key in ("nc", "nl", "na"):
         if s[key] != t[key]:
             raise UserError(f"output distillation needs the same {key} in student and teacher: "
@@ -85,7 +90,7 @@ def detection_distiller(student: nn.Module, teacher: FrozenTeacher, config: Dist
     """The DistillationModel of a YOLOv5 student and teacher, as `config` asks (output, features or both)."""
     output_term = None
     if config.output:
-        check_output_compatible(student, teacher.model)
+        check_output_compatible(student, teacher.model, teacher.class_map)
         output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight, config.output_loss,
                                      anchors=yb.detect_head(student).anchors)
     pairs = (config.layers or default_layer_pairs(student, teacher.model)) if config.feature else ()

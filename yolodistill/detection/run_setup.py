@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..paths import cfg_path
 from ..run_logger import METRIC_COLUMNS
 from ..training import Trainer, seed_everything
+from .class_map import TeacherClassMap
 from .distillation import TASK_TERMS, detection_distiller, loss_names
 from .teacher import FrozenTeacher, load_teacher
 from .train_options import NOMINAL_BATCH, TrainOptions
@@ -100,7 +101,8 @@ class DetectionRunSetup(Trainer):
         self.teacher: Optional[FrozenTeacher] = None
         if options.t_weights:
             self.teacher = load_teacher(options.t_weights, cfg=options.t_cfg, nc=self.num_classes,
-                                        device=self.device, half=self.cuda, trust=options.trust_checkpoint)
+                                        device=self.device, half=self.cuda, trust=options.trust_checkpoint,
+                                        **self._teacher_classes())
         self.student, _ = yb.create_student(options.weights, options.cfg, self.num_classes, self.hyp,
                                             trust=options.trust_checkpoint)
         self.student.to(self.device)
@@ -118,6 +120,20 @@ class DetectionRunSetup(Trainer):
         if self.imgsz != options.imgsz:
             LOGGER.warning(f"WARNING: --imgsz {options.imgsz} is not a multiple of the max stride {self.max_stride}, "
                            f"using {self.imgsz}")
+
+    def _teacher_classes(self) -> dict:
+        """load_teacher's arguments for the teacher's classes: the dataset's names to match (and --t_classes), and
+        a resumed run's map as it was; none under --single-cls (every class is one) or when the teacher is unused."""
+        options = self.options
+        if options.single_cls:
+            if options.t_classes:
+                raise UserError("--t_classes does not go with --single-cls: every class is one there")
+            return {}
+        if not (self.config.enabled or options.pseudo_labels):
+            return {}
+        stored = ((self.resume_ckpt or {}).get("distill") or {}).get("teacher_classes")
+        return {"student_names": self.class_names, "class_pairs": options.t_classes,
+                "class_map": None if stored is None else TeacherClassMap.from_state_dict(stored)}
 
     def _freeze_layers(self) -> None:
         freeze = self.options.freeze if isinstance(self.options.freeze, (list, tuple)) else [self.options.freeze]
@@ -166,8 +182,8 @@ class DetectionRunSetup(Trainer):
             quant_state=(self.resume_ckpt or {}).get("quant"))
 
     def _check_pseudo_label_classes(self) -> bool:
-        """--pseudo-labels makes the teacher's classes the targets, so they must be the dataset's; under
-        --single-cls every class is one. True: map the teacher's classes to class 0."""
+        """--pseudo-labels makes the teacher's classes the targets, so they must be the dataset's (or mapped to
+        them: class_map.py); under --single-cls every class is one. True: map the teacher's classes to class 0."""
         if self.teacher is None or not self.unlabeled or not self.options.pseudo_labels:
             return False
         teacher_classes = self.teacher.num_classes

@@ -59,6 +59,9 @@ class TrainOptions(RunOptions):
                             flags=("--teacher",), group=DISTILLATION_GROUP)
     t_cfg: str = option("", "teacher model yaml, if its weights should go into a fresh model", primary="--t_cfg",
                         group=DISTILLATION_GROUP)
+    t_classes: list = option([], "the teacher's class for a dataset class of another name (a teacher of more "
+                                 "classes: the rest are matched by name), e.g. car=automobile person=0",
+                             primary="--t_classes", metavar="STUDENT=TEACHER", group=DISTILLATION_GROUP)
     d_output: bool = option(False, "distil the detection outputs only", primary="--d_output", group=DISTILLATION_GROUP)
     d_feature: bool = option(False, "distil features and outputs", primary="--d_feature", group=DISTILLATION_GROUP)
     d_weight: float = option(DistillConfig.output_weight, "output distillation weight", primary="--d_weight",

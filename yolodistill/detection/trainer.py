@@ -248,6 +248,8 @@ class DistillTrainer(DetectionRunSetup):
         }
         if with_training_state and self.distiller is not None:
             ckpt["distill"] = {"adapters": self.distiller.adapters.state_dict(), "config": self.config.to_dict()}
+        if with_training_state and self.teacher is not None and self.teacher.class_map is not None:
+            ckpt.setdefault("distill", {})["teacher_classes"] = self.teacher.class_map.state_dict()
         return ckpt
 
     def saved_models(self) -> list[nn.Module]:

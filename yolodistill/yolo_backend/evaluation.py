@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,15 +38,17 @@ def validate(model: nn.Module, data: dict, dataloader, *, imgsz: int, batch_size
 
 @torch.no_grad()
 def pseudo_labels(model: nn.Module, imgs: torch.Tensor, *, conf_thres: float, iou_thres: float = 0.45,
-                  first_index: int = 0, max_det: int = 300) -> torch.Tensor:
+                  first_index: int = 0, max_det: int = 300,
+                  classes: Optional[Sequence[int]] = None) -> torch.Tensor:
     """A detector's boxes after NMS as training targets (N, 6): image (first_index + its place in `imgs`),
-    class, x, y, w, h normalised to the image, as yolov5's dataloader gives labels. `model` in eval mode."""
+    class, x, y, w, h normalised to the image, as yolov5's dataloader gives labels. `model` in eval mode.
+    `classes`: only boxes whose best class is one of these, as yolov5's detect --classes."""
     p = next(model.parameters())
     pred = model(imgs.to(p.dtype))[0]
     h, w = imgs.shape[2:]
     gain = torch.tensor([w, h, w, h], device=imgs.device, dtype=torch.float32)
-    rows = []
-    for j, det in enumerate(non_max_suppression(pred.float(), conf_thres, iou_thres, max_det=max_det)):
+    rows, keep = [], None if classes is None else list(classes)
+    for j, det in enumerate(non_max_suppression(pred.float(), conf_thres, iou_thres, classes=keep, max_det=max_det)):
         if len(det):
             xywh = xyxy2xywh(det[:, :4].float()) / gain
             index = torch.full((len(det), 1), float(first_index + j), device=imgs.device)
