@@ -68,6 +68,22 @@ def teacher_weights(tiny_data, tmp_path_factory) -> Path:
     return project / "t" / "weights" / "best.pt"
 
 
+def interrupt_at_epoch(monkeypatch, epoch: int = 1):
+    """Detection runs raise KeyboardInterrupt (Ctrl-C, exit code 130) as `epoch` starts, after the earlier epochs'
+    checkpoints; returns the real train_epoch, to put back with monkeypatch.setattr before a --resume."""
+    from yolodistill.detection import trainer as trainer_mod
+
+    real = trainer_mod.DistillTrainer.train_epoch
+
+    def interrupted(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real(self, e)
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", interrupted)
+    return real
+
+
 def yolov5n_with_data_statistics(data_yaml: Path, seed: int = 0):
     """A freshly initialised 2-class yolov5n (eval mode) whose BatchNorm statistics are averaged over every image of
     the tiny dataset, 8 at a time. A fresh network's activations shrink layer by layer until every box sits at the

@@ -15,10 +15,10 @@ from yolodistill.checkpoint import save_checkpoint_atomic
 from yolodistill.cli import main
 from yolodistill.detection.class_map import MAX_LOGIT, TeacherClassMap, mapped_objectness, resolve_class_map
 from yolodistill.detection.distillation import check_output_compatible
-from yolodistill.detection.teacher import FrozenTeacher
+from yolodistill.detection.teacher import FrozenTeacher, load_teacher
 from yolodistill.errors import UserError
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, interrupt_at_epoch
 from .test_bad_input import _fails, _train
 
 COCO_FEW = {0: "person", 1: "bicycle", 2: "car", 3: "dog"}
@@ -77,6 +77,21 @@ def test_a_missing_class_ends_the_run_in_one_line_naming_it(capsys, tiny_data, t
     assert "'circle'" in last and "'rect'" not in last
     _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
                           str(teacher), "--d_output", "--t_classes", "circle=cow"), "no class named 'cow'")
+    _fails(capsys, _train(tmp_path, "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--t_weights",
+                          str(teacher), "--d_output", "--t_classes", "circle=2", "--single-cls"), "--single-cls")
+
+
+def test_load_teacher_matches_the_datasets_names_and_checks_a_resumed_map(tmp_path):
+    cpu, names = torch.device("cpu"), {0: "rect", 1: "circle"}
+    same = _teacher_file(tmp_path / "same.pt", names)
+    assert load_teacher(str(same), device=cpu, student_names=names).class_map is None
+    three = _teacher_file(tmp_path / "three.pt", {0: "circle", 1: "square", 2: "rect"})
+    teacher = load_teacher(str(three), device=cpu, student_names=names)
+    assert teacher.class_map.teacher_classes == (2, 0) and teacher.num_classes == 2
+    resumed = load_teacher(str(three), device=cpu, student_names=names, class_map=TeacherClassMap([1, 2], 3))
+    assert resumed.class_map.teacher_classes == (1, 2)  # as last.pt kept it, not matched again
+    with pytest.raises(UserError, match="last.pt keeps the map"):
+        load_teacher(str(three), device=cpu, student_names=names, class_map=TeacherClassMap([3, 0], 4))
 
 
 # ---- the transform ------------------------------------------------------------------------------------------------
@@ -172,14 +187,7 @@ def test_a_three_class_teacher_distils_into_two_classes_and_resume_keeps_the_map
     from yolodistill.detection import trainer as trainer_mod
 
     teacher = _teacher_file(tmp_path / "teacher.pt", {0: "Circle", 1: "triangle", 2: "rect"})
-    real_train_epoch = trainer_mod.DistillTrainer.train_epoch
-
-    def interrupt_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_train_epoch(self, epoch)
-
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", interrupt_second_epoch)
+    real_train_epoch = interrupt_at_epoch(monkeypatch, 1)
     argv = ["train", "--imgsz", str(IMGSZ), "--batch-size", "8", "--workers", "0", "--device", "cpu", "--noplots",
             "--project", str(tmp_path), "--name", "cm", "--cfg", "yolov5n.yaml", "--data", str(tiny_data),
             "--epochs", "2", "--t_weights", str(teacher), "--d_output"]

@@ -15,7 +15,7 @@ from yolodistill.cli import main
 from yolodistill.errors import UserError
 from yolodistill.run_logger import read_results
 
-from .conftest import IMGSZ, make_tiny_dataset
+from .conftest import IMGSZ, interrupt_at_epoch, make_tiny_dataset
 
 BASE = ["--imgsz", str(IMGSZ), "--batch-size", "8", "--workers", "0", "--device", "cpu", "--noplots",
         "--noautoanchor", "--cfg", "yolov5n.yaml"]
@@ -235,14 +235,7 @@ def test_each_epochs_stream_depends_only_on_seed_and_epoch(pool, tmp_path):
 def test_an_interrupted_run_with_unlabeled_images_resumes(tiny_data, teacher_weights, pool, tmp_path, monkeypatch):
     from yolodistill.detection import trainer as trainer_mod
 
-    real = trainer_mod.DistillTrainer.train_epoch
-
-    def interrupt_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", interrupt_second_epoch)
+    real = interrupt_at_epoch(monkeypatch, 1)
     assert main(["train", *BASE, "--data", str(tiny_data), "--t_weights", str(teacher_weights), "--d_output",
                  "--unlabeled", str(pool), "--epochs", "2", "--project", str(tmp_path), "--name", "r"]) == 130
     monkeypatch.setattr(trainer_mod.DistillTrainer, "train_epoch", real)

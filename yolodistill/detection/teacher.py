@@ -3,6 +3,7 @@ classes than the student speaks in the student's classes (class_map.py)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -11,6 +12,8 @@ import torch.nn as nn
 from .. import yolo_backend as yb
 from ..errors import UserError
 from .class_map import Names, TeacherClassMap, resolve_class_map
+
+LOGGER = logging.getLogger("yolodistill")
 
 
 class FrozenTeacher(nn.Module):
@@ -79,15 +82,26 @@ def load_teacher(weights: str, *, cfg: str = "", nc: int | None = None, device: 
             if hasattr(model, attr):
                 setattr(built, attr, getattr(model, attr))
         model = built
-    teacher_names = getattr(model, "names", None) or [str(i) for i in range(yb.num_classes(model))]
+    teacher_nc = yb.num_classes(model)
+    teacher_names = getattr(model, "names", None) or [str(i) for i in range(teacher_nc)]
     if class_map is None and student_names is not None:
         class_map = resolve_class_map(student_names, teacher_names, class_pairs, teacher=weights)
-    elif class_map is not None and class_map.teacher_nc != yb.num_classes(model):
-        raise UserError(f"the teacher {weights} has {yb.num_classes(model)} classes; the run was started with a "
-                        f"teacher of {class_map.teacher_nc}, and its last.pt maps the student's classes to those")
+    elif class_map is not None:
+        student_names = _check_resumed_map(class_map, weights, teacher_nc, student_names)
     if class_map is not None:
-        yb.LOGGER.info(class_map.describe(student_names or [str(j) for j in range(class_map.student_nc)],
-                                          teacher_names))
-    elif nc is not None and yb.num_classes(model) != nc:
-        yb.LOGGER.warning(f"WARNING: teacher {weights} has nc={yb.num_classes(model)}, the dataset nc={nc}")
+        LOGGER.info(class_map.describe(student_names, teacher_names))
+    elif nc is not None and teacher_nc != nc:
+        yb.LOGGER.warning(f"WARNING: teacher {weights} has nc={teacher_nc}, the dataset nc={nc}")
     return FrozenTeacher(model.to(device), half=half, class_map=class_map)
+
+
+def _check_resumed_map(class_map: TeacherClassMap, weights: str, teacher_nc: int,
+                       student_names: Optional[Names]) -> Names:
+    """A resumed run's map must still fit its teacher and dataset; the student's names (its indices if none)."""
+    if student_names is None:
+        student_names = [str(j) for j in range(class_map.student_nc)]
+    if (class_map.teacher_nc, class_map.student_nc) != (teacher_nc, len(student_names)):
+        raise UserError(f"the run was started with its teacher's {class_map.teacher_nc} classes mapped to "
+                        f"{class_map.student_nc} (its last.pt keeps the map); the teacher {weights} has "
+                        f"{teacher_nc}, the dataset {len(student_names)}")
+    return student_names
