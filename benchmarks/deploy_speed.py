@@ -131,9 +131,9 @@ def main() -> None:
     rows = {}
     for label, batch, threads in SETTINGS:
         for r in range(args.repeats):
-            res = benchmark([args.teacher, args.student], batch=batch, threads=threads,
-                            runs=max(50, args.runs // batch), warmup=20, out=out / f"b{batch}_t{threads}_r{r}",
-                            memory=r == 0, plot=False, show=False)
+            res = benchmark([args.teacher, args.student], batch_size=batch, threads=threads,
+                            runs=max(50, args.runs // batch), warmup=20, project=str(out),
+                            name=f"b{batch}_t{threads}_r{r}", exist_ok=True, memory=r == 0, plot=False, show=False)
             q, imgsz = res["ratios"][0], res["meta"].get("imgsz")
             speed = q["speed_x"] if batch == 1 else q["throughput_x"]
             rows.setdefault(label, []).append({"speed_x": _figure(speed, 4), "gflops_x": _figure(q["GFLOPs_x"], 4),

@@ -170,11 +170,11 @@ def run_seed(seed: int, args, root: Path) -> dict:
 
     record("alone", ClassifyTrainer(replace(full, name="alone")))
     record("kd_store", KDTrainer(replace(full, name="kd_store", teacher_store=str(store))))
-    record("kd_live", KDTrainer(replace(full, name="kd_live", teacher=[teacher])))
+    record("kd_live", KDTrainer(replace(full, name="kd_live", t_weights=[teacher])))
     # The few-label student alone sees 100 images an epoch, the KD run every training image (1,077): at equal
     # epochs it would get a tenth of the steps. --few-epochs gives it enough to plateau (see --help).
     record("few_alone", ClassifyTrainer(replace(few, name="few_alone", epochs=args.few_epochs)))
-    record("few_kd", KDTrainer(replace(few, name="few_kd", teacher=[teacher], unlabeled=[str(root / "unlabeled")])))
+    record("few_kd", KDTrainer(replace(few, name="few_kd", t_weights=[teacher], unlabeled=[str(root / "unlabeled")])))
     out["timing"] = interleaved_epoch_seconds(replace(full, project=str(project / "timing")), teacher, store,
                                               args.timing_epochs, seed)
     return out
@@ -190,7 +190,7 @@ def interleaved_epoch_seconds(options: ClassifyOptions, teacher: str, store: Pat
     options = replace(options, epochs=epochs)  # the cosine schedule spans the timed epochs
     trainers = {"alone": ClassifyTrainer(replace(options, name="alone")),
                 "kd_store": KDTrainer(replace(options, name="kd_store", teacher_store=str(store))),
-                "kd_live": KDTrainer(replace(options, name="kd_live", teacher=[teacher]))}
+                "kd_live": KDTrainer(replace(options, name="kd_live", t_weights=[teacher]))}
     seconds: dict[str, list[float]] = {k: [] for k in trainers}
     order = list(trainers)
     try:

@@ -137,8 +137,9 @@ def speed(work: Path, weights: dict) -> dict:
 
     figures = {}
     for batch in (1, 32):
-        r = benchmark([weights["teacher"], weights["student"]], backend="tensorrt", imgsz=[160], batch=batch,
-                      half=True, runs=300, out=work / f"benchmark_b{batch}", plot=False, show=False)
+        r = benchmark([weights["teacher"], weights["student"]], backend="tensorrt", imgsz=[160], batch_size=batch,
+                      half=True, runs=300, project=str(work), name=f"benchmark_b{batch}", exist_ok=True, plot=False,
+                      show=False)
         figures[f"batch {batch}"] = {"results": r["results"], "ratios": r["ratios"], "device": r["meta"]["device"]}
     return figures
 

@@ -2,7 +2,7 @@
 
     from yolodistill.classification import ClassifyOptions, KDTrainer
     result = KDTrainer(ClassifyOptions(data="datasets/digits/full", model="mlp_small", imgsz=8,
-                                       teacher=["teacher.pt"], temperature=4, alpha=0.9)).run()
+                                       t_weights=["teacher.pt"], temperature=4, alpha=0.9)).run()
 
 Public names load lazily, so the CLI's --help does not import torch, timm or open_clip.
 """

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from yolodistill.data_options import DigitsOptions
 from yolodistill.errors import UserError
 
 SPLIT_SEED = 0  # the fixed val and test splits
@@ -55,10 +56,12 @@ def _write(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image, mode="L").convert("RGB").save(path)
 
 
-def write_digits(out: str | Path, *, few: int = 10, seed: int = 0, exist_ok: bool = False) -> Path:
-    """Write the folders above under `out`; returns `out`."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not exist_ok:
+def write_digits(out: str | Path, **options) -> Path:
+    """Write the folders above under `out`; returns `out`. `options`: DigitsOptions' fields (the `yolodistill data
+    digits` flags: few, seed, exist_ok)."""
+    options = DigitsOptions(out=str(out), **options)
+    out, few = Path(out), options.few
+    if out.exists() and any(out.iterdir()) and not options.exist_ok:
         raise UserError(f"{out} is not empty (use --exist-ok to overwrite)")
     if few < 1:
         raise UserError("--few must be at least 1 labeled image per class")
@@ -68,7 +71,7 @@ def write_digits(out: str | Path, *, few: int = 10, seed: int = 0, exist_ok: boo
     for split, indices in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
         for i in indices:
             _write(out / "full" / split / str(target[i]) / f"{i:04d}.png", images[i])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     labeled = set()
     for digit in range(10):
         pool = train_idx[target[train_idx] == digit]

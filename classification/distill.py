@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset
 
 from yolodistill.config import LayerPair, parse_layer_pairs
-from yolodistill.distiller import DISTILL_FEATURE, DistillationModel
+from yolodistill.distiller import DISTILL_FEATURE, DistillationModel, DistillerConfig
 from yolodistill.errors import UserError
 from yolodistill.image_lists import image_files, unlabeled_only
 from yolodistill.training import endless_batches
@@ -49,19 +49,19 @@ class KDTrainer(ClassifyTrainer):
 
     @property
     def loss_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (DISTILL_KD, "ce") + ((DISTILL_FEATURE,) if self.options.feature_layers else ())
+        return (DISTILL_KD, "ce") + ((DISTILL_FEATURE,) if self.options.d_layers else ())
 
     def build_data(self) -> None:
         super().build_data()
         options = self.options
         if not (0 <= options.alpha <= 1) or options.temperature <= 0:
             raise UserError("--alpha must be in [0, 1] and --temperature positive")
-        if bool(options.teacher) == bool(options.teacher_store):
-            raise UserError("give the teacher as --teacher CKPT [CKPT ...] or as --teacher-store DIR (one of them)")
+        if bool(options.t_weights) == bool(options.teacher_store):
+            raise UserError("give the teacher as --t_weights CKPT [CKPT ...] or as --teacher-store DIR (one of them)")
         self.store = None
         if options.teacher_store:
-            if options.feature_layers:
-                raise UserError("--feature-layers needs live teachers (--teacher): a store holds logits only")
+            if options.d_layers:
+                raise UserError("--d_layers needs live teachers (--t_weights): a store holds logits only")
             self.store = self.open_logits_store(options.teacher_store)
         labeled = self.labeled_dataset(self.train_folder, train=True)
         unlabeled = self.unlabeled_datasets(options.unlabeled)
@@ -145,22 +145,22 @@ class KDTrainer(ClassifyTrainer):
     def build_extras(self) -> None:
         options = self.options
         self.teachers = teacher = None
-        if options.teacher:
+        if options.t_weights:
             from .teachers import ClassifierTeachers
 
-            self.teachers = ClassifierTeachers(options.teacher, self.device)
+            self.teachers = ClassifierTeachers(options.t_weights, self.device)
             if self.teachers.classes != self.classes:
                 raise UserError(f"teacher classes {self.teachers.classes} differ from the data's {self.classes}")
             teacher = self.live_teacher_probs
         pairs, feature_teacher, teacher_imgsz = (), None, None
-        if options.feature_layers:  # on the first (or only) teacher
+        if options.d_layers:  # on the first (or only) teacher
             feature_teacher, teacher_imgsz = self.teachers.members[0], self.teachers.metas[0]["imgsz"]
-            pairs = feature_layer_pairs(options.feature_layers, self.model, feature_teacher)
+            pairs = feature_layer_pairs(options.d_layers, self.model, feature_teacher)
         output_term = HintonTerm(options.temperature, options.alpha)
-        self.distiller = DistillationModel(self.model, teacher, output_term=output_term, pairs=pairs,
-                                           feature_teacher=feature_teacher, feature_loss=options.feature_loss,
-                                           feature_weight=options.f_weight, imgsz=options.imgsz,
-                                           teacher_imgsz=teacher_imgsz, device=self.device).attach()
+        config = DistillerConfig(output_term=output_term, pairs=pairs, feature_loss=options.feature_loss,
+                                 feature_weight=options.f_weight, imgsz=options.imgsz, teacher_imgsz=teacher_imgsz)
+        self.distiller = DistillationModel(self.model, teacher, config, feature_teacher=feature_teacher,
+                                           device=self.device).attach()
         self.extra_trainable["adapters"] = self.distiller.adapters
 
     def live_teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -196,9 +196,9 @@ class KDTrainer(ClassifyTrainer):
 
 def feature_layer_pairs(spec: Union[str, Sequence[str]], student: nn.Module,
                         teacher: nn.Module) -> tuple[LayerPair, ...]:
-    """--feature-layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer pairs
+    """--d_layers: 'auto' pairs the deepest feature maps; otherwise student_layer:teacher_layer pairs
     (separated by spaces or commas)."""
     tokens = [spec] if isinstance(spec, str) else list(spec)
     if tokens == ["auto"]:
         return (LayerPair(last_feature_layer(student), last_feature_layer(teacher)),)
-    return parse_layer_pairs(tokens, flag="--feature-layers")
+    return parse_layer_pairs(tokens)

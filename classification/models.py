@@ -132,7 +132,7 @@ def last_feature_layer(model: nn.Module) -> str:
     info = getattr(model, "feature_info", None)
     if not info:
         raise UserError(f"{type(model).__name__} declares no convolutional feature layers; "
-                        f"name them with --feature-layers student_layer:teacher_layer")
+                        f"name them with --d_layers student_layer:teacher_layer")
     last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
     return last["module"]
 

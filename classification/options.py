@@ -1,10 +1,15 @@
-"""The options of `yolodistill classify train|distill|clip-distill`, declared once (yolodistill.options); no
-torch here, so building the command-line parser stays instant."""
+"""The options of every `yolodistill classify` command, declared once (yolodistill.options): ClassifyOptions for
+the three that train (train, distill, clip-distill), one dataclass for each tool (embed, text-embed, probe, val,
+predict, demo, filter). No torch here, so building the command-line parser stays instant.
+
+The flags that mean what `yolodistill train`'s mean are spelled as there (--t_weights, --d_layers, --f_weight); the
+classifier task's earlier spellings (--teacher, --feature-layers, --f-weight) still parse (docs/classification.md
+has the whole mapping)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import dataclass, fields
+from typing import Optional, Union
 
 from yolodistill.options import RunOptions, option, shared
 
@@ -14,6 +19,8 @@ TRAINING_GROUP = "training"
 DISTILLATION_GROUP = "distillation"
 CLIP_GROUP = "CLIP-to-CNN"
 FINE_TUNING_GROUP = "deployment fine-tuning (from a trained student, a few epochs, low --lr0)"
+# fields renamed to detection's spelling (before -> now): ClassifyOptions.from_dict reads older checkpoints
+RENAMED = {"teacher": "t_weights", "feature_layers": "d_layers"}
 
 
 @dataclass
@@ -60,9 +67,9 @@ class ClassifyOptions(RunOptions):
     workers: int = shared("workers", 4)
     project: str = shared("project", "runs/classify")
     # Hinton KD
-    teacher: list = option([], "teacher checkpoint(s) from `classify train`; several = ensemble",
-                           primary="--t_weights", flags=("--teacher",), group=DISTILLATION_GROUP,
-                           commands=("distill",))
+    t_weights: list = option([], "teacher checkpoint(s) from `classify train`; several = ensemble",
+                             primary="--t_weights", flags=("--teacher",), group=DISTILLATION_GROUP,
+                             commands=("distill",))
     teacher_store: str = option("", "cached teacher logits from `classify embed --teacher`", group=DISTILLATION_GROUP,
                                 commands=("distill",))
     temperature: float = option(4.0, "softmax temperature T", flags=("-T",), group=DISTILLATION_GROUP,
@@ -74,12 +81,13 @@ class ClassifyOptions(RunOptions):
     unlabeled_ratio: float = option(0.0, "unlabeled images per labeled image in every batch; 0: one dataset, each "
                                          "unlabeled image once an epoch", group=DISTILLATION_GROUP,
                                     commands=("distill",))
-    feature_layers: list = option([], "'auto' (deepest feature map of each) or student_layer:teacher_layer pairs",
-                                  flags=("--d_layers",), group=DISTILLATION_GROUP, commands=("distill",),
-                                  metavar="S:T")
+    d_layers: list = option([], "'auto' (deepest feature map of each) or student_layer:teacher_layer pairs",
+                            primary="--d_layers", flags=("--feature-layers",), group=DISTILLATION_GROUP,
+                            commands=("distill",), metavar="S:T")
     feature_loss: str = option("mse", "feature loss from the registry: mse, cwd, pkd, or a plugin",
                                group=DISTILLATION_GROUP, commands=("distill",))
-    f_weight: float = option(1.0, "weight of the feature term", group=DISTILLATION_GROUP, commands=("distill",))
+    f_weight: float = option(1.0, "weight of the feature term", primary="--f_weight", group=DISTILLATION_GROUP,
+                             commands=("distill",))
     # deployment fine-tuning of a trained student (--weights), the teacher still distilling
     weights: str = option("", "start from this classifier checkpoint (its model replaces --model)",
                           group=FINE_TUNING_GROUP, commands=TRAINING)
@@ -89,3 +97,116 @@ class ClassifyOptions(RunOptions):
                                    commands=TRAINING)
     sparsity: str = option("", "2:4 structured sparsity with fixed masks", group=FINE_TUNING_GROUP, commands=TRAINING,
                            choices=["", "2:4"])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifyOptions":
+        """The options a checkpoint recorded (--resume), under today's names: a run recorded before the fields took
+        detection's spelling goes on with its teachers and layers."""
+        known = {f.name for f in fields(cls)}
+        renamed = {RENAMED.get(k, k): v for k, v in d.items()}
+        return cls(**{k: v for k, v in renamed.items() if k in known})
+
+
+# ---- the tools: a teacher run once into a store, the heads of a CLIP teacher, a trained student at work
+CLIP_HELP = "OpenCLIP model name, e.g. ViT-B-32"
+CLIP_WEIGHTS_HELP = "local OpenCLIP weights file (open_clip_model.safetensors)"
+CLIP_CONFIG_HELP = "OpenCLIP model-config JSON for a custom model"
+RANDOM_INIT_HELP = "random OpenCLIP weights: smoke tests only"
+EMBED_TEACHER_GROUP = "teacher: an OpenCLIP model, or classifier checkpoint(s)"
+HEAD_OUT_HELP = "head file to write (.pt)"
+
+
+@dataclass
+class EmbedOptions:
+    """`classify embed`: a teacher (OpenCLIP, or classifier checkpoints) run once over a folder into a store."""
+
+    source: str = option("", "image folder (all images under it, recursively)", required=True)
+    out: str = option("", "store folder to write", required=True)
+    clip: Optional[str] = option(None, CLIP_HELP, group=EMBED_TEACHER_GROUP)
+    pretrained: str = option("", CLIP_WEIGHTS_HELP, group=EMBED_TEACHER_GROUP)
+    clip_config: Optional[str] = option(None, CLIP_CONFIG_HELP, group=EMBED_TEACHER_GROUP)
+    random_init: bool = option(False, RANDOM_INIT_HELP, group=EMBED_TEACHER_GROUP)
+    t_weights: list = option([], "classifier checkpoint(s): their logits are stored", primary="--t_weights",
+                             flags=("--teacher",), group=EMBED_TEACHER_GROUP)
+    batch_size: int = option(64, "batch size")
+    workers: int = shared("workers", 4)
+    device: str = shared("device", "")
+    dtype: str = option("float32", "storage type (float16 halves disk)", choices=["float32", "float16"])
+    exist_ok: bool = option(False, "replace an existing store")
+
+
+@dataclass
+class TextEmbedOptions:
+    """`classify text-embed`: a prompts file (one class a line) -> a zero-shot text head of a CLIP teacher."""
+
+    clip: str = option("", CLIP_HELP, required=True)
+    pretrained: str = option("", CLIP_WEIGHTS_HELP)
+    clip_config: Optional[str] = option(None, CLIP_CONFIG_HELP)
+    random_init: bool = option(False, RANDOM_INIT_HELP)
+    prompts: str = option("", "one class description per line ('name: a photo of a ...' or text)", required=True)
+    classes_from: str = option("", "labeled folder whose class folders the prompts must match")
+    out: str = option("", HEAD_OUT_HELP, required=True)
+    device: str = shared("device", "")
+
+
+@dataclass
+class ProbeOptions:
+    """`classify probe`: a linear-probe head on the stored embeddings of labeled images."""
+
+    store: str = option("", "embedding store covering the labeled images", required=True)
+    data: str = option("", "labeled folder <class>/<image> (inside the store's source folder)", required=True)
+    out: str = option("", HEAD_OUT_HELP, required=True)
+    weight_decay: float = option(1e-3, "L2 penalty of the logistic regression")
+
+
+@dataclass
+class ClassifyValOptions:
+    """`classify val`: top-1, top-5 and loss of a checkpoint on a split."""
+
+    weights: str = option("", "classifier checkpoint (best.pt)", required=True)
+    data: str = option("", "dataset folder (ImageFolder layout: DATA/<split>/<class>/<image>)", required=True)
+    split: str = option("test", "subfolder to score: test, val or train")
+    batch_size: int = option(256, "images per forward pass")
+    device: str = shared("device", "cpu")
+    workers: int = shared("workers", 0)
+
+
+@dataclass
+class PredictionOptions:
+    """What predict and demo share: a trained student, the head it answers through, how many classes to show."""
+
+    weights: str = option("", "student checkpoint (best.pt)", required=True)
+    head: str = option("", "another head for a CLIP-distilled student (same teacher)")
+    topk: int = option(5, "classes to show")
+    device: str = shared("device", "cpu")
+
+
+@dataclass
+class PredictOptions(PredictionOptions):
+    """`classify predict`: top-k classes of image files or folders."""
+
+    source: list = option([], "image files and/or folders", nargs="+", required=True)
+    save_csv: str = option("", "also write the predictions to this CSV file")
+
+
+@dataclass
+class DemoOptions(PredictionOptions):
+    """`classify demo`: live top-k on camera frames."""
+
+    topk: int = option(3, "classes to show")
+    camera: str = option("0", "camera index, or a video file")
+    show: bool = option(True, "print instead of opening a window", primary="--no-show")
+    max_frames: int = option(0, "stop after this many frames (0: until q)")
+
+
+@dataclass
+class FilterOptions:
+    """`classify filter`: the images of an unlabeled pool that match the prompts."""
+
+    store: str = option("", "embedding store of the pool (`classify embed --clip --source POOL`)", required=True)
+    head: str = option("", "head from `classify text-embed` (or `probe`), same teacher", required=True)
+    out: str = option("", "folder for the picks, one subfolder per class, and picks.csv", required=True)
+    min_prob: float = option(0.5, "keep an image if its best class has this probability")
+    per_class: int = option(0, "keep at most this many per class (0: no limit)")
+    mode: str = option("copy", "copy, symlink, or only list", choices=["copy", "link", "list"])
+    exist_ok: bool = option(False, "write into a non-empty folder")

@@ -44,7 +44,7 @@ class ClassifierTeachers(nn.Module):
     def __init__(self, paths: Sequence[str | Path], device: torch.device | str = "cpu"):
         super().__init__()
         if not paths:
-            raise UserError("no teacher checkpoint given (--teacher)")
+            raise UserError("no teacher checkpoint given (--t_weights)")
         models, self.metas = [], []
         for p in paths:
             model, meta = load_classifier(p)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -98,8 +98,7 @@ class ClassifyTrainer(Trainer):
         if state["kind"] != self.kind:
             raise UserError(f"{last} was written by `classify {state['kind']}`; resume it with that command, "
                             f"not `classify {self.kind}`")
-        known = {f.name for f in fields(ClassifyOptions)}
-        self.options = ClassifyOptions(**{k: v for k, v in state["options"].items() if k in known})
+        self.options = ClassifyOptions.from_dict(state["options"])
         self.options.resume = str(last)
         LOGGER.info(f"Resuming {last.parent.parent} from epoch {ckpt['epoch'] + 2} of {self.options.epochs}")
         return ckpt

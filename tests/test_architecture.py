@@ -18,13 +18,15 @@ PACKAGES = {"yolodistill": ROOT / "yolodistill", "yolodistill.hooks": ROOT / "ho
             "yolodistill.classification": ROOT / "classification"}
 
 TIERS = [
-    # foundations: no knowledge of models or training
+    # foundations: no knowledge of models or training (options: how a dataclass field becomes a flag)
     ["yolodistill", "yolodistill.errors", "yolodistill.paths", "yolodistill.checkpoint", "yolodistill.run_logger",
-     "yolodistill.synth", "yolodistill.losses.registry", "yolodistill.classification.digits",
-     "yolodistill.image_lists", "yolodistill.media", "yolodistill.detection", "yolodistill.classification"],
-    # what to distil, and where the process runs
-    ["yolodistill.config", "yolodistill.distributed", "yolodistill.options", "yolodistill.detection.train_options",
-     "yolodistill.classification.options"],
+     "yolodistill.options", "yolodistill.data_options", "yolodistill.synth", "yolodistill.losses.registry",
+     "yolodistill.classification.digits", "yolodistill.image_lists", "yolodistill.media", "yolodistill.detection",
+     "yolodistill.classification"],
+    # what to distil, where the process runs, every command's options
+    ["yolodistill.config", "yolodistill.distributed", "yolodistill.detection.train_options",
+     "yolodistill.detection.inference_options", "yolodistill.classification.options", "yolodistill.deploy.options",
+     "yolodistill.quickstart_options"],
     # models, hooks and adapters, data, compression, runtimes (runtime/ runs model files; deploy/ builds them)
     ["yolodistill.yolo_backend", "yolodistill.detection.class_map", "yolodistill.detection.teacher",
      "yolodistill.hooks", "yolodistill.compress", "yolodistill.runtime", "yolodistill.classification.models",

@@ -630,10 +630,10 @@ def test_deploy_speed_records_a_run_without_machine_paths(tmp_path, monkeypatch,
     teacher.write_bytes(b"")
     student.write_bytes(b"")
 
-    def fake_benchmark(weights, *, batch, out, **kwargs):  # teacher 4 ms, student 1 ms, 4.2x fewer GFLOPs
-        out.mkdir(parents=True, exist_ok=True)  # as benchmark() makes its folder
+    def fake_benchmark(weights, *, batch_size, project, name, **kwargs):  # teacher 4 ms, student 1 ms, 4.2x GFLOPs
+        (Path(project) / name).mkdir(parents=True, exist_ok=True)  # as benchmark() makes its folder
         return {"ratios": [{"speed_x": 4.0, "throughput_x": 3.0, "GFLOPs_x": 4.2}], "meta": {"imgsz": [128, 128]},
-                "results": [{"latency_ms_median": 4.0 * batch}, {"latency_ms_median": 1.0 * batch}]}
+                "results": [{"latency_ms_median": 4.0 * batch_size}, {"latency_ms_median": 1.0 * batch_size}]}
 
     monkeypatch.setattr(deploy_speed, "benchmark", fake_benchmark)
     monkeypatch.setitem(sys.modules, "quickstart_seeds", types.SimpleNamespace(reference_step_ms=lambda: 95.44))

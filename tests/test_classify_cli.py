@@ -294,7 +294,7 @@ def test_pretrained_file_missing(capsys, shapes_data, tmp_path):
 def test_distill_needs_a_teacher(capsys, shapes_data, tmp_path):
     line = one_line_error(capsys, "distill", "--data", shapes_data, "--model", "cnn_small", *TRAIN,
                           "--project", tmp_path)
-    assert "--teacher CKPT" in line and "--teacher-store" in line
+    assert "--t_weights CKPT" in line and "--teacher-store" in line
 
 
 def test_val_scores_a_checkpoint_on_a_split_and_refuses_a_missing_one(shape_teachers, shapes_data, caplog, capsys):

@@ -53,7 +53,7 @@ def test_teacher_training_writes_plain_checkpoints(shape_teachers):
 
 @pytest.mark.slow
 def test_distill_with_feature_kd(shapes_data, shape_teachers, tmp_path):
-    opts = _options(shapes_data, tmp_path, "kd", epochs=2, teacher=[str(shape_teachers[0])], feature_layers="auto")
+    opts = _options(shapes_data, tmp_path, "kd", epochs=2, t_weights=[str(shape_teachers[0])], d_layers="auto")
     trainer = KDTrainer(opts).setup()
     # "auto": the deepest feature map of each, cnn_small's stages.1 (16 ch, /2) -> cnn's stages.2 (128 ch, /4)
     assert trainer.distiller.pairs == (LayerPair("stages.1", "stages.2"),)
@@ -104,7 +104,7 @@ def test_ensemble_with_unlabeled_live_equals_store(shapes_data, shape_teachers, 
     teachers = [str(p) for p in shape_teachers]
     unlabeled = [str(shapes_data / "unlabeled")]
     # SGD: the two runs see teacher logits computed in other batches, equal only to rounding (see conftest)
-    live = KDTrainer(_options(shapes_data, tmp_path, "live", teacher=teachers, unlabeled=unlabeled,
+    live = KDTrainer(_options(shapes_data, tmp_path, "live", t_weights=teachers, unlabeled=unlabeled,
                               augment=False, optimizer="SGD")).setup()
     initial = initial_weights(live)
     assert len(live.train_set) == 3 * 8 + 6
@@ -139,7 +139,7 @@ def test_unlabeled_images_as_lists_and_globs_with_a_fixed_share_of_every_batch(s
     listing = tmp_path / "pool.txt"
     listing.write_text("".join(f"{p}\n" for p in pool[:3]))
     glob_spec = str(shapes_data / "unlabeled" / "**" / "*.png")
-    trainer = KDTrainer(_options(shapes_data, tmp_path, "ratio", teacher=[str(shape_teachers[0])],
+    trainer = KDTrainer(_options(shapes_data, tmp_path, "ratio", t_weights=[str(shape_teachers[0])],
                                  unlabeled=[str(listing), glob_spec], unlabeled_ratio=0.5, augment=False)).setup()
     assert len(trainer.train_set) == 3 * 8  # the labeled images alone: the unlabeled ones come as a stream
     # the list's 3 images are among the glob's 6: each is used once, as detection reads the same two specs
@@ -164,11 +164,11 @@ def test_unlabeled_images_follow_detections_rules_for_labeled_and_val_images(sha
 
     train_image = sorted((shapes_data / "train").rglob("*.png"))[0]
     caplog.set_level(logging.WARNING, logger="yolodistill")
-    trainer = KDTrainer(_options(shapes_data, tmp_path, "both", teacher=[str(shape_teachers[0])],
+    trainer = KDTrainer(_options(shapes_data, tmp_path, "both", t_weights=[str(shape_teachers[0])],
                                  unlabeled=[str(shapes_data / "unlabeled"), str(train_image)])).setup()
     assert len(trainer.train_set) == 3 * 8 + 6
     assert any("also labeled training images" in r.getMessage() for r in caplog.records)
     val_image = sorted((shapes_data / "val").rglob("*.png"))[0]
     with pytest.raises(UserError, match="1 validation image"):
-        KDTrainer(_options(shapes_data, tmp_path, "leak", teacher=[str(shape_teachers[0])],
+        KDTrainer(_options(shapes_data, tmp_path, "leak", t_weights=[str(shape_teachers[0])],
                            unlabeled=[str(shapes_data / "unlabeled"), str(val_image)])).setup()

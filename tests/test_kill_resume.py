@@ -313,7 +313,7 @@ def test_classify_distill_killed_in_a_write_and_mid_epoch_resumes(bigger_shapes,
     # interrupted, to the rounding that another process's kernels may differ in (see conftest).
     with one_torch_thread():
         trainer = KDTrainer(ClassifyOptions(
-            data=str(bigger_shapes), teacher=[str(shape_teachers[0])], model="cnn_small", feature_layers="auto",
+            data=str(bigger_shapes), t_weights=[str(shape_teachers[0])], model="cnn_small", d_layers="auto",
             imgsz=CLASSIFY_IMGSZ, epochs=epochs, batch_size=8, optimizer="SGD", workers=0, device="cpu",
             project=str(tmp_path / "ref"), name="kd")).setup()
         initial = initial_weights(trainer)

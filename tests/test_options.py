@@ -3,7 +3,8 @@ Python API's default, and the same idea has the same flag in both tasks."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import argparse
+from dataclasses import MISSING, fields, is_dataclass
 
 import pytest
 
@@ -46,11 +47,67 @@ def test_the_same_idea_has_the_same_flag_in_both_tasks():
     cls = _parse("classify", "distill", "--t_weights", "t.pt", "--d_layers", "auto", "--f_weight", "0.5",
                  "--seed", "3")
     assert (det.t_weights, det.d_layers, det.f_weight, det.seed) == ("t.pt", ["17:17"], 0.5, 3)
-    assert (cls.teacher, cls.feature_layers, cls.f_weight, cls.seed) == (["t.pt"], ["auto"], 0.5, 3)
-    # the older spellings stay
-    old = _parse("classify", "distill", "--teacher", "a.pt", "b.pt", "--feature-layers", "s:t", "--f-weight", "2")
-    assert (old.teacher, old.feature_layers, old.f_weight) == (["a.pt", "b.pt"], ["s:t"], 2.0)
+    assert (cls.t_weights, cls.d_layers, cls.f_weight, cls.seed) == (["t.pt"], ["auto"], 0.5, 3)
     assert _parse("train", "--teacher", "t.pt").t_weights == "t.pt"
+    embed = ("classify", "embed", "--source", "s", "--out", "o")
+    assert _parse(*embed, "--t_weights", "a.pt", "b.pt").t_weights == ["a.pt", "b.pt"]
+
+
+@pytest.mark.parametrize("old, new", [
+    (("classify", "distill", "--teacher", "a.pt", "b.pt"), ("classify", "distill", "--t_weights", "a.pt", "b.pt")),
+    (("classify", "distill", "--feature-layers", "s:t", "auto"), ("classify", "distill", "--d_layers", "s:t", "auto")),
+    (("classify", "distill", "--feature_layers", "s:t"), ("classify", "distill", "--d-layers", "s:t")),
+    (("classify", "distill", "--f-weight", "2"), ("classify", "distill", "--f_weight", "2")),
+    (("classify", "embed", "--source", "s", "--out", "o", "--teacher", "a.pt"),
+     ("classify", "embed", "--source", "s", "--out", "o", "--t_weights", "a.pt")),
+])
+def test_the_classifier_tasks_earlier_flag_names_still_parse_to_the_same_value(old, new):
+    assert vars(_parse(*old)) == vars(_parse(*new))
+
+
+def test_a_checkpoint_with_the_earlier_field_names_resumes_with_them():
+    """ClassifyOptions' teacher/feature_layers became t_weights/d_layers: last.pt files written before keep theirs."""
+    options = ClassifyOptions.from_dict({"teacher": ["t.pt"], "feature_layers": ["auto"], "epochs": 3, "gone": 1})
+    assert (options.t_weights, options.d_layers, options.epochs) == (["t.pt"], ["auto"], 3)
+
+
+def _leaf_parsers(parser, path=()):
+    """(command path, parser) of every command that runs (the leaves under `data` and `classify` too)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(path, parser)]
+    others = [a for a in parser._actions
+              if a.option_strings and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+    assert not others, f"{' '.join(path)}: options beside its subcommands: {[a.dest for a in others]}"
+    return [leaf for sub in subs for name, p in sub.choices.items() for leaf in _leaf_parsers(p, (*path, name))]
+
+
+LEAVES = _leaf_parsers(build_parser())
+# a command's own default for a field it shares (clip-distill's KL through a CLIP head: T 1)
+OWN_DEFAULTS = {(("classify", "clip-distill"), "temperature"): 1.0}
+
+
+def test_every_command_is_found():
+    commands = {" ".join(path) for path, _ in LEAVES}
+    assert {"train", "val", "detect", "export", "benchmark", "quickstart", "data synth", "data digits",
+            "classify train", "classify distill", "classify clip-distill", "classify embed", "classify filter"} <= commands
+
+
+@pytest.mark.parametrize("path, parser", LEAVES, ids=[" ".join(path) for path, _ in LEAVES])
+def test_every_commands_flags_are_its_options_dataclass(path, parser):
+    """One declaration a command: the parser's options are exactly the command-line fields of the dataclass it was
+    generated from (those of this command), each with the field's default, and parsing hands its function an
+    instance of that dataclass."""
+    cls = parser.get_default("options_class")
+    assert is_dataclass(cls), f"{' '.join(path)} is not generated from an options dataclass"
+    actions = {a.dest: a for a in parser._actions if not isinstance(a, argparse._HelpAction)}
+    declared = {f.name: f for f in _cli_fields(cls, path[-1])}
+    assert set(actions) == set(declared), (set(actions) ^ set(declared))
+    for name, f in declared.items():
+        default = f.default_factory() if f.default is MISSING else f.default
+        assert actions[name].default == OWN_DEFAULTS.get((path, name), default), name
+        assert actions[name].help == f.metadata["help"] or (path, name) in OWN_DEFAULTS, name
+    assert callable(parser.get_default("func"))
 
 
 def _subparser(parser, *path):

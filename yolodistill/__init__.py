@@ -15,6 +15,7 @@ _PUBLIC = {
     "DistillConfig": "config",
     "LayerPair": "config",
     "DistillationModel": "distiller",
+    "DistillerConfig": "distiller",
     "detection_distiller": "detection.distillation",
     "load_student": "students",
     "FrozenTeacher": "detection.teacher",

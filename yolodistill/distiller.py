@@ -18,6 +18,7 @@ so neither sees it.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -32,27 +33,41 @@ from .losses import build_feature_loss
 DISTILL_FEATURE = "distill/feature"
 
 
+@dataclass
+class DistillerConfig:
+    """What a DistillationModel distils: the task's output term (None: none), the feature term over `pairs` of
+    layers (none when empty) with a registered loss, its keyword arguments and its weight, and the input sizes that
+    probe the layers' shapes (the student's; the teacher's when it takes another)."""
+
+    output_term: Optional[Callable] = None
+    pairs: Sequence[LayerPair] = ()
+    feature_loss: str = "mse"
+    feature_loss_kwargs: dict = field(default_factory=dict)
+    feature_weight: float = 1.0
+    imgsz: int = 640
+    teacher_imgsz: Optional[int] = None
+
+
 class DistillationModel(nn.Module):
     """The student, its adapters and (outside the module tree) the frozen teacher.
 
     forward(x, teacher_output=None) -> (student output, {term name: weighted term}). `teacher_output`
     replaces the teacher's forward when the caller has it already (classification's cached logits store).
-    Feature distillation records `pairs` of layers with forward hooks: on `student` and on `feature_teacher`
-    (the teacher's module that holds the named layers; the teacher itself by default).
+    Feature distillation records `config.pairs` of layers with forward hooks: on `student` and on
+    `feature_teacher` (the teacher's module that holds the named layers; the teacher itself by default).
     """
 
-    def __init__(self, student: nn.Module, teacher: Optional[Callable[[torch.Tensor], Any]], *,
-                 output_term: Optional[Callable] = None, pairs: Sequence[LayerPair] = (),
-                 feature_teacher: Optional[nn.Module] = None, feature_loss: str = "mse",
-                 feature_loss_kwargs: Optional[dict] = None, feature_weight: float = 1.0,
-                 imgsz: int = 640, teacher_imgsz: Optional[int] = None, device: Optional[torch.device] = None):
+    def __init__(self, student: nn.Module, teacher: Optional[Callable[[torch.Tensor], Any]],
+                 config: Optional[DistillerConfig] = None, *, feature_teacher: Optional[nn.Module] = None,
+                 device: Optional[torch.device] = None):
         super().__init__()
+        config = config if config is not None else DistillerConfig()
         self.student = student
         self._teacher = (teacher,)  # a tuple: not a submodule, so not trained, wrapped or saved
-        self.output_term = output_term
-        self.pairs = tuple(pairs)
-        self.feature_weight = feature_weight
-        self.feature_loss_name = feature_loss
+        self.output_term = config.output_term
+        self.pairs = tuple(config.pairs)
+        self.feature_weight = config.feature_weight
+        self.feature_loss_name = config.feature_loss
         self.adapters = nn.ModuleDict()
         self._student_rec = self._teacher_rec = None
         self.feature_loss: Optional[nn.Module] = None
@@ -62,12 +77,12 @@ class DistillationModel(nn.Module):
             # Recorders validate the names before the probe runs any forward pass.
             self._student_rec = FeatureRecorder(student, s_names)
             self._teacher_rec = FeatureRecorder(feature_teacher, t_names, detach=True)
-            s_shapes = probe_feature_shapes(student, s_names, imgsz, device)
-            t_shapes = probe_feature_shapes(feature_teacher, t_names, teacher_imgsz or imgsz, device)
+            s_shapes = probe_feature_shapes(student, s_names, config.imgsz, device)
+            t_shapes = probe_feature_shapes(feature_teacher, t_names, config.teacher_imgsz or config.imgsz, device)
             self.adapters = build_adapters(s_shapes, t_shapes, [(p.student, p.teacher) for p in self.pairs])
             if device is not None:
                 self.adapters.to(device)
-            self.feature_loss = build_feature_loss(feature_loss, **(feature_loss_kwargs or {}))
+            self.feature_loss = build_feature_loss(config.feature_loss, **config.feature_loss_kwargs)
 
     @property
     def teacher(self) -> Optional[Callable[[torch.Tensor], Any]]:

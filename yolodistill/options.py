@@ -1,7 +1,7 @@
 """Options declared once: the field of an options dataclass carries its default, help text, flag spellings and
-argparse details, and the command-line parsers are generated from the dataclasses. The options every command
-shares (--project --name --exist-ok --device --seed --trust-checkpoint, --workers) are declared once in SHARED,
-with each command's own default.
+argparse details, and the command-line parsers are generated from the dataclasses (one dataclass a command:
+add_command). The options every command shares (--project --name --exist-ok --device --seed --trust-checkpoint,
+--workers) are declared once in SHARED, with each command's own default.
 
 Every flag is accepted in both spellings users type, `--t_weights` and `--t-weights` (yolov5 mixes them).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from copy import deepcopy
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 RUN_GROUP = "run folder, device, seed"
 
@@ -51,17 +51,10 @@ def option(default: Any, help: str, *, flags: Sequence[str] = (), primary: Optio
     return field(default=default, metadata=meta)
 
 
-def shared(name: str, default: Any) -> Field:
-    """A SHARED option with this command's default."""
+def shared(name: str, default: Any, *, group: str = RUN_GROUP) -> Field:
+    """A SHARED option with this command's default (shown under `group`)."""
     help_text, kwargs = SHARED[name]
-    return option(default, help_text, group=RUN_GROUP, **kwargs)
-
-
-def add_shared(parser: argparse._ActionsContainer, **defaults: Any) -> None:
-    """SHARED options on a parser that has no options dataclass (val, detect, export, benchmark, ...)."""
-    for name, default in defaults.items():
-        help_text, kwargs = SHARED[name]
-        _add(parser, name, default, help_text, (), None, kwargs)
+    return option(default, help_text, group=group, **kwargs)
 
 
 def _default(f: Field) -> Any:
@@ -106,6 +99,22 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, command: Optional
 def from_args(cls: type, args: argparse.Namespace) -> Any:
     """The dataclass `cls` from parsed arguments (fields the parser did not have keep their defaults)."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, cls: type, run: Callable[[Any], Any], *,
+                defaults: Optional[dict] = None, helps: Optional[dict] = None,
+                **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """The subcommand `name`, its flags the command-line fields of `cls` that `name` has (add_options); once
+    parsed, run_command() hands `run` the `cls` instance."""
+    parser = sub.add_parser(name, **parser_kwargs)
+    add_options(parser, cls, command=name, defaults=defaults, helps=helps)
+    parser.set_defaults(func=run, options_class=cls)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> Any:
+    """Run the parsed subcommand (add_command) with its options."""
+    return args.func(from_args(args.options_class, args))
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Where files live: packaged configs (`cfg/` installs as the package `yolodistill.cfg`, editable or not), and the
-local folder of pretrained weights that a bare name such as `yolov5n.pt` is looked up in."""
+"""Where files live: packaged configs (`cfg/` installs as the package `yolodistill.cfg`, editable or not), the
+local folder of pretrained weights that a bare name such as `yolov5n.pt` is looked up in, and numbered run folders."""
 
 from __future__ import annotations
 
@@ -62,3 +62,14 @@ def weights_hint(path: str | os.PathLike) -> str:
     if path.name in YOLOV5_RELEASED:
         hint += f"; fetch it once where there is internet: {YOLOV5_RELEASE.format(name=path.name)}"
     return hint
+
+
+def increment_dir(path: Path, exist_ok: bool) -> Path:
+    """runs/train/exp, exp2, exp3, ... as yolov5 numbers its runs (the folder is not created)."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while path.with_name(f"{path.name}{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}{n}")

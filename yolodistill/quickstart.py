@@ -14,7 +14,7 @@ import logging
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +25,7 @@ from .detection.train_options import TrainOptions
 from .detection.trainer import DistillTrainer
 from .errors import UserError
 from .paths import cfg_path, load_cfg
+from .quickstart_options import QuickstartOptions
 from .run_logger import read_results
 from .synth import generate
 
@@ -227,11 +228,14 @@ def plot_map_per_epoch(curves: dict[str, Path], out: Path) -> Path:
     return out
 
 
-def run(out: str | Path = "runs/quickstart", *, fast: bool = False, device: str = "cpu",
-        plan: Optional[Plan] = None, noplots: bool = False, **overrides) -> dict:
-    """The quickstart pipeline; returns the table rows and the paths it wrote. `noplots`: no yolov5 plots in
-    the three training runs (labels, batches, curves), as `yolodistill train --noplots`."""
+def run(out: str | Path, *, plan: Optional[Plan] = None, **options) -> dict:
+    """The quickstart pipeline; returns the table rows and the paths it wrote. `options`: QuickstartOptions' fields
+    (the `yolodistill quickstart` flags); `plan`: sizes other than the packaged ones (`fast` then only shortens
+    the benchmark)."""
+    options = QuickstartOptions(out=str(out), **options)
+    fast, device, noplots = options.fast, options.device, options.noplots
     chosen = plan or Plan.named("fast" if fast else "default")
+    overrides = {f.name: getattr(options, f.name) for f in fields(Plan) if hasattr(options, f.name)}
     plan = replace(chosen, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +303,7 @@ def deploy_student(out: Path, teacher: Path, student: Path, *, fast: bool = Fals
     if bench_dir.exists():
         shutil.rmtree(bench_dir)
     bench = benchmark([teacher, student], backend="onnxruntime", runs=40 if fast else 200, warmup=5 if fast else 20,
-                      out=bench_dir, show=False)
+                      project=str(out), name=bench_dir.name, exist_ok=True, show=False)
     table = (bench_dir / "benchmark.txt").read_text().strip()
     return {"onnx": onnx, "ratios": bench["ratios"], "table": table, "plot": str(bench_dir / "benchmark.png")}
 

@@ -14,14 +14,15 @@ difficulty 1 in the flat style the images are those of the generator before the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .data_options import SynthOptions
 from .errors import UserError
 
 CLASS_NAMES = ("square", "rectangle", "circle", "ring", "triangle", "arrow")
@@ -274,56 +275,63 @@ def yolo_label_lines(objects: list[SynthObject], imgsz: int) -> list[str]:
     return lines
 
 
-def generate(out: str | Path, *, n_train: int = 800, n_val: int = 200, n_test: int = 200, imgsz: int = 160,
-             classes: int = 6, seed: int = 0, difficulty: Union[Difficulty, float] = HARDEST, style: str = "flat",
-             n_unlabeled: int = 0, exist_ok: bool = False, progress: bool = True) -> Path:
+def generate(out: str | Path, **options) -> Path:
     """Write images/{train,val,test}, labels/{train,val,test} and data.yaml under `out`; returns the yaml path.
+    `options`: SynthOptions' fields (the `yolodistill data synth` flags), e.g. n_train=800, imgsz=160, seed=0.
 
     val picks the checkpoint (best.pt) and the settings; test, which nothing is chosen on, scores them. n_test=0
     writes no test split. n_unlabeled > 0 also writes images/unlabeled, footage of the same kind without labels
     (for `train --unlabeled`): no model trained on train/ has seen them. data.yaml does not list them, so a run
     uses them only when told to."""
-    out = Path(out)
-    if not isinstance(difficulty, Difficulty):
-        difficulty = Difficulty.level(float(difficulty))
-    if not MIN_IMGSZ <= imgsz <= MAX_IMGSZ:
-        raise UserError(f"--imgsz must be between {MIN_IMGSZ} and {MAX_IMGSZ}, got {imgsz}")
-    if n_train < 1 or n_val < 1 or n_test < 0 or n_unlabeled < 0:
+    options = SynthOptions(out=str(out), **options)
+    out, difficulty = Path(out), _difficulty(options)
+    if not MIN_IMGSZ <= options.imgsz <= MAX_IMGSZ:
+        raise UserError(f"--imgsz must be between {MIN_IMGSZ} and {MAX_IMGSZ}, got {options.imgsz}")
+    counts = (options.n_train, options.n_val, options.n_test, options.n_unlabeled)
+    if min(counts[:2]) < 1 or min(counts[2:]) < 0:
         raise UserError(f"--n-train and --n-val must be at least 1, --n-test and --n-unlabeled at least 0, got "
-                        f"{n_train}, {n_val}, {n_test} and {n_unlabeled}")
-    if not 1 <= classes <= len(CLASS_NAMES):
-        raise UserError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {classes}")
-    if style not in STYLES:
-        raise UserError(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
+                        f"{counts[0]}, {counts[1]}, {counts[2]} and {counts[3]}")
+    if not 1 <= options.classes <= len(CLASS_NAMES):
+        raise UserError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {options.classes}")
+    if options.style not in STYLES:
+        raise UserError(f"--style must be one of {', '.join(STYLES)}, got {options.style!r}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not exist_ok:
+    if out.is_dir() and any(out.iterdir()) and not options.exist_ok:
         raise UserError(f"--out {out} is not empty; pass --exist-ok to write into it")
     # One child seed per image: any image can be regenerated alone, and n_train does not shift val. Each split
     # draws from its own child of the seed; test's is the third, so train and val are the bytes they were before
     # there was a test split (SeedSequence.spawn numbers its children: spawn(3)[:2] == spawn(2)); the unlabeled
     # pool's is the fourth, for the same reason.
-    seeds = np.random.SeedSequence(seed).spawn(4)
-    splits = (("train", n_train, seeds[0]), ("val", n_val, seeds[1]), ("test", n_test, seeds[2]),
-              ("unlabeled", n_unlabeled, seeds[3]))
-    for split, n, ss in (sp for sp in splits if sp[1]):
+    seeds = np.random.SeedSequence(options.seed).spawn(4)
+    for split, n, ss in zip(("train", "val", "test", "unlabeled"), counts, seeds):
+        if not n:
+            continue
         labeled = split != "unlabeled"
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         if labeled:
             (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not progress)):
-            img, objects = render_image(np.random.default_rng(child), imgsz, classes, difficulty, style)
+        for i, child in enumerate(tqdm(ss.spawn(n), desc=f"synth {split}", disable=not options.progress)):
+            img, objects = render_image(np.random.default_rng(child), options.imgsz, options.classes, difficulty,
+                                        options.style)
             name = f"{split}_{i:05d}"
             cv2.imwrite(str(out / "images" / split / f"{name}.png"), img)
             if labeled:
                 (out / "labels" / split / f"{name}.txt").write_text("".join(
-                    line + "\n" for line in yolo_label_lines(objects, imgsz)))
-    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES[:classes]))
+                    line + "\n" for line in yolo_label_lines(objects, options.imgsz)))
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES[:options.classes]))
     yaml_path = out / "data.yaml"
-    yaml_path.write_text(f"# yolodistill data synth --seed {seed} --imgsz {imgsz} --style {style} "
-                         f"{difficulty.describe()}\n"
+    yaml_path.write_text(f"# yolodistill data synth --seed {options.seed} --imgsz {options.imgsz} --style "
+                         f"{options.style} {difficulty.describe()}\n"
                          f"path: {out.resolve()}\ntrain: images/train\nval: images/val\n"
-                         + ("test: images/test\n" if n_test else "") +
-                         f"nc: {classes}\nnames:\n{names}")
+                         + ("test: images/test\n" if options.n_test else "") +
+                         f"nc: {options.classes}\nnames:\n{names}")
     return yaml_path
 
+
+def _difficulty(options: SynthOptions) -> Difficulty:
+    """--difficulty (or a Difficulty), with the knobs given overriding it."""
+    knobs = {f.name: getattr(options, f.name) for f in fields(Difficulty)}
+    if isinstance(options.difficulty, Difficulty):
+        return replace(options.difficulty, **{k: float(v) for k, v in knobs.items() if v is not None})
+    return Difficulty.level(float(options.difficulty), **knobs)

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..paths import increment_dir
 from .benchmark_memory import measure_memory_cpu, measure_memory_cuda
 from .deployable import Deployable, load_deployable
+from .options import BenchmarkOptions
 
 LOGGER = logging.getLogger("yolodistill")
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -145,29 +147,30 @@ def _prepare(label: str, dep: Deployable, backend: str, out: Path, *, batch: int
     return r, artifact, run
 
 
-def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntime", imgsz=None, batch: int = 1,
-              runs: int = 200, warmup: int = 20, threads: int = 0, device: str = "cpu", half: bool = False,
-              out: Union[str, Path] = "runs/benchmark", plot: bool = True, memory: bool = True,
-              trust: bool = False, show: bool = True) -> dict:
-    """Compare models (the first is the reference, usually the teacher); writes benchmark.csv/.md/.json/.png."""
+def benchmark(weights: Sequence[Union[str, Path]], **options) -> dict:
+    """Compare models (the first is the reference, usually the teacher); `options`: BenchmarkOptions' fields (the
+    `yolodistill benchmark` flags, and plot, show). Writes benchmark.csv/.md/.json/.png to project/name."""
+    options = BenchmarkOptions(weights=list(weights), **options)
+    backend, batch, device, half = options.backend, options.batch_size, options.device, options.half
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     if not weights:
         raise UserError("--weights: give at least one checkpoint (teacher first, then students)")
-    if runs < 1 or batch < 1:
+    if options.runs < 1 or batch < 1:
         raise UserError("--runs and --batch must be at least 1")
     cuda = backend == "tensorrt" or (backend == "torch" and device not in ("", "cpu"))
     if cuda and not torch.cuda.is_available():
         raise UserError(f"--backend {backend} {'' if backend == 'tensorrt' else '--device ' + device} needs CUDA, "
                         f"and this machine has none: use --backend onnxruntime or --device cpu")
-    out = Path(out)
+    out = increment_dir(Path(options.project) / options.name, options.exist_ok)
     out.mkdir(parents=True, exist_ok=True)
-    deps = [load_deployable(w, imgsz=imgsz, trust=trust) for w in weights]
+    deps = [load_deployable(w, imgsz=options.imgsz, trust=options.trust_checkpoint) for w in weights]
     labels = _labels([Path(w) for w in weights])
     if backend == "torch" and cuda:
         torch_device = torch.device(device if device.startswith("cuda") else f"cuda:{device}")
     else:
         torch_device = torch.device("cpu")
+    threads = options.threads
     if threads and not cuda:
         torch.set_num_threads(threads)
 
@@ -178,11 +181,12 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
         results.append(r)
         artifacts.append(artifact)
         runners.append(run)
-    if memory and not cuda:
-        peaks = measure_memory_cpu(backend, artifacts, batch=batch, threads=threads, imgsz=imgsz)
+    if options.memory and not cuda:
+        peaks = measure_memory_cpu(backend, artifacts, batch=batch, threads=threads, imgsz=options.imgsz)
         for r, peak in zip(results, peaks):
             r.peak_memory_MB = peak
 
+    runs, warmup = options.runs, options.warmup
     LOGGER.info(f"Timing {len(runners)} models on {backend} ({_device_name(backend, torch_device)}), batch {batch}, "
                 f"{runs} runs each in interleaved rounds after {warmup} warm-up runs")
     for r, times in zip(results, time_side_by_side(runners, runs=runs, warmup=warmup)):
@@ -195,10 +199,10 @@ def benchmark(weights: Sequence[Union[str, Path]], *, backend: str = "onnxruntim
             "imgsz": list(deps[0].imgsz), "half": half, "threads": threads or "default",
             "date": time.strftime("%Y-%m-%d %H:%M"), "weights": [str(w) for w in weights]}
     table = format_table(results, ratios, meta)
-    if show:
+    if options.show:
         print(table)
     _write(out, results, ratios, meta, table)
-    if plot:
+    if options.plot:
         plot_benchmark(results, meta, out / "benchmark.png")
     LOGGER.info(f"Results saved to {out}")
     return {"results": [_public(r) for r in results], "ratios": ratios, "meta": meta, "dir": str(out)}

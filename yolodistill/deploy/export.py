@@ -6,49 +6,49 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 from ..errors import UserError
 from .deployable import DETECT, INPUT_NAME, load_deployable
 from .engine_parity import check_built_engine
-from .onnx_export import MIN_OPSET, export_onnx
+from .onnx_export import export_onnx
+from .options import ExportOptions
 
 LOGGER = logging.getLogger("yolodistill")
 FORMATS = ("onnx", "engine")
 
 
-def export(weights: Union[str, Path], *, include: Sequence[str] = ("onnx",), imgsz: Optional[Sequence[int]] = None,
-           batch: int = 1, dynamic: bool = False, half: bool = False, int8: bool = False, simplify: bool = False,
-           opset: int = MIN_OPSET, output: Optional[str] = None, tolerance: Optional[Sequence[float]] = None,
-           workspace: float = 4.0, max_batch: Optional[int] = None, trust: bool = False,
-           data: Optional[Union[str, Path]] = None, calib_images: int = 512, workers: int = 2) -> dict:
-    """Export; returns {"onnx": path, "engine": path (if asked), "parity": max |diff|, "task": ...}.
+def export(weights: Union[str, Path], **options) -> dict:
+    """Export; `options`: ExportOptions' fields (the `yolodistill export` flags). Returns {"onnx": path, "engine":
+    path (if asked), "parity": max |diff|, "task": ...}.
 
     `int8` with `data` (a dataset yaml) on a student without QAT ranges: post-training INT8, its fake quantizers
     calibrated on `calib_images` training images (deploy/ptq.py), exported as Q/DQ nodes."""
-    unknown = [f for f in include if f not in FORMATS]
+    options = ExportOptions(weights=str(weights), **options)
+    unknown = [f for f in options.include if f not in FORMATS]
     if unknown:
         raise UserError(f"--include {' '.join(unknown)}: choose from {', '.join(FORMATS)}")
-    if tolerance is not None and len(tolerance) != 2:
+    if options.tolerance is not None and len(options.tolerance) != 2:
         raise UserError("--tolerance takes two numbers: ATOL RTOL")
     weights = Path(weights)
-    dep = load_deployable(weights, imgsz=imgsz, dynamic=dynamic, trust=trust)
+    dep = load_deployable(weights, imgsz=options.imgsz, dynamic=options.dynamic, trust=options.trust_checkpoint)
     LOGGER.info(f"Exporting {dep.describe()}")
     # One INT8 path for TensorRT 10 and 11 alike: Q/DQ nodes, from QAT or from calibration here (11 has no
     # calibrators, 10 deprecates them)
-    _int8_ranges(dep, weights, int8=int8, data=data, images=calib_images, workers=workers)
-    onnx_path = Path(output) if output else weights.with_suffix(".onnx")
+    _int8_ranges(dep, weights, int8=options.int8, data=options.data, images=options.calib_images,
+                 workers=options.workers)
+    onnx_path = Path(options.output) if options.output else weights.with_suffix(".onnx")
     # a dataset's val images are the realest input to compare runtimes on (a detector's --data is a yolov5 yaml)
-    val_images = _val_images(data) if data is not None and dep.task == DETECT else ()
-    report = export_onnx(dep, onnx_path, batch=batch, dynamic=dynamic, half=half, simplify=simplify, opset=opset,
-                         tolerance=tuple(tolerance) if tolerance else None, parity_files=val_images)
+    val_images = _val_images(options.data) if options.data is not None and dep.task == DETECT else ()
+    report = export_onnx(dep, onnx_path, batch=options.batch_size, dynamic=options.dynamic, half=options.half,
+                         simplify=options.simplify, opset=options.opset,
+                         tolerance=tuple(options.tolerance) if options.tolerance else None, parity_files=val_images)
     result = {"task": dep.task, "onnx": str(report.path), "parity_max_abs_diff": report.max_abs_diff,
               "precision": report.precision, "qdq_nodes": report.qdq_nodes,
               "qdq_coverage": report.coverage.summary() if report.coverage else None}
-    if "engine" in include:
-        result["engine"] = str(_engine(report.path, dep, batch=batch, dynamic=dynamic, half=half and not dep.quantized,
-                                       int8=int8 or dep.quantized, workspace=workspace, max_batch=max_batch,
-                                       parity_images=val_images))
+    if "engine" in options.include:
+        result["engine"] = str(_engine(report.path, dep, options, half=options.half and not dep.quantized,
+                                       int8=options.int8 or dep.quantized, parity_images=val_images))
     return result
 
 
@@ -87,12 +87,13 @@ def _int8_ranges(dep, weights: Path, *, int8: bool, data, images: int, workers: 
     calibrate_deployable(dep, data, images=images, workers=workers)
 
 
-def _engine(onnx_path: Path, dep, *, batch: int, dynamic: bool, half: bool, int8: bool, workspace: float,
-            max_batch: Optional[int], parity_images: Sequence[Path] = ()) -> Path:
+def _engine(onnx_path: Path, dep, options: ExportOptions, *, half: bool, int8: bool,
+            parity_images: Sequence[Path] = ()) -> Path:
     from ..runtime.tensorrt_engine import TensorRTUnavailable, tensorrt_status
     from . import tensorrt as trt
 
     engine_path = onnx_path.with_suffix(".engine")
+    batch, max_batch, dynamic, workspace = options.batch_size, options.max_batch, options.dynamic, options.workspace
     ok, reason = tensorrt_status()
     if not ok:
         shape = (batch, 3, *dep.imgsz)

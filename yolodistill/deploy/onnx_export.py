@@ -23,10 +23,10 @@ import torch
 from ..errors import UserError
 from .deployable import DETECT, INPUT_NAME, Deployable
 from .onnx_parity import ParityError, ParityReport, check_parity
+from .options import MIN_OPSET
 from .qdq_coverage import QdqCoverage, merge_duplicate_qdq, qdq_coverage
 
 LOGGER = logging.getLogger("yolodistill")
-MIN_OPSET = 17
 
 class QdqCoverageError(UserError):
     """An INT8 detector exported with Conv, Add or Concat nodes whose inputs have no Q/DQ (qdq_coverage.py)."""

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .. import yolo_backend as yb
 from ..config import DistillConfig, LayerPair
-from ..distiller import DISTILL_FEATURE, DistillationModel
+from ..distiller import DISTILL_FEATURE, DistillationModel, DistillerConfig
 from ..errors import UserError
 from ..losses import output_distillation_loss
 from .class_map import TeacherClassMap
@@ -94,6 +94,7 @@ def detection_distiller(student: nn.Module, teacher: FrozenTeacher, config: Dist
         output_term = YoloOutputTerm(yb.num_classes(student), gains, config.output_weight, config.output_loss,
                                      anchors=yb.detect_head(student).anchors)
     pairs = (config.layers or default_layer_pairs(student, teacher.model)) if config.feature else ()
-    return DistillationModel(student, teacher, output_term=output_term, pairs=pairs, feature_teacher=teacher.model,
-                             feature_loss=config.feature_loss, feature_loss_kwargs=config.feature_loss_kwargs,
-                             feature_weight=config.feature_weight, imgsz=imgsz, device=device)
+    distiller_config = DistillerConfig(output_term=output_term, pairs=pairs, feature_loss=config.feature_loss,
+                                       feature_loss_kwargs=config.feature_loss_kwargs,
+                                       feature_weight=config.feature_weight, imgsz=imgsz)
+    return DistillationModel(student, teacher, distiller_config, feature_teacher=teacher.model, device=device)

@@ -6,76 +6,70 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 from torch import nn
 
 from .. import yolo_backend as yb
 from ..errors import UserError
 from ..media import Frame, MediaSources, VideoWriters, check_display, close_windows, open_sources, show
+from ..paths import increment_dir
 from ..run_logger import METRIC_COLUMNS
 from ..runtime import EXPORTED, load_detector
-from ..training import increment_dir, select_device
+from ..training import select_device
+from .inference_options import DetectOptions, ValOptions
 
 LOGGER = logging.getLogger("yolodistill")
 
 
-def val(weights: str, data: str, *, imgsz: int = 640, batch_size: int = 32, device: str = "", task: str = "val",
-        conf_thres: float = 0.001, iou_thres: float = 0.6, workers: int = 8, project: str = "runs/val",
-        name: str = "exp", exist_ok: bool = False, verbose: bool = False, single_cls: bool = False,
-        trust: bool = False) -> dict:
-    """mAP of a checkpoint, ONNX file or TensorRT engine on a dataset split; returns P, R, mAP50, mAP50-95 and
-    the val losses."""
+def val(weights: str, data: str, **options) -> dict:
+    """mAP of a checkpoint, ONNX file or TensorRT engine on a dataset split; `options`: ValOptions' fields (the
+    `yolodistill val` flags). Returns P, R, mAP50, mAP50-95 and the val losses."""
+    options = ValOptions(weights=weights, data=data, **options)
     data_dict = yb.load_data_yaml(data)
-    if task not in data_dict:
-        raise UserError(f"dataset yaml {data} has no '{task}' split")
-    dev = select_device(device)
-    model = load_detector(weights, trust=trust, data=data).to(dev).eval()
+    if options.task not in data_dict:
+        raise UserError(f"dataset yaml {data} has no '{options.task}' split")
+    dev = select_device(options.device)
+    model = load_detector(weights, trust=options.trust_checkpoint, data=data).to(dev).eval()
     exported = Path(weights).suffix.lower() in EXPORTED
-    nc = 1 if single_cls else int(data_dict["nc"])
+    nc = 1 if options.single_cls else int(data_dict["nc"])
     model_nc = len(model.names) if exported else yb.num_classes(model)
-    if not single_cls and model_nc != nc:
+    if not options.single_cls and model_nc != nc:
         raise UserError(f"{weights} has {model_nc} classes but {data} has {nc}: "
                         f"pass the dataset the model was trained on")
     stride = yb.max_stride(model)
-    size = yb.check_img_size(imgsz, stride)
+    size = yb.check_img_size(options.imgsz, stride)
     if exported and model.input_hw and model.input_hw != (size, size):
         raise UserError(f"{weights} was exported for {model.input_hw[0]}x{model.input_hw[1]} images: "
                         f"pass --imgsz {model.input_hw[0]}")
-    loader = yb.create_val_loader(data_dict[task], size, batch_size, stride, None, workers=workers,
-                                  single_cls=single_cls, square=exported)
-    save_dir = increment_dir(Path(project) / name, exist_ok)
-    metrics, _ = yb.validate(model, data_dict, loader, imgsz=size, batch_size=batch_size, save_dir=save_dir,
-                             half=dev.type != "cpu" and not exported, single_cls=single_cls, verbose=verbose,
-                             conf_thres=conf_thres, iou_thres=iou_thres)
+    loader = yb.create_val_loader(data_dict[options.task], size, options.batch_size, stride, None,
+                                  workers=options.workers, single_cls=options.single_cls, square=exported)
+    save_dir = increment_dir(Path(options.project) / options.name, options.exist_ok)
+    metrics, _ = yb.validate(model, data_dict, loader, imgsz=size, batch_size=options.batch_size, save_dir=save_dir,
+                             half=dev.type != "cpu" and not exported, single_cls=options.single_cls,
+                             verbose=options.verbose, conf_thres=options.conf_thres, iou_thres=options.iou_thres)
     LOGGER.info(f"Results saved to {save_dir}")
     return {"save_dir": str(save_dir), **dict(zip(METRIC_COLUMNS[:4], metrics[:4]))}
 
 
-def detect(weights: str, source: str, *, imgsz: Union[int, Sequence[int]] = 640, device: str = "",
-           conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000,
-           classes: Optional[Sequence[int]] = None, agnostic_nms: bool = False, data: Optional[str] = None,
-           view_img: bool = False, save_txt: bool = False, save_conf: bool = False, nosave: bool = False,
-           vid_stride: int = 1, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
-           project: str = "runs/detect", name: str = "exp", exist_ok: bool = False, trust: bool = False) -> dict:
+def detect(weights: str, source: str, **options) -> dict:
     """yolov5's detect.py: a .pt, .onnx or .engine detector over images, videos, folders, globs, .txt lists,
-    cameras and streams. Writes annotated images and .mp4 videos (and yolov5's --save-txt labels) to
-    project/name; returns {"save_dir", "frames", "detections", "sources": [{"source", "kind", "frames",
-    "detections"}]}."""
-    sources = open_sources(source, vid_stride=vid_stride)  # a bad source fails before a model loads
+    cameras and streams; `options`: DetectOptions' fields (the `yolodistill detect` flags). Writes annotated
+    images and .mp4 videos (and yolov5's --save-txt labels) to project/name; returns {"save_dir", "frames",
+    "detections", "sources": [{"source", "kind", "frames", "detections"}]}."""
+    options = DetectOptions(weights=weights, source=source, **options)
+    sources = open_sources(source, vid_stride=options.vid_stride)  # a bad source fails before a model loads
     try:
-        if view_img:
+        if options.view_img:
             check_display()
-        dev = select_device(device)
-        model = load_detector(weights, trust=trust, data=data).to(dev).eval()
-        size, auto = _input_size(model, weights, imgsz)
+        dev = select_device(options.device)
+        model = load_detector(weights, trust=options.trust_checkpoint, data=options.data).to(dev).eval()
+        size, auto = _input_size(model, weights, options.imgsz)
         LOGGER.info(f"Detecting with {weights} on {sources.describe()} at {size[0]}x{size[1]}")
-        save_dir = increment_dir(Path(project) / name, exist_ok)
-        outputs = DetectionOutputs(save_dir, yb.de_parallel(model).names, save_img=not nosave, save_txt=save_txt,
-                                   save_conf=save_conf, view_img=view_img, line_thickness=line_thickness,
-                                   hide_labels=hide_labels, hide_conf=hide_conf)
-        nms = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms,
-                   max_det=max_det)
+        save_dir = increment_dir(Path(options.project) / options.name, options.exist_ok)
+        outputs = DetectionOutputs(save_dir, yb.de_parallel(model).names, options)
+        nms = dict(conf_thres=options.conf_thres, iou_thres=options.iou_thres, classes=options.classes,
+                   agnostic=options.agnostic_nms, max_det=options.max_det)
         frames = _detect_frames(model, sources, outputs, size=size, auto=auto, device=dev, nms=nms)
     finally:
         sources.close()
@@ -150,15 +144,16 @@ def _report(sources: MediaSources, outputs: "DetectionOutputs", frames: int) -> 
 class DetectionOutputs:
     """What detect keeps of each frame: the annotated image or video frame, yolov5's label file, the window."""
 
-    def __init__(self, save_dir: Path, names, *, save_img: bool, save_txt: bool, save_conf: bool, view_img: bool,
-                 line_thickness: int, hide_labels: bool, hide_conf: bool):
+    def __init__(self, save_dir: Path, names, options: DetectOptions):
         self.save_dir, self.names = Path(save_dir), names
-        self.save_img, self.save_txt, self.save_conf, self.view_img = save_img, save_txt, save_conf, view_img
-        self.drawing = dict(line_width=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
+        self.save_img, self.save_txt, self.save_conf = not options.nosave, options.save_txt, options.save_conf
+        self.view_img = options.view_img
+        self.drawing = dict(line_width=options.line_thickness, hide_labels=options.hide_labels,
+                            hide_conf=options.hide_conf)
         self.videos = VideoWriters(self.save_dir)
         self.detections: dict = {}  # source -> boxes found in it
         self.label_files = 0
-        (self.save_dir / "labels" if save_txt else self.save_dir).mkdir(parents=True, exist_ok=True)
+        (self.save_dir / "labels" if self.save_txt else self.save_dir).mkdir(parents=True, exist_ok=True)
 
     def save(self, frame: Frame, boxes) -> bool:
         """Keep one frame's results; False once the user closed the view with q or Esc."""

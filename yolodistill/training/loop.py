@@ -28,8 +28,9 @@ from tqdm import tqdm
 from .. import distributed as ddp
 from ..checkpoint import find_last_checkpoint
 from ..errors import UserError
+from ..paths import increment_dir
 from ..run_logger import RunLogger
-from .setup import increment_dir, select_device
+from .setup import select_device
 
 LOGGER = logging.getLogger("yolodistill")
 

@@ -1,26 +1,14 @@
-"""Where a run writes, which device it runs on, how it is seeded: the same for every task."""
+"""Which device a run runs on, how it is seeded: the same for every task (where it writes: paths.increment_dir)."""
 
 from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-
-
-def increment_dir(path: Path, exist_ok: bool) -> Path:
-    """runs/train/exp, exp2, exp3, ... as yolov5 numbers its runs (the folder is not created)."""
-    path = Path(path)
-    if exist_ok or not path.exists():
-        return path
-    n = 2
-    while path.with_name(f"{path.name}{n}").exists():
-        n += 1
-    return path.with_name(f"{path.name}{n}")
 
 
 def select_device(device: str) -> torch.device:
