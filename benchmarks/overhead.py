@@ -103,7 +103,7 @@ def setting_label(args: argparse.Namespace) -> str:
 def report(record: dict) -> str:
     """A row per recorded run, setting by setting: the machine's reference step (ms), the medians (s/step) and the
     two ratios, each ratio of steps timed side by side in that run."""
-    lines = ["| setting | date | machine | reference step, ms | plain student step, s | teacher inference, s | "
+    lines = ["| setting | date, commit | machine | reference step, ms | plain student step, s | teacher inference, s | "
              "distillation step, s | ratio distill/(student+teacher) | unlabeled/labeled step ratio |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for setting, runs in record.items():
@@ -111,7 +111,7 @@ def report(record: dict) -> str:
             med, ratio = r["median_s"], r["ratios"]
             where = r["machine"] + (f"; {r['device']}" if r.get("device") else "")
             step = f"{r['reference_step_ms']:.0f}" if r.get("reference_step_ms") else "-"
-            lines.append(f"| {setting} | {r['recorded_on']} | {where} | {step} | {med['student']:.3f} | "
+            lines.append(f"| {setting} | {r['recorded_on']}, {r.get('commit', '-')} | {where} | {step} | {med['student']:.3f} | "
                          f"{med['teacher']:.3f} | {med['distill']:.3f} | {ratio['distill/(student+teacher)']:.3f} | "
                          f"{ratio['unlabeled/labeled']:.3f} |")
     return "\n".join(lines)

@@ -534,8 +534,8 @@ def test_overhead_report_shows_each_run_with_its_machine_and_reference_step():
                         reference_step_ms=None)
     lines = overhead.report({setting: [_overhead_run("2026-12-06", 0.0951, 1.0786), gpu]}).splitlines()
     assert len(lines) == 4 and len({line.count("|") for line in lines}) == 1
-    assert lines[2] == (f"| {setting} | 2026-12-06 | cpu A, 2 threads | 95 | 0.095 | 0.070 | 0.178 | 1.079 | 0.900 |")
-    assert lines[3].startswith(f"| {setting} | 2026-12-07 | cpu B; NVIDIA H100, AMP steps, FP16 teacher | - | 0.095 |")
+    assert lines[2] == (f"| {setting} | 2026-12-06, abc1234 | cpu A, 2 threads | 95 | 0.095 | 0.070 | 0.178 | 1.079 | 0.900 |")
+    assert lines[3].startswith(f"| {setting} | 2026-12-07, abc1234 | cpu B; NVIDIA H100, AMP steps, FP16 teacher | - | 0.095 |")
 
 
 def test_overhead_setting_names_what_was_timed():
@@ -616,7 +616,7 @@ def test_report_makes_the_overhead_and_deploy_speed_tables_from_their_records(re
     overhead.write_record("a setting", _overhead_run("2026-12-07", 0.0951, 1.0786))
     deploy_speed.write_record(_deploy_run("2026-12-07"))
     made = report.render(doc, records)
-    assert "| a setting | 2026-12-07 | cpu A, 2 threads | 95 | 0.095 |" in made
+    assert "| a setting | 2026-12-07, abc1234 | cpu A, 2 threads | 95 | 0.095 |" in made
     assert "| batch 1, 1 thread | 4.20 | 1.25 | 3.20 ± 0.28 | 4.00 | 80 ± 7% |" in made
 
 
