@@ -47,15 +47,20 @@ def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
 
 # ---- 1. ONNX export and parity -------------------------------------------------------------------------------------
 
-def test_detector_export_beside_weights_with_parity(teacher_weights, tmp_path):
-    weights = copy_weights(teacher_weights, tmp_path)
-    assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
-    path = tmp_path / "student.onnx"
-    assert leftovers(tmp_path) == ["student.onnx"]
+def _the_one_onnx_file(folder):
+    """The export beside the weights is student.onnx and nothing else is left there; a valid graph of opset 17+."""
+    path = folder / "student.onnx"
+    assert leftovers(folder) == ["student.onnx"]
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     assert opset(proto) >= 17
-    meta = metadata(proto)
+    return path, proto, metadata(proto)
+
+
+def test_detector_export_beside_weights_with_parity(teacher_weights, tmp_path):
+    weights = copy_weights(teacher_weights, tmp_path)
+    assert run("export", "--weights", weights, "--imgsz", IMGSZ) == 0
+    path, proto, meta = _the_one_onnx_file(tmp_path)
     assert ast.literal_eval(meta["names"]) == {0: "rect", 1: "circle"}
     assert int(meta["stride"]) == 32 and meta["task"] == DETECT
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, IMGSZ, IMGSZ]
@@ -102,12 +107,7 @@ def test_classifier_export_beside_weights_with_parity(shape_teachers, tmp_path):
 
     weights = copy_weights(shape_teachers[0], tmp_path)
     assert run("export", "--weights", weights) == 0
-    path = tmp_path / "student.onnx"
-    assert leftovers(tmp_path) == ["student.onnx"]
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto)
-    assert opset(proto) >= 17
-    meta = metadata(proto)
+    path, proto, meta = _the_one_onnx_file(tmp_path)
     assert ast.literal_eval(meta["names"]) == dict(enumerate(SHAPES)) and meta["task"] == CLASSIFY
     assert ast.literal_eval(meta["imgsz"]) == [CLASSIFY_IMGSZ, CLASSIFY_IMGSZ]
     assert [o.name for o in proto.graph.output] == ["logits"]
