@@ -103,10 +103,9 @@ def paired_table(record: dict) -> str:
     """Test mAP50-95 differences paired by seed (both models of a pair trained in one run, so on one machine), with
     their 95% t-intervals; a seed without one of the two models is left out of that pair."""
     lines = ["| A - B, test mAP50-95 | seeds | difference, points [95% interval] | shown |", "| --- | --- | --- | --- |"]
+    seeds = [list(e["models"].values()) for _, e in sorted(record.items(), key=lambda kv: int(kv[0]))]
     for name_a, a, name_b, b in PAIRS:
-        diffs = [maps[a]["test mAP50-95"] - maps[b]["test mAP50-95"]
-                 for maps in (list(e["models"].values()) for _, e in sorted(record.items(), key=lambda kv: int(kv[0])))
-                 if len(maps) > max(a, b)]
+        diffs = [maps[a]["test mAP50-95"] - maps[b]["test mAP50-95"] for maps in seeds if len(maps) > max(a, b)]
         if diffs:
             interval = paired_interval(diffs)
             lines.append(f"| {name_a} - {name_b} | {interval.n} | {interval.describe()} | {interval.verdict} |")

@@ -29,8 +29,8 @@ def _status_mb(key: str) -> Optional[float]:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    except OSError:  # no /proc: not Linux
+        return None
     return None
 
 
@@ -42,8 +42,8 @@ def _memory_baseline() -> float:
         rss = _status_mb("VmRSS")
         if rss is not None:
             return rss
-    except OSError:
-        pass
+    except OSError:  # no /proc, or clear_refs not writable: fall back to the lifetime peak
+        return _peak_rss_mb()
     return _peak_rss_mb()
 
 
